@@ -1,0 +1,105 @@
+//! The start-up message: where to reach the server, and where its socket came from.
+//!
+//! The URLs are exact addresses, never a host name: for a wildcard address
+//! (0.0.0.0 or ::) they are the loopback URL and this machine's own addresses.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use crate::listener::ListenerInfo;
+
+/// The URLs a person can open to reach a server listening on `address`.
+///
+/// `interfaces` are this machine's addresses, used only when `address` is a
+/// wildcard; loopback comes first, then the others in the order given.
+pub fn urls(address: SocketAddr, interfaces: &[IpAddr]) -> Vec<String> {
+    let port = address.port();
+    let ips: Vec<IpAddr> = match address.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => std::iter::once(IpAddr::V4(Ipv4Addr::LOCALHOST))
+            .chain(
+                interfaces
+                    .iter()
+                    .copied()
+                    .filter(|ip| ip.is_ipv4() && !ip.is_loopback()),
+            )
+            .collect(),
+        // A dual-stack `::` socket serves IPv4 too.
+        IpAddr::V6(ip) if ip.is_unspecified() => std::iter::once(IpAddr::V4(Ipv4Addr::LOCALHOST))
+            .chain(std::iter::once(IpAddr::V6(Ipv6Addr::LOCALHOST)))
+            .chain(interfaces.iter().copied().filter(|ip| !ip.is_loopback()))
+            .collect(),
+        ip => vec![ip],
+    };
+    ips.into_iter()
+        .map(|ip| format!("http://{}/", SocketAddr::new(ip, port)))
+        .collect()
+}
+
+/// This machine's interface addresses, or none when they cannot be listed.
+pub fn interface_addresses() -> Vec<IpAddr> {
+    if_addrs::get_if_addrs()
+        .map(|ifaces| {
+            ifaces
+                .into_iter()
+                .map(|iface| iface.ip())
+                // Link-local IPv6 needs a zone to be usable in a URL; skip it.
+                .filter(|ip| !matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Logs the start-up message: one structured "serving" event, then one line per URL.
+pub fn log_serving(info: &ListenerInfo, urls: &[String]) {
+    tracing::info!(
+        source = %info.source,
+        address = %info.address,
+        port = info.address.port(),
+        pid = std::process::id(),
+        fd = info.fd,
+        fd_name = info.fd_name.as_deref(),
+        busy_ports = info.busy_ports.len(),
+        "serving"
+    );
+    for url in urls {
+        tracing::info!(url = %url, "open");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_specific_address_is_its_own_url() {
+        assert_eq!(
+            urls("127.0.0.1:5050".parse().unwrap(), &[]),
+            vec!["http://127.0.0.1:5050/"]
+        );
+        assert_eq!(
+            urls("[::1]:8080".parse().unwrap(), &[]),
+            vec!["http://[::1]:8080/"]
+        );
+    }
+
+    #[test]
+    fn wildcards_list_loopback_first_then_this_machine() {
+        let ifaces: Vec<IpAddr> = vec![
+            "127.0.0.1".parse().unwrap(),
+            "10.1.2.3".parse().unwrap(),
+            "2001:db8::5".parse().unwrap(),
+        ];
+        assert_eq!(
+            urls("0.0.0.0:5050".parse().unwrap(), &ifaces),
+            vec!["http://127.0.0.1:5050/", "http://10.1.2.3:5050/"]
+        );
+        assert_eq!(
+            urls("[::]:5050".parse().unwrap(), &ifaces),
+            vec![
+                "http://127.0.0.1:5050/",
+                "http://[::1]:5050/",
+                "http://10.1.2.3:5050/",
+                "http://[2001:db8::5]:5050/"
+            ]
+        );
+    }
+}

@@ -1,0 +1,558 @@
+//! Configuration: the environment (and `.env`) turned into a validated [`Config`].
+//!
+//! Parsing happens in two layers. [`RawConfig`] mirrors the environment: every
+//! variable is an optional string, deserialized with `envy`. [`Config::try_from`]
+//! then turns those strings into domain types and refuses bad values with a
+//! [`ConfigError`] that names the variable, the value and what was expected.
+//!
+//! This module never reads the process environment itself: `main.rs` collects
+//! the variables (see [`Environment`]) and hands them in, which keeps the code
+//! testable without `set_var`.
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `HOST` | `0.0.0.0` | address to bind: an IPv4 or IPv6 literal, or `localhost` (= 127.0.0.1) |
+//! | `API_PORT` | `5050` | port to bind first; `0` asks the kernel for any free port |
+//! | `AUTO_FIND_PORT` | `false` | when `API_PORT` is busy, search `PORT_RANGE_START..=PORT_RANGE_END` |
+//! | `PORT_RANGE_START` | `5050` | first port of the search range |
+//! | `PORT_RANGE_END` | `5100` | last port of the search range (included) |
+//! | `LOG_LEVEL` | `INFO` | trace, debug, info, warn or error, any case; `RUST_LOG` wins when set |
+//! | `DEBUG` | `false` | development diagnostics: debug logging and error detail |
+//! | `RELOAD` | `false` | hot reload: hand the socket to a replaced executable |
+//! | `AUTH_REQUIRED` | `false` | require a bearer token on every route but health checks |
+//! | `SHUTDOWN_TIMEOUT` | `30` | seconds in-flight requests get to finish after SIGTERM/SIGINT |
+//! | `LISTEN_FD_NAME` | `http` | which inherited socket to serve when several are passed (LISTEN_FDNAMES) |
+//! | `RUST_LOG` | unset | a full `tracing` filter; overrides `LOG_LEVEL` |
+//!
+//! Booleans accept `true/false/1/0/yes/no/on/off` in any case. `config.example.env`
+//! documents the same variables; a test keeps the two in step.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::net::{IpAddr, Ipv4Addr};
+use std::ops::RangeInclusive;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Declares [`RawConfig`] and [`VARIABLES`] together, so each variable's name is
+/// written exactly once: the field name (envy matches it case-insensitively)
+/// and its spelling in messages are generated from the same token.
+macro_rules! raw_config {
+    ($($(#[doc = $doc:literal])* $field:ident => $var:ident,)*) => {
+        /// The environment as it was given: every variable optional, every value a string.
+        #[derive(Debug, Default, Clone, Deserialize)]
+        pub struct RawConfig {
+            $($(#[doc = $doc])* pub $field: Option<String>,)*
+        }
+
+        /// Every variable portkeeper reads, spelled as in the environment.
+        pub const VARIABLES: &[&str] = &[$(stringify!($var)),*];
+
+        impl RawConfig {
+            /// Pairs each variable's name with its raw value, for validation messages.
+            fn settings(&self) -> Settings<'_> {
+                Settings { $($field: Setting { name: stringify!($var), value: self.$field.as_deref() },)* }
+            }
+        }
+
+        struct Settings<'a> {
+            $($field: Setting<'a>,)*
+        }
+    };
+}
+
+raw_config! {
+    /// `HOST`: the address to bind.
+    host => HOST,
+    /// `API_PORT`: the port to bind first.
+    api_port => API_PORT,
+    /// `AUTO_FIND_PORT`: search the range when `API_PORT` is busy.
+    auto_find_port => AUTO_FIND_PORT,
+    /// `PORT_RANGE_START`: first port of the search range.
+    port_range_start => PORT_RANGE_START,
+    /// `PORT_RANGE_END`: last port of the search range.
+    port_range_end => PORT_RANGE_END,
+    /// `LOG_LEVEL`: the default log level.
+    log_level => LOG_LEVEL,
+    /// `DEBUG`: development diagnostics.
+    debug => DEBUG,
+    /// `RELOAD`: hand the socket over when the executable is replaced.
+    reload => RELOAD,
+    /// `AUTH_REQUIRED`: require a bearer token.
+    auth_required => AUTH_REQUIRED,
+    /// `SHUTDOWN_TIMEOUT`: seconds to let in-flight requests finish.
+    shutdown_timeout => SHUTDOWN_TIMEOUT,
+    /// `LISTEN_FD_NAME`: which inherited socket to serve.
+    listen_fd_name => LISTEN_FD_NAME,
+    /// `RUST_LOG`: a `tracing` filter that overrides `LOG_LEVEL`.
+    rust_log => RUST_LOG,
+}
+
+/// The process environment as `main.rs` collected it: `.env` first, real variables on top.
+///
+/// Only variables with UTF-8 names and values are kept; a non-UTF-8 value for
+/// one of [`VARIABLES`] is remembered so it can be refused by name instead of
+/// being silently ignored.
+#[derive(Debug, Default, Clone)]
+pub struct Environment {
+    vars: BTreeMap<String, String>,
+    not_utf8: Vec<String>,
+}
+
+impl Environment {
+    /// Builds the environment from `.env` pairs (lower precedence) and real variables.
+    pub fn new(
+        dotenv: impl IntoIterator<Item = (String, String)>,
+        real: impl IntoIterator<Item = (OsString, OsString)>,
+    ) -> Self {
+        let mut env = Environment {
+            vars: dotenv.into_iter().collect(),
+            not_utf8: Vec::new(),
+        };
+        for (name, value) in real {
+            match (name.into_string(), value.into_string()) {
+                (Ok(name), Ok(value)) => {
+                    env.vars.insert(name, value);
+                }
+                (Ok(name), Err(_)) if VARIABLES.contains(&name.as_str()) => env.not_utf8.push(name),
+                // Foreign variables that are not UTF-8 are none of our business.
+                _ => {}
+            }
+        }
+        env
+    }
+
+    /// Reads `.env` from `path` if it exists. A missing file is not an error;
+    /// an unreadable or malformed one is, since silently ignoring it would
+    /// start the server with settings the user did not choose.
+    pub fn read_dotenv(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
+        let iter = match dotenvy::from_path_iter(path) {
+            Ok(iter) => iter,
+            Err(dotenvy::Error::Io(err)) if err.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Vec::new());
+            }
+            Err(err) => return Err(ConfigError::dotenv(path, err)),
+        };
+        iter.collect::<Result<Vec<_>, _>>()
+            .map_err(|err| ConfigError::dotenv(path, err))
+    }
+
+    /// The value of one variable, if set.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str)
+    }
+}
+
+/// Where the server should get its socket from when nothing is inherited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindPlan {
+    /// The address to bind.
+    pub ip: IpAddr,
+    /// The port tried first (`0` = the kernel's choice).
+    pub port: u16,
+    /// With `AUTO_FIND_PORT=true`, the ports to try after `port`, in order.
+    pub search: Option<RangeInclusive<u16>>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// How to bind when no socket is inherited.
+    pub bind: BindPlan,
+    /// The log filter: `RUST_LOG` if set, else `LOG_LEVEL` lowercased.
+    pub log_filter: String,
+    /// Development diagnostics.
+    pub debug: bool,
+    /// Hot reload of a replaced executable.
+    pub reload: bool,
+    /// Require a bearer token on every route but health checks.
+    pub auth_required: bool,
+    /// How long in-flight requests may take to finish after a stop signal.
+    pub shutdown_timeout: Duration,
+    /// Which inherited socket to serve, by its LISTEN_FDNAMES entry.
+    pub listen_fd_name: String,
+}
+
+/// Default values, in one place; `config.example.env` repeats them for people.
+mod defaults {
+    pub(super) const HOST: &str = "0.0.0.0";
+    pub(super) const API_PORT: u16 = 5050;
+    pub(super) const PORT_RANGE_START: u16 = 5050;
+    pub(super) const PORT_RANGE_END: u16 = 5100;
+    pub(super) const LOG_LEVEL: &str = "info";
+    pub(super) const SHUTDOWN_TIMEOUT_SECS: u64 = 30;
+    pub(super) const LISTEN_FD_NAME: &str = "http";
+}
+
+/// The longest shutdown grace we accept: a day is already far beyond any
+/// sensible value, and the bound keeps `Duration` arithmetic far from overflow.
+const MAX_SHUTDOWN_TIMEOUT_SECS: u64 = 86_400;
+
+impl Config {
+    /// Reads and validates the configuration from a collected environment.
+    pub fn from_env(env: &Environment) -> Result<Self, ConfigError> {
+        if let Some(name) = env.not_utf8.first() {
+            return Err(ConfigError::NotUtf8 { name: name.clone() });
+        }
+        let raw: RawConfig = envy::from_iter(env.vars.iter().map(|(k, v)| (k.clone(), v.clone())))
+            .map_err(|err| ConfigError::Unreadable(err.to_string()))?;
+        Config::try_from(raw)
+    }
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawConfig) -> Result<Self, ConfigError> {
+        let s = raw.settings();
+        let ip = s.host.parse_or(defaults::HOST, parse_host)?;
+        let port = s.api_port.parse_or(&defaults::API_PORT.to_string(), |v| {
+            parse_port(v, 0, "a port number from 0 to 65535 (0 = any free port)")
+        })?;
+        let auto_find_port = s.auto_find_port.parse_or("false", parse_bool)?;
+        let range_start = s
+            .port_range_start
+            .parse_or(&defaults::PORT_RANGE_START.to_string(), |v| {
+                parse_port(v, 1, "a port number from 1 to 65535")
+            })?;
+        let range_end = s
+            .port_range_end
+            .parse_or(&defaults::PORT_RANGE_END.to_string(), |v| {
+                parse_port(v, 1, "a port number from 1 to 65535")
+            })?;
+        if range_start > range_end {
+            return Err(ConfigError::Invalid {
+                name: s.port_range_start.name,
+                value: range_start.to_string(),
+                expected: format!("a port not above PORT_RANGE_END ({range_end})"),
+            });
+        }
+        let debug = s.debug.parse_or("false", parse_bool)?;
+        // DEBUG=true means more logging unless LOG_LEVEL says otherwise.
+        let default_level = if debug { "debug" } else { defaults::LOG_LEVEL };
+        let log_level = s.log_level.parse_or(default_level, parse_log_level)?;
+        let rust_log = match s.rust_log.value {
+            Some(value) if !value.trim().is_empty() => Some(s.rust_log.parse_or("", parse_filter)?),
+            _ => None,
+        };
+        let listen_fd_name = s
+            .listen_fd_name
+            .parse_or(defaults::LISTEN_FD_NAME, parse_fd_name)?;
+        let shutdown_secs = s.shutdown_timeout.parse_or(
+            &defaults::SHUTDOWN_TIMEOUT_SECS.to_string(),
+            parse_shutdown_secs,
+        )?;
+
+        Ok(Config {
+            bind: BindPlan {
+                ip,
+                port,
+                search: auto_find_port.then_some(range_start..=range_end),
+            },
+            log_filter: rust_log.unwrap_or(log_level),
+            debug,
+            reload: s.reload.parse_or("false", parse_bool)?,
+            auth_required: s.auth_required.parse_or("false", parse_bool)?,
+            shutdown_timeout: Duration::from_secs(shutdown_secs),
+            listen_fd_name,
+        })
+    }
+}
+
+/// One variable's name and raw value, so every parse error can name both.
+struct Setting<'a> {
+    name: &'static str,
+    value: Option<&'a str>,
+}
+
+impl Setting<'_> {
+    /// Parses the value, or `default` when unset. An empty value is refused:
+    /// `API_PORT=` is far more likely a mistake than a wish for the default.
+    fn parse_or<T>(
+        &self,
+        default: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        let value = self.value.unwrap_or(default);
+        parse(value.trim()).map_err(|expected| ConfigError::Invalid {
+            name: self.name,
+            value: value.to_owned(),
+            expected,
+        })
+    }
+}
+
+fn parse_host(value: &str) -> Result<IpAddr, String> {
+    const EXPECTED: &str = "an IPv4 or IPv6 address (e.g. 0.0.0.0, 127.0.0.1, ::) or localhost";
+    if value.eq_ignore_ascii_case("localhost") {
+        // A fixed loopback address, never a name lookup: "localhost" in
+        // /etc/hosts could point anywhere, or at ::1 on one machine and
+        // 127.0.0.1 on the next.
+        return Ok(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    }
+    // Accept the bracketed form people copy from URLs: [::1].
+    let literal = value
+        .strip_prefix('[')
+        .and_then(|v| v.strip_suffix(']'))
+        .unwrap_or(value);
+    literal.parse().map_err(|_| EXPECTED.to_owned())
+}
+
+fn parse_port(value: &str, min: u16, expected: &str) -> Result<u16, String> {
+    match value.parse::<u16>() {
+        Ok(port) if port >= min => Ok(port),
+        _ => Err(expected.to_owned()),
+    }
+}
+
+fn parse_bool(value: &str) -> Result<bool, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err("true or false (also 1/0, yes/no, on/off)".to_owned()),
+    }
+}
+
+fn parse_log_level(value: &str) -> Result<String, String> {
+    let level = value.to_ascii_lowercase();
+    match level.as_str() {
+        "trace" | "debug" | "info" | "warn" | "error" => Ok(level),
+        // Python's logging names, which the seed's users will have in their .env.
+        "warning" => Ok("warn".to_owned()),
+        "critical" => Ok("error".to_owned()),
+        _ => Err("one of trace, debug, info, warn, error".to_owned()),
+    }
+}
+
+fn parse_filter(value: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(value)
+        .map(|_| value.to_owned())
+        .map_err(|_| "a tracing filter such as info or portkeeper=debug,tower=warn".to_owned())
+}
+
+fn parse_shutdown_secs(value: &str) -> Result<u64, String> {
+    match value.parse::<u64>() {
+        Ok(secs) if secs <= MAX_SHUTDOWN_TIMEOUT_SECS => Ok(secs),
+        _ => Err(format!(
+            "a whole number of seconds from 0 to {MAX_SHUTDOWN_TIMEOUT_SECS}"
+        )),
+    }
+}
+
+fn parse_fd_name(value: &str) -> Result<String, String> {
+    // systemd's FileDescriptorName= rules: printable ASCII, no colon, at most 255 bytes.
+    let valid = !value.is_empty()
+        && value.len() <= 255
+        && value.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+    if valid {
+        Ok(value.to_owned())
+    } else {
+        Err("a socket name of 1 to 255 printable characters without ':' or spaces".to_owned())
+    }
+}
+
+/// A configuration that cannot be used. Exit status 78 (EX_CONFIG).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A variable has a value outside what it accepts.
+    #[error("{name}: {value:?} is not valid (expected {expected})")]
+    Invalid {
+        /// The variable, as spelled in the environment.
+        name: &'static str,
+        /// The value as given.
+        value: String,
+        /// What the variable accepts.
+        expected: String,
+    },
+    /// One of our variables holds bytes that are not UTF-8.
+    #[error("{name}: the value is not valid UTF-8 (expected plain text)")]
+    NotUtf8 {
+        /// The variable, as spelled in the environment.
+        name: String,
+    },
+    /// `.env` exists but could not be read or parsed.
+    #[error("{path}: cannot be read as a .env file: {reason} (expected lines of NAME=value)")]
+    Dotenv {
+        /// Where the file is.
+        path: String,
+        /// What went wrong, with the line where dotenvy reports it.
+        reason: String,
+    },
+    /// envy refused the variables; with all-string fields this should not
+    /// happen, but it must not become a panic if it does.
+    #[error("the environment cannot be read: {0}")]
+    Unreadable(String),
+}
+
+impl ConfigError {
+    fn dotenv(path: &Path, err: dotenvy::Error) -> Self {
+        ConfigError::Dotenv {
+            path: path.display().to_string(),
+            reason: err.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env = Environment::new(
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+            [],
+        );
+        Config::from_env(&env)
+    }
+
+    fn error(pairs: &[(&str, &str)]) -> String {
+        config(pairs)
+            .expect_err("config should be refused")
+            .to_string()
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let cfg = config(&[]).unwrap();
+        assert_eq!(cfg.bind.ip, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        assert_eq!(cfg.bind.port, 5050);
+        assert_eq!(cfg.bind.search, None);
+        assert_eq!(cfg.log_filter, "info");
+        assert!(!cfg.debug && !cfg.reload && !cfg.auth_required);
+        assert_eq!(cfg.shutdown_timeout, Duration::from_secs(30));
+        assert_eq!(cfg.listen_fd_name, "http");
+    }
+
+    #[test]
+    fn auto_find_port_enables_the_range() {
+        let cfg = config(&[
+            ("AUTO_FIND_PORT", "YES"),
+            ("PORT_RANGE_START", "6000"),
+            ("PORT_RANGE_END", "6000"),
+        ])
+        .unwrap();
+        assert_eq!(cfg.bind.search, Some(6000..=6000));
+    }
+
+    #[test]
+    fn booleans_accept_common_spellings() {
+        for (value, expected) in [("TRUE", true), ("1", true), ("on", true), ("No", false)] {
+            assert_eq!(
+                config(&[("DEBUG", value)]).unwrap().debug,
+                expected,
+                "{value}"
+            );
+        }
+        assert_eq!(
+            error(&[("DEBUG", "maybe")]),
+            "DEBUG: \"maybe\" is not valid (expected true or false (also 1/0, yes/no, on/off))"
+        );
+    }
+
+    #[test]
+    fn host_accepts_literals_and_localhost_only() {
+        assert_eq!(
+            config(&[("HOST", "localhost")]).unwrap().bind.ip,
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        );
+        assert_eq!(
+            config(&[("HOST", "[::1]")]).unwrap().bind.ip,
+            "::1".parse::<IpAddr>().unwrap()
+        );
+        assert!(error(&[("HOST", "example.com")]).starts_with("HOST: \"example.com\""));
+    }
+
+    #[test]
+    fn ports_are_bounded() {
+        assert_eq!(config(&[("API_PORT", "0")]).unwrap().bind.port, 0);
+        assert!(error(&[("API_PORT", "65536")]).starts_with("API_PORT: \"65536\""));
+        assert!(error(&[("API_PORT", "-1")]).starts_with("API_PORT: \"-1\""));
+        assert!(error(&[("API_PORT", "")]).starts_with("API_PORT: \"\""));
+        assert!(error(&[("PORT_RANGE_START", "0")]).starts_with("PORT_RANGE_START: \"0\""));
+        assert_eq!(
+            error(&[("PORT_RANGE_START", "9000"), ("PORT_RANGE_END", "8000")]),
+            "PORT_RANGE_START: \"9000\" is not valid (expected a port not above PORT_RANGE_END (8000))"
+        );
+    }
+
+    #[test]
+    fn log_level_in_any_case_and_rust_log_wins() {
+        assert_eq!(
+            config(&[("LOG_LEVEL", "DEBUG")]).unwrap().log_filter,
+            "debug"
+        );
+        assert_eq!(
+            config(&[("LOG_LEVEL", "Warning")]).unwrap().log_filter,
+            "warn"
+        );
+        let cfg = config(&[("LOG_LEVEL", "error"), ("RUST_LOG", "portkeeper=trace")]).unwrap();
+        assert_eq!(cfg.log_filter, "portkeeper=trace");
+        assert!(error(&[("LOG_LEVEL", "loud")]).starts_with("LOG_LEVEL: \"loud\""));
+        assert!(error(&[("RUST_LOG", "portkeeper=loud")]).starts_with("RUST_LOG"));
+        assert_eq!(config(&[("DEBUG", "true")]).unwrap().log_filter, "debug");
+        let quiet = config(&[("DEBUG", "true"), ("LOG_LEVEL", "warn")]).unwrap();
+        assert_eq!(quiet.log_filter, "warn");
+    }
+
+    #[test]
+    fn shutdown_timeout_and_fd_name_are_checked() {
+        assert_eq!(
+            config(&[("SHUTDOWN_TIMEOUT", "0")])
+                .unwrap()
+                .shutdown_timeout,
+            Duration::ZERO
+        );
+        assert!(error(&[("SHUTDOWN_TIMEOUT", "1.5")]).starts_with("SHUTDOWN_TIMEOUT"));
+        assert!(error(&[("SHUTDOWN_TIMEOUT", "999999")]).starts_with("SHUTDOWN_TIMEOUT"));
+        assert!(error(&[("LISTEN_FD_NAME", "a:b")]).starts_with("LISTEN_FD_NAME"));
+    }
+
+    #[test]
+    fn real_variables_win_over_dotenv() {
+        let env = Environment::new(
+            [
+                ("API_PORT".to_owned(), "7000".to_owned()),
+                ("DEBUG".to_owned(), "true".to_owned()),
+            ],
+            [(OsString::from("API_PORT"), OsString::from("7001"))],
+        );
+        let cfg = Config::from_env(&env).unwrap();
+        assert_eq!(cfg.bind.port, 7001);
+        assert!(cfg.debug);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn non_utf8_values_are_refused_only_for_our_variables() {
+        use std::os::unix::ffi::OsStringExt;
+        let bad = || OsString::from_vec(vec![0xff, 0xfe]);
+        let foreign = Environment::new([], [(OsString::from("SOMETHING_ELSE"), bad())]);
+        assert!(Config::from_env(&foreign).is_ok());
+        let ours = Environment::new([], [(OsString::from("HOST"), bad())]);
+        assert_eq!(
+            Config::from_env(&ours).unwrap_err().to_string(),
+            "HOST: the value is not valid UTF-8 (expected plain text)"
+        );
+    }
+
+    #[test]
+    fn variables_are_spelled_like_their_fields() {
+        // envy matches lowercased names; the macro relies on field == var lowercased.
+        let raw: RawConfig = envy::from_iter(
+            VARIABLES
+                .iter()
+                .map(|name| (name.to_string(), format!("value of {name}"))),
+        )
+        .unwrap();
+        let settings = raw.settings();
+        assert_eq!(settings.api_port.value, Some("value of API_PORT"));
+        assert_eq!(
+            settings.listen_fd_name.value,
+            Some("value of LISTEN_FD_NAME")
+        );
+        assert_eq!(settings.rust_log.value, Some("value of RUST_LOG"));
+    }
+}

@@ -1,0 +1,167 @@
+//! Binding our own socket with socket2: one address, or the first free port of a list.
+//!
+//! The socket that binds and listens here is the socket the server keeps;
+//! nothing is probed and closed and bound again, so no other process can take
+//! the port in between.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// The accept queue length we ask for. The kernel caps it at `net.core.somaxconn`
+/// (4096 on current Linux), so this is what a busy server gets, not a guess.
+pub(crate) const BACKLOG: i32 = 1024;
+
+/// What one attempt to take a port came to.
+#[derive(Debug)]
+pub(crate) enum Attempt {
+    /// Bound and listening: this socket is ours.
+    Bound(Socket),
+    /// Another socket has the port ("address in use" from bind or listen).
+    Busy,
+}
+
+/// Binds `addr` and listens on it.
+///
+/// Only "address in use" counts as busy. On Linux a second SO_REUSEADDR socket
+/// may bind a port that another socket has bound but not yet listened on;
+/// `listen()` is then the call that reports the conflict, so it is checked too.
+pub(crate) fn try_bind(addr: SocketAddr) -> io::Result<Attempt> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        // `::` serves IPv4 too, as people expect of "all addresses"; a specific
+        // IPv6 address can only ever be IPv6. Set explicitly, since the system
+        // default (net.ipv6.bindv6only) differs between machines.
+        socket.set_only_v6(!addr.ip().is_unspecified())?;
+    }
+    // SO_REUSEADDR lets a restarted server bind while old connections sit in
+    // TIME_WAIT. Never SO_REUSEPORT: that would let two servers share the port
+    // silently, which is the fight this crate exists to avoid. Windows'
+    // SO_REUSEADDR means port stealing, so it is Unix only.
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    match socket
+        .bind(&addr.into())
+        .and_then(|()| socket.listen(BACKLOG))
+    {
+        Ok(()) => Ok(Attempt::Bound(socket)),
+        Err(err) if err.kind() == io::ErrorKind::AddrInUse => Ok(Attempt::Busy),
+        Err(err) => Err(err),
+    }
+}
+
+/// The ports a search tries, in order: `first`, then the range, each port once.
+///
+/// Nothing outside `first` and the range is ever tried.
+pub(crate) fn candidates(first: u16, range: RangeInclusive<u16>) -> impl Iterator<Item = u16> {
+    std::iter::once(first).chain(range.filter(move |&port| port != first))
+}
+
+/// A search that found nothing free.
+#[derive(Debug)]
+pub(crate) struct Exhausted {
+    /// The ports that were busy, in the order tried.
+    pub(crate) busy: Vec<u16>,
+}
+
+/// What a search came to: the socket and the ports skipped, or why it stopped.
+pub(crate) enum Found {
+    /// A port was free; `busy` lists the ports skipped before it.
+    Bound { socket: Socket, busy: Vec<u16> },
+    /// Every candidate was busy.
+    Exhausted(Exhausted),
+    /// An error other than "in use" stopped the search at `port`.
+    Failed { port: u16, error: io::Error },
+}
+
+/// Tries each candidate port on `ip` in order and keeps the first that binds and listens.
+pub(crate) fn search(ip: IpAddr, ports: impl Iterator<Item = u16>) -> Found {
+    let mut busy = Vec::new();
+    for port in ports {
+        match try_bind(SocketAddr::new(ip, port)) {
+            Ok(Attempt::Bound(socket)) => return Found::Bound { socket, busy },
+            Ok(Attempt::Busy) => busy.push(port),
+            Err(error) => return Found::Failed { port, error },
+        }
+    }
+    Found::Exhausted(Exhausted { busy })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, TcpListener};
+
+    const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn candidates_start_with_the_first_port_and_never_repeat() {
+        let ports: Vec<u16> = candidates(5052, 5050..=5053).collect();
+        assert_eq!(ports, vec![5052, 5050, 5051, 5053]);
+        let ports: Vec<u16> = candidates(7000, 5050..=5051).collect();
+        assert_eq!(ports, vec![7000, 5050, 5051]);
+        let ports: Vec<u16> = candidates(65535, 65535..=65535).collect();
+        assert_eq!(ports, vec![65535]);
+    }
+
+    #[test]
+    fn a_listening_port_is_busy() {
+        let held = TcpListener::bind((LOOPBACK, 0)).unwrap();
+        let port = held.local_addr().unwrap().port();
+        assert!(matches!(
+            try_bind(SocketAddr::new(LOOPBACK, port)).unwrap(),
+            Attempt::Busy
+        ));
+    }
+
+    #[test]
+    fn a_bound_but_not_listening_reuseaddr_socket_is_busy_at_listen() {
+        // Reproduce the Linux case: the other socket has SO_REUSEADDR and is
+        // bound, so our bind succeeds and listen() must report the conflict.
+        let other = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        other.set_reuse_address(true).unwrap();
+        other.bind(&SocketAddr::new(LOOPBACK, 0).into()).unwrap();
+        let port = other.local_addr().unwrap().as_socket().unwrap().port();
+        let mine = try_bind(SocketAddr::new(LOOPBACK, port)).unwrap();
+        // Whichever listens first wins; we listen first, so ours is bound and
+        // the other socket's listen must now fail.
+        assert!(matches!(mine, Attempt::Bound(_)));
+        assert_eq!(
+            other.listen(1).unwrap_err().kind(),
+            io::ErrorKind::AddrInUse
+        );
+    }
+
+    #[test]
+    fn search_skips_busy_ports_and_reports_them() {
+        let held = TcpListener::bind((LOOPBACK, 0)).unwrap();
+        let busy_port = held.local_addr().unwrap().port();
+        let free = TcpListener::bind((LOOPBACK, 0)).unwrap();
+        let free_port = free.local_addr().unwrap().port();
+        drop(free);
+        match search(LOOPBACK, [busy_port, free_port].into_iter()) {
+            Found::Bound { socket, busy } => {
+                assert_eq!(busy, vec![busy_port]);
+                let addr = socket.local_addr().unwrap().as_socket().unwrap();
+                assert_eq!(addr.port(), free_port);
+            }
+            Found::Exhausted(e) => panic!("free port {free_port} reported busy: {e:?}"),
+            Found::Failed { port, error } => panic!("failed at {port}: {error}"),
+        }
+    }
+
+    #[test]
+    fn search_stops_on_errors_other_than_in_use() {
+        // TEST-NET-1 is never assigned to a local interface.
+        let foreign: IpAddr = "192.0.2.1".parse().unwrap();
+        match search(foreign, [1025, 1026].into_iter()) {
+            Found::Failed { port, error } => {
+                assert_eq!(port, 1025);
+                assert_eq!(error.kind(), io::ErrorKind::AddrNotAvailable);
+            }
+            _ => panic!("binding a foreign address must fail, not be skipped"),
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! Adopting a listening socket handed over by systemd or systemfd (the LISTEN_FDS protocol).
+//!
+//! This is the only code that knows the protocol. It works in two steps:
+//! [`plan`] reads the LISTEN_* values (collected by `main.rs`) and decides,
+//! without touching any fd, whether sockets were handed to *this* process;
+//! [`adopt`] then takes the chosen socket through `listenfd`, checks it, and
+//! closes the fds it does not serve.
+//!
+//! The protocol, as systemd documents it in `sd_listen_fds(3)`:
+//! - `LISTEN_FDS=n`: n sockets, at fds 3..3+n (`LISTEN_FDS_FIRST_FD` moves the start).
+//! - `LISTEN_PID=pid`: the process they are meant for. A different pid means
+//!   they were meant for a parent that exec'd us without cleaning up, so they
+//!   are ignored. A *missing* `LISTEN_PID` is accepted on purpose: `systemfd
+//!   --no-pid` omits it because `cargo watch` sits between it and us, and that
+//!   development loop is one of the three ways this server runs.
+//! - `LISTEN_FDNAMES=a:b`: one name per fd, from `FileDescriptorName=` (or the
+//!   socket unit's name when none is set).
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+
+use listenfd::ListenFd;
+use socket2::Socket;
+
+use super::{ListenError, Source};
+
+/// More inherited fds than this is not a handoff but garbage in LISTEN_FDS;
+/// the bound keeps us from walking millions of fd numbers.
+const MAX_FDS: usize = 4096;
+
+/// The LISTEN_* variables as found in the process environment.
+#[derive(Debug, Default, Clone)]
+pub struct HandoffVars {
+    /// `LISTEN_FDS`
+    pub listen_fds: Option<String>,
+    /// `LISTEN_PID`
+    pub listen_pid: Option<String>,
+    /// `LISTEN_FDNAMES`
+    pub listen_fdnames: Option<String>,
+    /// `LISTEN_FDS_FIRST_FD`
+    pub listen_fds_first_fd: Option<String>,
+}
+
+impl HandoffVars {
+    /// The variable names, so `main.rs` can read and then remove them.
+    pub const NAMES: [&'static str; 4] = [
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "LISTEN_FDNAMES",
+        "LISTEN_FDS_FIRST_FD",
+    ];
+
+    /// Builds the set from a lookup function (the process environment, or a test table).
+    pub fn from_lookup(mut lookup: impl FnMut(&str) -> Option<String>) -> Self {
+        let [fds, pid, names, first] = Self::NAMES;
+        HandoffVars {
+            listen_fds: lookup(fds),
+            listen_pid: lookup(pid),
+            listen_fdnames: lookup(names),
+            listen_fds_first_fd: lookup(first),
+        }
+    }
+}
+
+/// What the LISTEN_* variables say about this process.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Handoff {
+    /// Nothing was handed over.
+    None,
+    /// Sockets were handed to another process (LISTEN_PID is not ours): ignore them.
+    ForAnotherProcess {
+        /// The pid in LISTEN_PID.
+        pid: u32,
+    },
+    /// Sockets were handed to us.
+    Offered(Offer),
+}
+
+/// Sockets handed to this process, before any fd is touched.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Offer {
+    /// systemd (LISTEN_PID = ours) or systemfd (no LISTEN_PID).
+    pub source: Source,
+    /// The fd numbers, in order.
+    pub fds: Vec<i32>,
+    /// One name per fd, when LISTEN_FDNAMES was set.
+    pub names: Option<Vec<String>>,
+}
+
+impl Offer {
+    /// The index of the socket to serve: the one named `wanted`, else the first.
+    pub fn choose(&self, wanted: &str) -> usize {
+        self.names
+            .as_ref()
+            .and_then(|names| names.iter().position(|name| name == wanted))
+            .unwrap_or(0)
+    }
+
+    fn name(&self, index: usize) -> Option<&str> {
+        self.names.as_ref()?.get(index).map(String::as_str)
+    }
+}
+
+/// Reads the LISTEN_* variables. Malformed values are errors, not "nothing
+/// inherited": a systemd unit that hands over garbage should say so loudly.
+pub fn plan(vars: &HandoffVars, our_pid: u32) -> Result<Handoff, ListenError> {
+    let Some(count) = vars.listen_fds.as_deref() else {
+        return Ok(Handoff::None);
+    };
+    let count: usize = count
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&n| n <= MAX_FDS)
+        .ok_or_else(|| {
+            ListenError::invalid_handoff(
+                "LISTEN_FDS",
+                count,
+                format!("a count of inherited sockets from 0 to {MAX_FDS}"),
+            )
+        })?;
+    let source = match vars.listen_pid.as_deref().map(str::trim) {
+        None | Some("") => Source::Systemfd,
+        Some(pid) => {
+            let pid: u32 = pid.parse().map_err(|_| {
+                ListenError::invalid_handoff("LISTEN_PID", pid, "a process id".to_owned())
+            })?;
+            if pid != our_pid {
+                return Ok(Handoff::ForAnotherProcess { pid });
+            }
+            Source::Systemd
+        }
+    };
+    if count == 0 {
+        return Ok(Handoff::None);
+    }
+    let first_fd = match vars.listen_fds_first_fd.as_deref() {
+        None => 3,
+        Some(value) => value
+            .trim()
+            .parse::<i32>()
+            .ok()
+            .filter(|&fd| fd >= 0 && fd.checked_add(count as i32).is_some())
+            .ok_or_else(|| {
+                ListenError::invalid_handoff(
+                    "LISTEN_FDS_FIRST_FD",
+                    value,
+                    "a file descriptor number (default 3)".to_owned(),
+                )
+            })?,
+    };
+    let names = match vars.listen_fdnames.as_deref() {
+        None => None,
+        Some(value) => {
+            let names: Vec<String> = value.split(':').map(str::to_owned).collect();
+            if names.len() != count {
+                return Err(ListenError::invalid_handoff(
+                    "LISTEN_FDNAMES",
+                    value,
+                    format!(
+                        "{count} colon-separated name(s), one per socket in LISTEN_FDS={count}"
+                    ),
+                ));
+            }
+            Some(names)
+        }
+    };
+    Ok(Handoff::Offered(Offer {
+        source,
+        fds: (first_fd..).take(count).collect(),
+        names,
+    }))
+}
+
+/// A handed-over socket that has been checked and is ready to serve.
+#[derive(Debug)]
+pub struct Adopted {
+    /// The listening socket, nonblocking and close-on-exec.
+    pub listener: TcpListener,
+    /// Its local address.
+    pub address: SocketAddr,
+    /// The fd number it arrived as.
+    pub fd: i32,
+    /// Its LISTEN_FDNAMES entry, if names were given.
+    pub name: Option<String>,
+}
+
+/// Takes the socket chosen by `wanted` out of the environment's handoff.
+///
+/// `listenfd` reads LISTEN_FDS/LISTEN_PID again and removes them from the
+/// environment, so this must run in the single-threaded part of `main`.
+pub fn adopt(offer: &Offer, wanted: &str) -> Result<Adopted, ListenError> {
+    let mut handed = ListenFd::from_env();
+    if handed.len() != offer.fds.len() {
+        // Only possible if the environment changed between plan and adopt.
+        return Err(ListenError::invalid_handoff(
+            "LISTEN_FDS",
+            &handed.len().to_string(),
+            format!("{} socket(s), as read a moment earlier", offer.fds.len()),
+        ));
+    }
+    let index = offer.choose(wanted);
+    let fd = offer.fds[index];
+    let name = offer.name(index).map(str::to_owned);
+    if let Some(names) = &offer.names
+        && names.len() > 1
+        && names[index] != wanted
+    {
+        tracing::warn!(
+            wanted,
+            names = names.join(":"),
+            "no inherited socket is named LISTEN_FD_NAME; serving the first"
+        );
+    }
+    let unusable = |reason: String| ListenError::UnusableFd {
+        fd,
+        name: name.clone(),
+        reason,
+    };
+    let listener = match handed.take_tcp_listener(index) {
+        Ok(Some(listener)) => listener,
+        Ok(None) => return Err(unusable("it was already taken".to_owned())),
+        Err(_) => return Err(unusable(describe_non_tcp(&mut handed, index))),
+    };
+    let socket = Socket::from(listener);
+    match socket.is_listener() {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(unusable(
+                "it is a connected TCP socket, not a listening one (a socket unit with \
+                 Accept=yes hands over connections; portkeeper needs Accept=no)"
+                    .to_owned(),
+            ));
+        }
+        Err(err) => return Err(unusable(format!("its state cannot be read: {err}"))),
+    }
+    socket
+        .set_nonblocking(true)
+        .map_err(|err| unusable(format!("it cannot be made nonblocking: {err}")))?;
+    let address = socket
+        .local_addr()
+        .ok()
+        .and_then(|addr| addr.as_socket())
+        .ok_or_else(|| unusable("its local address cannot be read".to_owned()))?;
+    close_others(&mut handed, offer, index);
+    Ok(Adopted {
+        listener: socket.into(),
+        address,
+        fd,
+        name,
+    })
+}
+
+/// Says what an fd that is not a TCP socket is instead. listenfd leaves a
+/// socket in place when a typed take fails, so each take is a probe.
+fn describe_non_tcp(handed: &mut ListenFd, index: usize) -> String {
+    const EXPECTED: &str = "expected a listening TCP socket (check ListenStream= in the socket unit, or -s http::PORT for systemfd)";
+    let kind = if handed.take_udp_socket(index).is_ok_and(|s| s.is_some()) {
+        "a UDP socket"
+    } else if handed.take_unix_listener(index).is_ok_and(|s| s.is_some()) {
+        "a Unix stream socket"
+    } else if handed.take_unix_datagram(index).is_ok_and(|s| s.is_some()) {
+        "a Unix datagram socket"
+    } else {
+        "not an open socket"
+    };
+    format!("it is {kind}; {EXPECTED}")
+}
+
+/// Closes the handed-over fds we do not serve, so they do not linger open
+/// (and keep a port busy) for the life of the process.
+fn close_others(handed: &mut ListenFd, offer: &Offer, served: usize) {
+    for index in (0..offer.fds.len()).filter(|&i| i != served) {
+        let fd = offer.fds[index];
+        let name = offer.name(index).unwrap_or("");
+        let closed = take_any(handed, index);
+        match closed {
+            Ok(true) => tracing::info!(fd, name, "closed an inherited socket that is not served"),
+            _ => tracing::warn!(
+                fd,
+                name,
+                "an inherited fd is not served and could not be closed"
+            ),
+        }
+    }
+}
+
+/// Takes (and so closes, on drop) whatever kind of socket sits at `index`.
+fn take_any(handed: &mut ListenFd, index: usize) -> io::Result<bool> {
+    Ok(handed.take_tcp_listener(index)?.is_some()
+        || handed.take_udp_socket(index).is_ok_and(|s| s.is_some())
+        || handed.take_unix_listener(index).is_ok_and(|s| s.is_some())
+        || handed.take_unix_datagram(index).is_ok_and(|s| s.is_some()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(fds: Option<&str>, pid: Option<&str>, names: Option<&str>) -> HandoffVars {
+        HandoffVars {
+            listen_fds: fds.map(str::to_owned),
+            listen_pid: pid.map(str::to_owned),
+            listen_fdnames: names.map(str::to_owned),
+            listen_fds_first_fd: None,
+        }
+    }
+
+    #[test]
+    fn nothing_set_means_nothing_inherited() {
+        assert_eq!(plan(&vars(None, None, None), 42).unwrap(), Handoff::None);
+        assert_eq!(
+            plan(&vars(Some("0"), None, None), 42).unwrap(),
+            Handoff::None
+        );
+    }
+
+    #[test]
+    fn missing_pid_is_systemfd_and_our_pid_is_systemd() {
+        let Handoff::Offered(offer) = plan(&vars(Some("1"), None, None), 42).unwrap() else {
+            panic!("expected an offer");
+        };
+        assert_eq!(offer.source, Source::Systemfd);
+        assert_eq!(offer.fds, vec![3]);
+        let Handoff::Offered(offer) = plan(&vars(Some("2"), Some("42"), None), 42).unwrap() else {
+            panic!("expected an offer");
+        };
+        assert_eq!(offer.source, Source::Systemd);
+        assert_eq!(offer.fds, vec![3, 4]);
+    }
+
+    #[test]
+    fn another_pid_is_not_for_us() {
+        assert_eq!(
+            plan(&vars(Some("1"), Some("7"), None), 42).unwrap(),
+            Handoff::ForAnotherProcess { pid: 7 }
+        );
+    }
+
+    #[test]
+    fn first_fd_moves_the_start() {
+        let mut v = vars(Some("2"), None, None);
+        v.listen_fds_first_fd = Some("10".to_owned());
+        let Handoff::Offered(offer) = plan(&v, 1).unwrap() else {
+            panic!("expected an offer");
+        };
+        assert_eq!(offer.fds, vec![10, 11]);
+    }
+
+    #[test]
+    fn names_choose_the_socket_else_the_first() {
+        let Handoff::Offered(offer) =
+            plan(&vars(Some("3"), None, Some("metrics:http:admin")), 1).unwrap()
+        else {
+            panic!("expected an offer");
+        };
+        assert_eq!(offer.choose("http"), 1);
+        assert_eq!(offer.choose("admin"), 2);
+        assert_eq!(offer.choose("absent"), 0);
+    }
+
+    #[test]
+    fn garbage_is_refused_with_the_variable_named() {
+        for (v, name) in [
+            (vars(Some("abc"), None, None), "LISTEN_FDS"),
+            (vars(Some("-1"), None, None), "LISTEN_FDS"),
+            (vars(Some("99999999"), None, None), "LISTEN_FDS"),
+            (vars(Some("1"), Some("me"), None), "LISTEN_PID"),
+            (vars(Some("2"), None, Some("http")), "LISTEN_FDNAMES"),
+        ] {
+            let err = plan(&v, 1)
+                .expect_err("garbage must be refused")
+                .to_string();
+            assert!(err.starts_with(name), "{err}");
+        }
+        let mut v = vars(Some("1"), None, None);
+        v.listen_fds_first_fd = Some("-3".to_owned());
+        assert!(
+            plan(&v, 1)
+                .unwrap_err()
+                .to_string()
+                .starts_with("LISTEN_FDS_FIRST_FD")
+        );
+    }
+}

@@ -1,0 +1,1 @@
+//! Integration tests: the built binary, run for real.
