@@ -42,6 +42,7 @@ fn run() -> anyhow::Result<()> {
     let env = Environment::new(dotenv, std::env::vars_os());
     let config = Config::from_env(&env)?;
     logging::init(&config.log_filter, env.get("JOURNAL_STREAM").is_some());
+    tracing::debug!(?config, "configuration");
 
     let bound = open_listener(&config)?;
     let supervision = supervision(&env);

@@ -1,0 +1,135 @@
+//! Configuration as a user meets it: `.env`, real variables, and bad values refused.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+
+use crate::support::*;
+
+#[test]
+fn dotenv_is_read_and_real_variables_win() {
+    let dir = TempDir::new();
+    let held = loopback_listener();
+    std::fs::write(
+        dir.path().join(".env"),
+        format!(
+            "# a comment\nHOST=127.0.0.1\nAPI_PORT={}\nLOG_LEVEL=debug\n",
+            port_of(&held)
+        ),
+    )
+    .unwrap();
+    let mut cmd = portkeeper(dir.path());
+    // The .env port is busy; the real variable must win or the start fails.
+    cmd.env("API_PORT", "0");
+    let mut server = Running::spawn(cmd, "dotenv").unwrap();
+    let addr = server.serving_address().unwrap();
+    assert_eq!(addr.ip().to_string(), "127.0.0.1", "HOST from .env");
+    assert_ne!(addr.port(), port_of(&held), "API_PORT from the environment");
+    // LOG_LEVEL=debug from .env: the effective configuration is logged at debug.
+    server.wait_for_line("configuration", DEADLINE).unwrap();
+}
+
+#[test]
+fn a_malformed_dotenv_is_refused_not_ignored() {
+    let dir = TempDir::new();
+    std::fs::write(
+        dir.path().join(".env"),
+        "API_PORT=5050\nthis line has no equals\n",
+    )
+    .unwrap();
+    let (status, stderr) = run_to_exit(portkeeper(dir.path()), DEADLINE).unwrap();
+    assert_eq!(status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains(".env"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn a_non_utf8_variable_elsewhere_does_not_crash() {
+    let dir = TempDir::new();
+    let mut cmd = portkeeper(dir.path());
+    cmd.env("HOST", "127.0.0.1").env("API_PORT", "0").env(
+        "SOME_TOOL_SETTING",
+        OsString::from_vec(vec![b'a', 0xff, b'b']),
+    );
+    let mut server = Running::spawn(cmd, "non-utf8").unwrap();
+    let addr = server.serving_address().unwrap();
+    assert_eq!(get_json(addr, "/health").unwrap()["status"], "ok");
+}
+
+/// The variables of one case, the name its error must carry, and the value it must quote.
+type BadCase = (
+    &'static [(&'static str, &'static str)],
+    &'static str,
+    &'static str,
+);
+
+const BAD_VALUES: &[BadCase] = &[
+    (&[("API_PORT", "abc")], "API_PORT", "abc"),
+    (&[("API_PORT", "65536")], "API_PORT", "65536"),
+    (&[("API_PORT", "-1")], "API_PORT", "-1"),
+    (&[("API_PORT", "")], "API_PORT", "\"\""),
+    (&[("HOST", "not-an-address")], "HOST", "not-an-address"),
+    (&[("HOST", "")], "HOST", "\"\""),
+    (
+        &[("AUTO_FIND_PORT", "sometimes")],
+        "AUTO_FIND_PORT",
+        "sometimes",
+    ),
+    (&[("PORT_RANGE_START", "0")], "PORT_RANGE_START", "0"),
+    (&[("PORT_RANGE_END", "70000")], "PORT_RANGE_END", "70000"),
+    (
+        &[("PORT_RANGE_START", "6000"), ("PORT_RANGE_END", "5000")],
+        "PORT_RANGE_START",
+        "6000",
+    ),
+    (&[("LOG_LEVEL", "verbose")], "LOG_LEVEL", "verbose"),
+    (
+        &[("RUST_LOG", "portkeeper=shout")],
+        "RUST_LOG",
+        "portkeeper=shout",
+    ),
+    (&[("DEBUG", "2")], "DEBUG", "2"),
+    (&[("RELOAD", "y")], "RELOAD", "y"),
+    (&[("AUTH_REQUIRED", "perhaps")], "AUTH_REQUIRED", "perhaps"),
+    (&[("SHUTDOWN_TIMEOUT", "10s")], "SHUTDOWN_TIMEOUT", "10s"),
+    (&[("LISTEN_FD_NAME", "a b")], "LISTEN_FD_NAME", "a b"),
+    (&[("LISTEN_FDS", "two")], "LISTEN_FDS", "two"),
+    (
+        &[("LISTEN_FDS", "1"), ("LISTEN_PID", "self")],
+        "LISTEN_PID",
+        "self",
+    ),
+    (
+        &[("LISTEN_FDS", "1"), ("LISTEN_FDNAMES", "http:extra")],
+        "LISTEN_FDNAMES",
+        "http:extra",
+    ),
+    (&[("HOST", "192.0.2.1")], "HOST", "192.0.2.1"),
+];
+
+#[test]
+fn bad_values_exit_78_with_one_line_naming_variable_and_value() {
+    let dir = TempDir::new();
+    let mut failures = Vec::new();
+    for (vars, name, value) in BAD_VALUES {
+        let mut cmd = portkeeper(dir.path());
+        cmd.env("API_PORT", "0");
+        for (k, v) in *vars {
+            cmd.env(k, v);
+        }
+        let (status, stderr) = run_to_exit(cmd, DEADLINE).unwrap();
+        let line = stderr.trim();
+        let ok = status.code() == Some(78)
+            && line.lines().count() == 1
+            && line.contains(name)
+            && line.contains(value)
+            && !line.contains("panicked");
+        if !ok {
+            failures.push(format!("{vars:?}: status {status}, stderr {stderr:?}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "refused badly:\n{}",
+        failures.join("\n")
+    );
+}
