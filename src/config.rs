@@ -538,6 +538,38 @@ mod tests {
         );
     }
 
+    /// `config.example.env` documents every variable, with its real default.
+    #[test]
+    fn example_env_is_in_step_with_the_code() {
+        let example = include_str!("../config.example.env");
+        let documented: Vec<(String, String)> = example
+            .lines()
+            .map(|line| line.trim_start_matches("# "))
+            .filter_map(|line| line.split_once('='))
+            .filter(|(name, _)| name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'))
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
+            .collect();
+        for name in VARIABLES {
+            assert!(
+                documented.iter().any(|(n, _)| n == name),
+                "{name} is read by the code but missing from config.example.env"
+            );
+        }
+        for (name, _) in &documented {
+            assert!(
+                VARIABLES.contains(&name.as_str()),
+                "config.example.env documents {name}, which the code does not read"
+            );
+        }
+        // The uncommented values are the defaults: loading them changes nothing.
+        let pairs: Vec<(String, String)> = dotenvy::from_read_iter(example.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let from_file = Config::from_env(&Environment::new(pairs, [])).unwrap();
+        let defaults = config(&[]).unwrap();
+        assert_eq!(format!("{from_file:?}"), format!("{defaults:?}"));
+    }
+
     #[test]
     fn variables_are_spelled_like_their_fields() {
         // envy matches lowercased names; the macro relies on field == var lowercased.
