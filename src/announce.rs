@@ -49,6 +49,10 @@ pub fn interface_addresses() -> Vec<IpAddr> {
 }
 
 /// Logs the start-up message: one structured "serving" event, then one line per URL.
+///
+/// The messages repeat the address and URL in words because `journalctl`
+/// shows only the message by default; the fields (`F_SOURCE`, `F_ADDRESS`,
+/// `F_PORT`, `F_PID`, ... in the journal) are there for queries.
 pub fn log_serving(info: &ListenerInfo, urls: &[String]) {
     tracing::info!(
         source = %info.source,
@@ -58,10 +62,12 @@ pub fn log_serving(info: &ListenerInfo, urls: &[String]) {
         fd = info.fd,
         fd_name = info.fd_name.as_deref(),
         busy_ports = info.busy_ports.len(),
-        "serving"
+        "serving {} (listener from {})",
+        info.address,
+        info.source
     );
     for url in urls {
-        tracing::info!(url = %url, "open");
+        tracing::info!(url = %url, "open {url}");
     }
 }
 
