@@ -50,9 +50,10 @@ pub fn interface_addresses() -> Vec<IpAddr> {
 
 /// Logs the start-up message: one structured "serving" event, then one line per URL.
 ///
-/// The messages repeat the address and URL in words because `journalctl`
-/// shows only the message by default; the fields (`F_SOURCE`, `F_ADDRESS`,
-/// `F_PORT`, `F_PID`, ... in the journal) are there for queries.
+/// The "serving" message repeats the address and source in words because
+/// `journalctl` shows only the message by default; its fields (`F_SOURCE`,
+/// `F_ADDRESS`, `F_PORT`, `F_PID`, `F_FD`, `F_FD_NAME` in the journal) are
+/// there for queries. A URL line is its message alone.
 pub fn log_serving(info: &ListenerInfo, urls: &[String]) {
     tracing::info!(
         source = %info.source,
@@ -67,7 +68,7 @@ pub fn log_serving(info: &ListenerInfo, urls: &[String]) {
         info.source
     );
     for url in urls {
-        tracing::info!(url = %url, "open {url}");
+        tracing::info!("open {url}");
     }
 }
 
