@@ -544,3 +544,254 @@ fn the_serving_event_arrives_in_the_journal_with_its_fields() {
         server.stderr()
     );
 }
+
+/// The `Key=value` settings of a unit file, in order (sections and comments dropped).
+fn unit_settings(name: &str) -> Vec<(String, String)> {
+    std::fs::read_to_string(unit_source(name))
+        .unwrap()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with('['))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// Every value given to `key`, in order.
+fn values<'a>(settings: &'a [(String, String)], key: &str) -> Vec<&'a str> {
+    settings
+        .iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+/// The one value of `key`, insisting there is exactly one.
+fn single<'a>(settings: &'a [(String, String)], key: &str) -> &'a str {
+    match values(settings, key)[..] {
+        [value] => value,
+        ref found => panic!("expected one {key}=, found {found:?}"),
+    }
+}
+
+/// A default from config.example.env (which `config::tests` keeps in step with the code).
+fn documented_default(name: &str) -> String {
+    let example =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.env"))
+            .unwrap();
+    example
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("config.example.env has no {name}="))
+        .to_owned()
+}
+
+fn seconds(value: &str) -> u64 {
+    value
+        .strip_suffix('s')
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("expected a time like 30s, got {value:?}"))
+}
+
+/// What the units promise and what the binary does must agree: the fd name
+/// it looks for, the exit status it uses for bad configuration, the time it
+/// takes to drain.
+#[test]
+fn the_units_agree_with_the_code() {
+    let socket = unit_settings("portkeeper.socket");
+    assert_eq!(
+        single(&socket, "ListenStream"),
+        documented_default("API_PORT")
+    );
+    assert_eq!(single(&socket, "BindIPv6Only"), "both", "IPv4 and IPv6");
+    assert_eq!(
+        single(&socket, "FileDescriptorName"),
+        documented_default("LISTEN_FD_NAME")
+    );
+    assert_eq!(single(&socket, "Accept"), "no");
+    assert!(single(&socket, "Backlog").parse::<u32>().unwrap() >= 128);
+
+    let service = unit_settings("portkeeper.service");
+    assert_eq!(single(&service, "Type"), "notify");
+    assert_eq!(single(&service, "Requires"), "portkeeper.socket");
+    assert_eq!(single(&service, "After"), "portkeeper.socket");
+    assert_eq!(
+        single(&service, "EnvironmentFile"),
+        "-/etc/portkeeper/portkeeper.env"
+    );
+    assert_eq!(
+        single(&service, "LoadCredential"),
+        "api-token:/etc/portkeeper/api-token"
+    );
+    assert_eq!(single(&service, "Restart"), "on-failure");
+    assert!(seconds(single(&service, "WatchdogSec")) > 0);
+    assert!(
+        seconds(single(&service, "TimeoutStopSec"))
+            > documented_default("SHUTDOWN_TIMEOUT")
+                .parse::<u64>()
+                .unwrap(),
+        "systemd must wait longer than the drain before SIGKILL"
+    );
+
+    // RestartPreventExitStatus= is the status a bad setting actually exits with.
+    let dir = TempDir::new();
+    let mut cmd = portkeeper(dir.path());
+    cmd.env("API_PORT", "not-a-port");
+    let (status, stderr) = run_to_exit(cmd, DEADLINE).unwrap();
+    assert_eq!(
+        status.code().map(|c| c.to_string()).as_deref(),
+        Some(single(&service, "RestartPreventExitStatus")),
+        "{stderr}"
+    );
+}
+
+/// Each system-call group named in the filter, expanded to system calls.
+fn syscall_groups(analyze: &Path) -> std::collections::HashMap<String, Vec<String>> {
+    let output = Command::new(analyze)
+        .args(["syscall-filter", "--no-pager"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "systemd-analyze syscall-filter: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut groups: std::collections::HashMap<String, Vec<String>> = Default::default();
+    let mut current = None;
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let member = line.trim();
+        if line.starts_with('@') {
+            current = Some(member.to_owned());
+        } else if !line.starts_with(' ') {
+            current = None;
+        } else if let Some(group) = current.as_ref().filter(|_| !member.starts_with('#')) {
+            groups
+                .entry(group.clone())
+                .or_default()
+                .push(member.to_owned());
+        }
+    }
+    groups
+}
+
+fn expand(
+    name: &str,
+    groups: &std::collections::HashMap<String, Vec<String>>,
+    into: &mut std::collections::HashSet<String>,
+) {
+    match groups.get(name) {
+        Some(members) => {
+            for member in members {
+                expand(member, groups, into);
+            }
+        }
+        None => {
+            assert!(!name.starts_with('@'), "unknown system call group {name}");
+            into.insert(name.to_owned());
+        }
+    }
+}
+
+/// `SystemCallFilter=` in the service fails, with EPERM, any call outside its
+/// set; `RestrictAddressFamilies=AF_UNIX` any socket() of another family. No
+/// systemd here, so the server runs under strace through the paths it takes
+/// under systemd (inherited socket, sd_notify, watchdog, journal probe, two
+/// requests, SIGTERM) and every call it made is checked against the unit.
+#[test]
+fn every_system_call_made_is_allowed_by_the_service_filter() {
+    let (Some(strace), Some(analyze)) = (peer_tool("strace"), peer_tool("systemd-analyze")) else {
+        return;
+    };
+    if !succeeds(strace.to_str().unwrap(), &["-f", "-o", "/dev/null", "true"]) {
+        eprintln!("note: strace cannot trace here (ptrace denied); the filter is unchecked");
+        return;
+    }
+    let groups = syscall_groups(&analyze);
+    let mut allowed = std::collections::HashSet::new();
+    let mut denied = std::collections::HashSet::new();
+    let service = unit_settings("portkeeper.service");
+    for filter in values(&service, "SystemCallFilter") {
+        let (set, names) = match filter.strip_prefix('~') {
+            Some(names) => (&mut denied, names),
+            None => (&mut allowed, filter),
+        };
+        for name in names.split_whitespace() {
+            expand(name, &groups, set);
+        }
+    }
+    assert!(allowed.contains("accept4") && denied.contains("setrlimit"));
+    assert_eq!(single(&service, "RestrictAddressFamilies"), "AF_UNIX");
+
+    let dir = TempDir::new();
+    let trace = dir.path().join("strace.out");
+    let notify = NotifySocket::at_path();
+    let listener = loopback_listener();
+    let addr = listener.local_addr().unwrap();
+    let mut cmd = Command::new(&strace);
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_FDNAMES", "http")
+        .env("NOTIFY_SOCKET", &notify.value)
+        .env("WATCHDOG_USEC", "200000")
+        .env("JOURNAL_STREAM", "9:12345")
+        .current_dir(dir.path())
+        .arg("-f")
+        .arg("-o")
+        .arg(&trace)
+        .arg("--")
+        .arg(binary());
+    hand_over(&mut cmd, vec![listener.into()]);
+    let mut traced = Running::spawn(cmd, "strace").unwrap();
+    notify.receive_until(|m| m.contains("READY=1"), DEADLINE);
+    assert_eq!(get_json(addr, "/health").unwrap()["status"], "ok");
+    let info = get_json(addr, "/info").unwrap();
+    notify.receive_until(|m| m == "WATCHDOG=1", DEADLINE);
+    // SIGTERM to the server itself, not to strace.
+    let kill = Command::new("kill")
+        .args(["-TERM", &info["pid"].to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    assert!(traced.wait_exit(DEADLINE).unwrap().success());
+
+    let trace = std::fs::read_to_string(&trace).unwrap();
+    let mut made = std::collections::BTreeSet::new();
+    let mut families = std::collections::BTreeSet::new();
+    for line in trace.lines() {
+        // "1234  name(args) = result"; skip "<... resumed>", "---", "+++" lines.
+        let Some(call) = line.split_whitespace().nth(1) else {
+            continue;
+        };
+        let Some((name, args)) = call.split_once('(') else {
+            continue;
+        };
+        if name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !name.is_empty() {
+            made.insert(name.to_owned());
+            if name == "socket" {
+                families.insert(args.split(',').next().unwrap_or("").to_owned());
+            }
+        }
+    }
+    assert!(made.contains("accept4"), "the trace looks wrong:\n{trace}");
+    // execve is strace starting the server; systemd does that before the filter applies.
+    let refused: Vec<&String> = made
+        .iter()
+        .filter(|&name| name != "execve" && (!allowed.contains(name) || denied.contains(name)))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "system calls the unit's SystemCallFilter= refuses: {refused:?}"
+    );
+    // Only Unix sockets are created (sd_notify, the journal probe) and, for
+    // the machine's addresses, netlink, which the unit refuses: the server
+    // then lists no addresses and serves on.
+    let unexpected: Vec<&String> = families
+        .iter()
+        .filter(|&f| f != "AF_UNIX" && f != "AF_NETLINK")
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "sockets of families RestrictAddressFamilies=AF_UNIX refuses: {unexpected:?}"
+    );
+}
