@@ -3,11 +3,15 @@
 //! No systemd runs as PID 1 where these tests run, so the units cannot be
 //! started. What can be checked here is: `systemd-analyze verify` and
 //! `systemd-analyze security --offline=true` on a copy of the units whose
-//! `ExecStart=` is the built binary; the sd_notify protocol against a
-//! datagram socket the test owns (path and abstract); the fd handoff through
-//! the real `systemd-socket-activate`; and the journal protocol against a
-//! socket the test owns, mounted where journald's would be (in a private mount
-//! namespace, when this machine allows one).
+//! `ExecStart=` is the built binary; that the units' settings match the
+//! code; every system call the server makes (under strace) against the
+//! unit's filter; the sd_notify protocol against a datagram socket the test
+//! owns (path and abstract); the fd handoff through the real
+//! `systemd-socket-activate`, also into a private network namespace as
+//! `PrivateNetwork=yes` makes; and the journal protocol against a socket the
+//! test owns, mounted where journald's would be (in a private mount
+//! namespace). The namespace tests note and pass where this machine allows
+//! no namespaces.
 
 use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
