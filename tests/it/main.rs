@@ -7,3 +7,4 @@ mod configuration;
 mod listener_chain;
 mod peers;
 mod support;
+mod trust;
