@@ -55,7 +55,7 @@ macro_rules! raw_config {
             $($(#[doc = $doc])* pub $field: Option<String>,)*
         }
 
-        /// Shows every variable but the [`SECRETS`], whose values are redacted.
+        /// Shows every variable; the values of secrets (`API_TOKEN`) are redacted.
         impl std::fmt::Debug for RawConfig {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 let mut shown = f.debug_struct("RawConfig");
