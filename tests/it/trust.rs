@@ -106,6 +106,10 @@ fn tokens_guard_every_route_but_health_and_never_leak() {
         "LOG_LEVEL=trace should have logged at trace level:\n{output}"
     );
     assert!(
+        output.contains("configuration") && output.contains("redacted"),
+        "the configuration dump (debug level) was logged, tokens redacted:\n{output}"
+    );
+    assert!(
         output.contains("tokens=2"),
         "the start-up log says how many tokens:\n{output}"
     );
