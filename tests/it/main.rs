@@ -8,3 +8,4 @@ mod listener_chain;
 mod peers;
 mod support;
 mod systemd;
+mod trust;
