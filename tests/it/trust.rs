@@ -153,6 +153,21 @@ fn tokens_come_from_a_file_or_the_systemd_credential() {
     }
 }
 
+#[test]
+fn the_units_empty_credential_fallback_serves_when_auth_is_not_required() {
+    let dir = TempDir::new();
+    let credentials = dir.path().join("credentials");
+    std::fs::create_dir(&credentials).unwrap();
+    // systemd/portkeeper.service's SetCredential=api-token:\n, used when
+    // /etc/portkeeper/api-token does not exist.
+    std::fs::write(credentials.join("api-token"), "\n").unwrap();
+    let mut cmd = loopback_server(&dir);
+    cmd.env("CREDENTIALS_DIRECTORY", &credentials);
+    let mut server = Running::spawn(cmd, "fallback-credential").unwrap();
+    let addr = server.serving_address().unwrap();
+    assert_eq!(status(&get(addr, "/info", None)), 200);
+}
+
 /// Reads until the server closes the connection (EOF or reset) or `limit`
 /// passes, writing `drip` every `every` meanwhile. Returns when it closed.
 fn time_until_closed(
@@ -314,6 +329,10 @@ fn bad_inputs(dir: &Path) -> Vec<BadInput> {
     let bad_credentials = dir.join("creds");
     // api-token exists but is a directory: present, yet unreadable.
     std::fs::create_dir_all(bad_credentials.join("api-token")).unwrap();
+    // What the service unit's SetCredential= fallback leaves without a token file.
+    let fallback_credentials = dir.join("fallback-creds");
+    std::fs::create_dir_all(&fallback_credentials).unwrap();
+    std::fs::write(fallback_credentials.join("api-token"), "\n").unwrap();
     let regular_file = std::fs::File::open(&empty).unwrap();
     let path = |p: &Path| p.display().to_string();
     let required = ("AUTH_REQUIRED", "true");
@@ -375,6 +394,14 @@ fn bad_inputs(dir: &Path) -> Vec<BadInput> {
                 "CREDENTIALS_DIRECTORY",
                 &path(&bad_credentials.join("api-token")),
             ],
+        ),
+        case(
+            "credential is the unit's bare-newline fallback",
+            &[
+                required,
+                ("CREDENTIALS_DIRECTORY", &path(&fallback_credentials)),
+            ],
+            &["CREDENTIALS_DIRECTORY", "no token"],
         ),
         case(
             "LISTEN_FDS=1 with nothing at fd 3",
