@@ -43,8 +43,10 @@
 
 pub mod announce;
 pub mod config;
+pub mod debug_routes;
 pub mod lifecycle;
 pub mod listener;
 pub mod logging;
 pub mod notify;
 pub mod server;
+pub mod upgrade;
