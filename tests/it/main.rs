@@ -6,4 +6,5 @@
 mod configuration;
 mod listener_chain;
 mod peers;
+mod reload;
 mod support;
