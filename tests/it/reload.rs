@@ -230,3 +230,67 @@ fn without_reload_a_replaced_executable_is_left_alone() {
     assert_eq!(pid_of(&get_json(addr, "/info").unwrap()), old);
     assert!(!server.output().contains("binary upgrade"));
 }
+
+/// Busy keep-alive clients during a stop: each must get `Connection: close` on
+/// a complete response, never a connection cut under its next request.
+/// (Before responses carried `Connection: close` once the stop began, every
+/// busy connection lost one request this way.)
+#[test]
+fn busy_keep_alive_connections_are_closed_cleanly_on_stop() {
+    use std::io::{BufRead, BufReader};
+    let dir = TempDir::new();
+    let mut cmd = portkeeper(dir.path());
+    loopback(&mut cmd);
+    let mut server = Running::spawn(cmd, "keep-alive-stop").unwrap();
+    let addr = server.serving_address().unwrap();
+
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || -> Result<u32> {
+                let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+                stream.set_read_timeout(Some(DEADLINE))?;
+                let mut reader = BufReader::new(stream);
+                let end = Instant::now() + DEADLINE;
+                for answered in 0.. {
+                    if Instant::now() > end {
+                        bail!("no Connection: close within {DEADLINE:?}");
+                    }
+                    write!(
+                        reader.get_mut(),
+                        "GET /health HTTP/1.1\r\nHost: {addr}\r\n\r\n"
+                    )?;
+                    let mut close = false;
+                    let mut length = 0;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line)? == 0 {
+                            bail!("connection cut after {answered} answers, request unanswered");
+                        }
+                        let header = line.trim_end().to_ascii_lowercase();
+                        if header.is_empty() {
+                            break;
+                        }
+                        close |= header == "connection: close";
+                        if let Some(n) = header.strip_prefix("content-length: ") {
+                            length = n.parse()?;
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    reader.read_exact(&mut body)?;
+                    if close {
+                        return Ok(answered + 1);
+                    }
+                }
+                unreachable!()
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    server.signal("TERM").unwrap();
+    for client in clients {
+        let answered = client.join().unwrap().expect("a clean close");
+        assert!(answered > 1, "the client was busy before the stop");
+    }
+    assert!(server.wait_exit(DEADLINE).unwrap().success());
+}

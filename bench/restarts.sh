@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Restarts under load: does any client see "connection refused" or a failed request?
+#
+# Keeps HTTP/1.1 keep-alive load on portkeeper (bench/restart_load.rs, our own
+# client: it tells refused from other failures exactly) while the server is
+# restarted RESTARTS times (default 20) through each path:
+#
+#   baseline  plain restart, no handed-over socket: a wrapper loop runs
+#             portkeeper on a fixed port; each restart is SIGTERM, and the
+#             loop starts a new one, which binds the port again
+#   systemfd  the same wrapper loop under `systemfd --no-pid`: systemfd holds
+#             the socket, each new portkeeper adopts it (development path 1)
+#   sighup    `kill -HUP`: portkeeper starts its successor itself (path 3)
+#   reload    RELOAD=true and the executable replaced by a copy (new inode),
+#             as a build or an installer does (path 4)
+#
+# For each it prints requests sent, succeeded, refused, failed otherwise, the
+# worst latency of a request overlapping a restart, the worst latency before
+# the first restart (steady state), p99, and the mean restart time.
+#
+# Loopback only; ports come from the kernel (API_PORT=0). Every step is
+# bounded in time. Usage: bench/restarts.sh [RESTARTS] [CONNECTIONS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+restarts=${1:-20}
+connections=${2:-8}
+
+# The load tool is built from this repository; systemfd is installed if missing.
+command -v systemfd >/dev/null || cargo install systemfd --locked
+cargo build --release --quiet --bin portkeeper --example restart_load
+bin=$PWD/target/release/portkeeper
+load=$PWD/target/release/examples/restart_load
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/portkeeper-bench.XXXXXX")
+started=()   # pids this script started, killed on exit
+cleanup() {
+    touch "$work/stop"
+    for pid in "${started[@]}"; do kill "$pid" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Waits (bounded) for "serving ... address=" in a log; prints the address.
+serving_address() {
+    local log=$1
+    for _ in $(seq 200); do
+        if grep -q ' serving ' "$log" 2>/dev/null; then
+            grep -m1 ' serving ' "$log" | sed -E 's/.* address=([^ ]+).*/\1/'
+            return 0
+        fi
+        sleep 0.05
+    done
+    echo "no serving line in $log:" >&2
+    cat "$log" >&2
+    return 1
+}
+
+# A loopback port the kernel picks: start portkeeper on port 0, read it, stop it.
+kernel_port() {
+    local log=$work/port.log
+    HOST=127.0.0.1 API_PORT=0 "$bin" >"$log" 2>&1 &
+    local pid=$!
+    local address
+    address=$(serving_address "$log")
+    kill -TERM "$pid"
+    wait "$pid" || true
+    echo "${address##*:}"
+}
+
+# Stops what one path left running: the last server (by the pid the load tool
+# saw last), then the wrapper, within 10 s.
+finish() {
+    local final_pid=$1 wrapper=${2:-}
+    touch "$work/stop"
+    [ -n "$final_pid" ] && kill -TERM "$final_pid" 2>/dev/null || true
+    if [ -n "$wrapper" ]; then
+        for _ in $(seq 200); do kill -0 "$wrapper" 2>/dev/null || break; sleep 0.05; done
+        kill -KILL "$wrapper" 2>/dev/null || true
+    fi
+    sleep 0.5
+    rm -f "$work/stop"
+}
+
+run_load() { # label address restart-command
+    local out
+    out=$(timeout 600 "$load" "$2" "$1" "$restarts" "$3" "$connections") || {
+        echo "$out"
+        echo "$1: the load run did not complete" >&2
+        return 1
+    }
+    echo "$out"
+    final_pid=$(echo "$out" | sed -nE 's/.* final_pid=([0-9]+).*/\1/p')
+}
+
+# The restarting wrapper for baseline and systemfd: runs portkeeper again
+# each time it exits, until the stop file appears.
+wrapper_script='while [ ! -e "$STOP" ]; do "$BIN"; done'
+
+echo "portkeeper restart benchmark: $restarts restarts per path, $connections keep-alive connections, GET /info"
+echo "machine: $(nproc) cores; $(uname -sr)"
+echo
+
+# baseline: plain restart on a fixed port, nothing holds the socket in between.
+port=$(kernel_port)
+STOP=$work/stop BIN=$bin HOST=127.0.0.1 API_PORT=$port sh -c "$wrapper_script" >"$work/baseline.log" 2>&1 &
+wrapper=$!; started+=("$wrapper")
+serving_address "$work/baseline.log" >/dev/null
+run_load baseline "127.0.0.1:$port" 'kill -TERM $PID' || true
+finish "${final_pid:-}" "$wrapper"
+
+# systemfd: the same loop, but systemfd holds the socket across restarts.
+port=$(kernel_port)
+STOP=$work/stop BIN=$bin HOST=127.0.0.1 API_PORT=0 \
+    systemfd --no-pid -b 1024 -s "http::127.0.0.1:$port" -- sh -c "$wrapper_script" >"$work/systemfd.log" 2>&1 &
+wrapper=$!; started+=("$wrapper")
+serving_address "$work/systemfd.log" >/dev/null
+run_load systemfd "127.0.0.1:$port" 'kill -TERM $PID' || true
+finish "${final_pid:-}" "$wrapper"
+
+# sighup: the server upgrades itself.
+HOST=127.0.0.1 API_PORT=0 "$bin" >"$work/sighup.log" 2>&1 &
+started+=($!)
+address=$(serving_address "$work/sighup.log")
+run_load sighup "$address" 'kill -HUP $PID' || true
+finish "${final_pid:-}"
+
+# reload: RELOAD=true, the executable replaced by a fresh copy each time.
+mkdir -p "$work/reload"
+cp "$bin" "$work/reload/portkeeper"
+HOST=127.0.0.1 API_PORT=0 RELOAD=true "$work/reload/portkeeper" >"$work/reload.log" 2>&1 &
+started+=($!)
+address=$(serving_address "$work/reload.log")
+run_load reload "$address" \
+    "cp '$bin' '$work/reload/portkeeper.new' && mv -f '$work/reload/portkeeper.new' '$work/reload/portkeeper'" || true
+finish "${final_pid:-}"
