@@ -12,6 +12,8 @@
 //! AUTO_FIND_PORT=true cargo run                              # search the range when busy
 //! systemfd --no-pid -s http::5050 -- cargo watch -x run      # development with hot reload
 //! systemctl enable --now portkeeper.socket                   # production (see systemd/)
+//! kill -HUP <pid>                                            # binary upgrade: hand the socket to the new executable
+//! RELOAD=true ./target/debug/portkeeper                      # ... whenever the executable file is replaced
 //! ```
 //!
 //! Configuration is by environment variables and an optional `.env` file; see

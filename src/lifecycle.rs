@@ -58,11 +58,13 @@ pub async fn run(
         (None, Some(notifier)) => notifier.notify(&ready),
         (None, None) => {}
     }
-    if let Some(notifier) = &notifier {
-        if let Some(interval) = supervision.watchdog_interval {
-            tokio::spawn(keep_watchdog_fed(Arc::clone(notifier), interval));
-        }
-    }
+    let watchdog = notifier.as_ref().and_then(|notifier| {
+        let interval = supervision.watchdog_interval?;
+        Some(tokio::spawn(keep_watchdog_fed(
+            Arc::clone(notifier),
+            interval,
+        )))
+    });
 
     let shutdown = {
         let notifier = notifier.clone();
@@ -75,7 +77,12 @@ pub async fn run(
                     }
                 }
                 successor = upgrader.until_handed_over() => {
-                    // No STOPPING=1: the service goes on, in the successor.
+                    // No STOPPING=1: the service goes on, in the successor,
+                    // which also feeds the watchdog from now on (systemd
+                    // would reject our pings: we are no longer MAINPID).
+                    if let Some(watchdog) = &watchdog {
+                        watchdog.abort();
+                    }
                     tracing::info!(successor, "handed the listener over; finishing open requests");
                 }
             }

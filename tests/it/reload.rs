@@ -294,3 +294,46 @@ fn busy_keep_alive_connections_are_closed_cleanly_on_stop() {
     }
     assert!(server.wait_exit(DEADLINE).unwrap().success());
 }
+
+/// Under a service manager (here the test plays systemd's NOTIFY_SOCKET):
+/// the old process announces the new main pid; the new process does not send
+/// READY=1 there again, yet reaches the manager afterwards (STOPPING=1).
+#[test]
+fn sighup_under_a_manager_announces_the_new_mainpid() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = TempDir::new();
+    let socket_path = dir.path().join("notify.sock");
+    let manager = UnixDatagram::bind(&socket_path).unwrap();
+    manager.set_read_timeout(Some(DEADLINE)).unwrap();
+    let next_message = || -> String {
+        let mut buf = [0u8; 1024];
+        let n = manager.recv(&mut buf).expect("a notification in time");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut cmd = portkeeper(dir.path());
+    loopback(&mut cmd).env("NOTIFY_SOCKET", &socket_path);
+    let mut first = Running::spawn(cmd, "hup-managed").unwrap();
+    let addr = first.serving_address().unwrap();
+    assert!(next_message().starts_with("READY=1\n"));
+
+    first.signal("HUP").unwrap();
+    let info = wait_for_successor(addr, u64::from(first.pid())).unwrap();
+    let successor = Successor(pid_of(&info) as u32);
+    let announced = next_message();
+    assert!(
+        announced.starts_with(&format!("MAINPID={}\n", successor.0)),
+        "{announced:?}"
+    );
+    assert!(first.wait_exit(DEADLINE).unwrap().success());
+
+    let term = Command::new("kill")
+        .args(["-TERM", &successor.0.to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let stopping = next_message();
+    assert!(
+        stopping.starts_with("STOPPING=1\n"),
+        "the successor reaches the manager, and sent nothing else before: {stopping:?}"
+    );
+}
