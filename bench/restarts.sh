@@ -18,6 +18,11 @@
 # worst latency of a request overlapping a restart, the worst latency before
 # the first restart (steady state), p99, and the mean restart time.
 #
+# Then a cross-check with a stock tool: wrk (installed with apt-get when
+# missing) against the baseline and the SIGHUP path, with wrk's own error
+# counts. wrk does not tell refused from other errors ("connect" covers
+# both), which is why the figures above come from our own client.
+#
 # Loopback only; ports come from the kernel (API_PORT=0). Every step is
 # bounded in time. Usage: bench/restarts.sh [RESTARTS] [CONNECTIONS]
 set -euo pipefail
@@ -29,6 +34,9 @@ connections=${2:-8}
 
 # The load tool is built from this repository; systemfd is installed if missing.
 command -v systemfd >/dev/null || cargo install systemfd --locked
+if ! command -v wrk >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk
+fi
 cargo build --release --quiet --bin portkeeper --example restart_load
 bin=$PWD/target/release/portkeeper
 load=$PWD/target/release/examples/restart_load
@@ -134,4 +142,42 @@ started+=($!)
 address=$(serving_address "$work/reload.log")
 run_load reload "$address" \
     "cp '$bin' '$work/reload/portkeeper.new' && mv -f '$work/reload/portkeeper.new' '$work/reload/portkeeper'" || true
+finish "${final_pid:-}"
+
+# Cross-check with wrk: the same restarts, driven from here, wrk's counts.
+pid_at() { curl -s --max-time 5 "http://$1/info" | sed -nE 's/.*"pid":([0-9]+).*/\1/p'; }
+wrk_check() { # label address restart-command
+    local label=$1 address=$2 restart=$3 old new
+    wrk -t2 -c"$connections" -d600s --timeout 10s "http://$address/info" >"$work/wrk.out" 2>&1 &
+    local wrk_pid=$!
+    sleep 1
+    for _ in $(seq "$restarts"); do
+        old=$(pid_at "$address")
+        PID=$old sh -c "$restart"
+        for _ in $(seq 600); do
+            new=$(pid_at "$address" || true)
+            [ -n "$new" ] && [ "$new" != "$old" ] && break
+            sleep 0.05
+        done
+        sleep 0.7
+    done
+    kill -INT "$wrk_pid"; wait "$wrk_pid" || true
+    local errors
+    errors=$(grep -E 'Socket errors|Non-2xx' "$work/wrk.out" | xargs || true)
+    printf '%-10s (wrk) %s; %s\n' "$label" "$(grep -E 'requests in' "$work/wrk.out" | xargs)" \
+        "${errors:-no socket errors, no non-2xx responses}"
+    final_pid=$(pid_at "$address")
+}
+echo
+port=$(kernel_port)
+STOP=$work/stop BIN=$bin HOST=127.0.0.1 API_PORT=$port sh -c "$wrapper_script" >"$work/baseline-wrk.log" 2>&1 &
+wrapper=$!; started+=("$wrapper")
+serving_address "$work/baseline-wrk.log" >/dev/null
+wrk_check baseline "127.0.0.1:$port" 'kill -TERM $PID'
+finish "${final_pid:-}" "$wrapper"
+
+HOST=127.0.0.1 API_PORT=0 "$bin" >"$work/sighup-wrk.log" 2>&1 &
+started+=($!)
+address=$(serving_address "$work/sighup-wrk.log")
+wrk_check sighup "$address" 'kill -HUP $PID'
 finish "${final_pid:-}"
