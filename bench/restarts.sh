@@ -13,6 +13,10 @@
 #   sighup    `kill -HUP`: portkeeper starts its successor itself (path 3)
 #   reload    RELOAD=true and the executable replaced by a copy (new inode),
 #             as a build or an installer does (path 4)
+#   cargo-watch  (only with WITH_CARGO_WATCH=1) the real development loop,
+#             `systemfd --no-pid -- cargo watch -s 'exec cargo run'`, each
+#             restart a real rebuild after `touch src/lib.rs` (a debug build
+#             in this checkout; cargo-watch is installed when missing)
 #
 # For each it prints requests sent, succeeded, refused, failed otherwise, the
 # worst latency of a request overlapping a restart, the worst latency before
@@ -143,6 +147,21 @@ address=$(serving_address "$work/reload.log")
 run_load reload "$address" \
     "cp '$bin' '$work/reload/portkeeper.new' && mv -f '$work/reload/portkeeper.new' '$work/reload/portkeeper'" || true
 finish "${final_pid:-}"
+
+# cargo-watch (opt-in): real rebuilds under systemfd.
+if [ -n "${WITH_CARGO_WATCH:-}" ]; then
+    command -v cargo-watch >/dev/null || cargo install cargo-watch --locked
+    cargo build --quiet --bin portkeeper
+    port=$(kernel_port)
+    HOST=127.0.0.1 systemfd --no-pid -b 1024 -s "http::127.0.0.1:$port" -- \
+        cargo watch -s 'exec cargo run' >"$work/cargo-watch.log" 2>&1 &
+    wrapper=$!; started+=("$wrapper")
+    serving_address "$work/cargo-watch.log" >/dev/null
+    run_load cargo-watch "127.0.0.1:$port" 'touch src/lib.rs' || true
+    # cargo watch outlives its command: stop it (it stops the server), then systemfd.
+    for child in $(pgrep -P "$wrapper"); do kill -TERM "$child" 2>/dev/null || true; done
+    finish "" "$wrapper"
+fi
 
 # Cross-check with wrk: the same restarts, driven from here, wrk's counts.
 pid_at() { curl -s --max-time 5 "http://$1/info" | sed -nE 's/.*"pid":([0-9]+).*/\1/p'; }

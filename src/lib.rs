@@ -10,7 +10,7 @@
 //! ```text
 //! cargo run                                                  # plain: binds HOST:API_PORT
 //! AUTO_FIND_PORT=true cargo run                              # search the range when busy
-//! systemfd --no-pid -s http::5050 -- cargo watch -x run      # development with hot reload
+//! systemfd --no-pid -s http::5050 -- cargo watch -s 'exec cargo run'  # development with hot reload
 //! systemctl enable --now portkeeper.socket                   # production (see systemd/)
 //! kill -HUP <pid>                                            # binary upgrade: hand the socket to the new executable
 //! RELOAD=true ./target/debug/portkeeper                      # ... whenever the executable file is replaced
