@@ -90,6 +90,7 @@ finish() {
     if [ -n "$wrapper" ]; then
         for _ in $(seq 200); do kill -0 "$wrapper" 2>/dev/null || break; sleep 0.05; done
         kill -KILL "$wrapper" 2>/dev/null || true
+        wait "$wrapper" 2>/dev/null || true
     fi
     sleep 0.5
     rm -f "$work/stop"
