@@ -65,6 +65,7 @@ mod tests {
     use super::*;
 
     /// The shell trick, run for real: the child sees fd 3 open and its own pid.
+    #[cfg(target_os = "linux")] // /proc/self/fd
     #[test]
     fn child_gets_fd_3_and_its_own_pid() {
         let socket = TcpListener::bind("127.0.0.1:0").unwrap();
