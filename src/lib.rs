@@ -10,8 +10,10 @@
 //! ```text
 //! cargo run                                                  # plain: binds HOST:API_PORT
 //! AUTO_FIND_PORT=true cargo run                              # search the range when busy
-//! systemfd --no-pid -s http::5050 -- cargo watch -x run      # development with hot reload
+//! systemfd --no-pid -s http::5050 -- cargo watch -s 'exec cargo run'  # development with hot reload
 //! systemctl enable --now portkeeper.socket                   # production (see systemd/)
+//! kill -HUP <pid>                                            # binary upgrade: hand the socket to the new executable
+//! RELOAD=true ./target/debug/portkeeper                      # ... whenever the executable file is replaced
 //! ```
 //!
 //! Configuration is by environment variables and an optional `.env` file; see
@@ -49,8 +51,10 @@
 pub mod announce;
 pub mod auth;
 pub mod config;
+pub mod debug_routes;
 pub mod lifecycle;
 pub mod listener;
 pub mod logging;
 pub mod notify;
 pub mod server;
+pub mod upgrade;

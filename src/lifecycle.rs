@@ -1,13 +1,15 @@
-//! From a bound listener to a clean exit: announce, tell systemd, serve, stop on a signal.
+//! From a bound listener to a clean exit: announce, tell systemd, serve, stop on a signal
+//! or hand over to a new executable.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::announce;
 use crate::config::Config;
 use crate::listener::Bound;
 use crate::notify::{self, Notifier};
 use crate::server::{self, AppState, ServeOptions, Stopped};
+use crate::upgrade::{Succession, Upgrader};
+use crate::{announce, debug_routes};
 
 /// What the process learned about its manager before the runtime started.
 #[derive(Debug, Default)]
@@ -18,12 +20,25 @@ pub struct Supervision {
     pub watchdog_interval: Option<Duration>,
 }
 
-/// Serves until SIGINT or SIGTERM, then drains. Must run inside a tokio runtime.
+/// Serves until SIGINT or SIGTERM, or until a binary upgrade (SIGHUP, `RELOAD`)
+/// has handed the listener to a new process; then drains. Must run inside a
+/// tokio runtime.
 pub async fn run(
     config: Config,
     bound: Bound,
     supervision: Supervision,
+    succession: Succession,
 ) -> std::io::Result<Stopped> {
+    // Signal handlers first: a signal that comes right after READY=1 must
+    // find them installed, not the default action (terminate).
+    let stop_signal = stop_signal();
+    let notifier = supervision.notifier.map(Arc::new);
+    let upgrader = Upgrader::new(
+        succession.plan,
+        &bound.listener,
+        &config.listen_fd_name,
+        notifier.clone(),
+    );
     let listener = tokio::net::TcpListener::from_std(bound.listener)?;
     let urls = announce::urls(bound.info.address, &announce::interface_addresses());
     announce::log_serving(&bound.info, &urls);
@@ -33,25 +48,45 @@ pub async fn run(
         auth: config.auth.clone(),
         limits: config.limits,
     });
-    let notifier = supervision.notifier.map(Arc::new);
-    if let Some(notifier) = &notifier {
-        let url = urls.first().map(String::as_str).unwrap_or_default();
-        notifier.notify(&notify::ready_message(&format!(
-            "serving {url} (listener from {})",
-            state.listener.source
-        )));
-        if let Some(interval) = supervision.watchdog_interval {
-            tokio::spawn(keep_watchdog_fed(Arc::clone(notifier), interval));
-        }
+    let url = urls.first().map(String::as_str).unwrap_or_default();
+    let ready = notify::ready_message(&format!(
+        "serving {url} (listener from {})",
+        state.listener.source
+    ));
+    match (&succession.predecessor, &notifier) {
+        // Started by a handoff: our predecessor waits for READY=1 and then
+        // tells the manager (if any) that we are its main process now.
+        (Some(predecessor), _) => predecessor.notify(&ready),
+        (None, Some(notifier)) => notifier.notify(&ready),
+        (None, None) => {}
     }
+    let watchdog = notifier.as_ref().and_then(|notifier| {
+        let interval = supervision.watchdog_interval?;
+        Some(tokio::spawn(keep_watchdog_fed(
+            Arc::clone(notifier),
+            interval,
+        )))
+    });
 
     let shutdown = {
         let notifier = notifier.clone();
         async move {
-            let signal = stop_signal().await;
-            tracing::info!(signal, "stop requested");
-            if let Some(notifier) = &notifier {
-                notifier.notify(&notify::stopping_message("finishing open requests"));
+            tokio::select! {
+                signal = stop_signal => {
+                    tracing::info!(signal, "stop requested");
+                    if let Some(notifier) = &notifier {
+                        notifier.notify(&notify::stopping_message("finishing open requests"));
+                    }
+                }
+                successor = upgrader.until_handed_over() => {
+                    // No STOPPING=1: the service goes on, in the successor,
+                    // which also feeds the watchdog from now on (systemd
+                    // would reject our pings: we are no longer MAINPID).
+                    if let Some(watchdog) = &watchdog {
+                        watchdog.abort();
+                    }
+                    tracing::info!(successor, "handed the listener over; finishing open requests");
+                }
             }
         }
     };
@@ -59,7 +94,11 @@ pub async fn run(
         shutdown_timeout: config.shutdown_timeout,
         header_read_timeout: config.limits.header_read_timeout,
     };
-    let stopped = server::serve(listener, server::app(state), shutdown, options).await;
+    let mut app = server::app(state);
+    if config.debug {
+        app = app.merge(debug_routes::routes());
+    }
+    let stopped = server::serve(listener, app, shutdown, options).await;
     match &stopped {
         Stopped::Drained => tracing::info!("stopped"),
         Stopped::TimedOut { open } => tracing::warn!(
@@ -81,27 +120,31 @@ async fn keep_watchdog_fed(notifier: Arc<Notifier>, interval: Duration) {
     }
 }
 
-/// Waits for SIGINT or SIGTERM and returns its name.
-async fn stop_signal() -> &'static str {
+/// Installs the SIGINT and SIGTERM handlers now; the future waits for one
+/// and returns its name.
+fn stop_signal() -> impl std::future::Future<Output = &'static str> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match (
+        let handlers = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = int.recv() => "SIGINT",
-            },
-            _ => {
-                tracing::error!("cannot install signal handlers; stop with SIGKILL");
-                std::future::pending().await
+        );
+        async move {
+            match handlers {
+                (Ok(mut term), Ok(mut int)) => tokio::select! {
+                    _ = term.recv() => "SIGTERM",
+                    _ = int.recv() => "SIGINT",
+                },
+                _ => {
+                    tracing::error!("cannot install signal handlers; stop with SIGKILL");
+                    std::future::pending().await
+                }
             }
         }
     }
     #[cfg(not(unix))]
-    {
+    async {
         let _ = tokio::signal::ctrl_c().await;
         "ctrl-c"
     }

@@ -10,7 +10,8 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use portkeeper::config::{Config, ConfigError, Environment};
 use portkeeper::lifecycle::{self, Supervision};
-use portkeeper::listener::{self, ListenError};
+use portkeeper::listener::{self, ListenError, Source};
+use portkeeper::upgrade::{self, Succession, UpgradePlan};
 use portkeeper::{auth, logging, notify};
 
 /// Exit statuses, from BSD's sysexits.h so service managers can tell them apart.
@@ -46,22 +47,29 @@ fn run() -> anyhow::Result<()> {
 
     auth::log_policy(&config.auth);
 
-    let bound = open_listener(&config)?;
+    // Read before anything may replace the file: afterwards /proc/self/exe
+    // names the deleted inode, and this path the new executable.
+    let executable = std::env::current_exe();
+    let handoff_notify = env.get(upgrade::HANDOFF_NOTIFY_VAR).map(str::to_owned);
+    let bound = open_listener(&config, handoff_notify.is_some())?;
     warn_if_debug_is_exposed(config.debug, bound.info.address);
     let supervision = supervision(&env);
+    let succession = succession(&config, &bound, executable, handoff_notify.as_deref());
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime
-        .block_on(lifecycle::run(config, bound, supervision))
+        .block_on(lifecycle::run(config, bound, supervision, succession))
         .context("cannot serve the listener")?;
     Ok(())
 }
 
+/// Opens the listener by the chain. `from_predecessor`: a binary upgrade
+/// started us, so a socket handed to our pid is reported as `handoff`.
 #[cfg(unix)]
-fn open_listener(config: &Config) -> Result<listener::Bound, ListenError> {
+fn open_listener(config: &Config, from_predecessor: bool) -> Result<listener::Bound, ListenError> {
     use listener::inherit::{self, Handoff, HandoffVars};
     // Lossy on purpose: a non-UTF-8 LISTEN_FDS then fails to parse and is
     // reported by name, instead of being taken for "not set".
@@ -70,7 +78,12 @@ fn open_listener(config: &Config) -> Result<listener::Bound, ListenError> {
     });
     let result = inherit::plan(&vars, std::process::id()).and_then(|handoff| {
         let offer = match handoff {
-            Handoff::Offered(offer) => Some(offer),
+            Handoff::Offered(mut offer) => {
+                if from_predecessor && offer.source == Source::Systemd {
+                    offer.source = Source::Handoff;
+                }
+                Some(offer)
+            }
             Handoff::ForAnotherProcess { pid } => {
                 tracing::info!(
                     listen_pid = pid,
@@ -83,11 +96,12 @@ fn open_listener(config: &Config) -> Result<listener::Bound, ListenError> {
         listener::open(offer.as_ref(), &config.listen_fd_name, &config.bind)
     });
     forget_handoff(&HandoffVars::NAMES);
+    forget_handoff(&[upgrade::HANDOFF_NOTIFY_VAR]);
     result
 }
 
 #[cfg(not(unix))]
-fn open_listener(config: &Config) -> Result<listener::Bound, ListenError> {
+fn open_listener(config: &Config, _from_predecessor: bool) -> Result<listener::Bound, ListenError> {
     listener::open(&config.listen_fd_name, &config.bind)
 }
 
@@ -133,6 +147,53 @@ fn supervision(env: &Environment) -> Supervision {
         ),
         notifier,
     }
+}
+
+/// How to start a successor, and the predecessor waiting for our READY=1.
+fn succession(
+    config: &Config,
+    bound: &listener::Bound,
+    executable: std::io::Result<std::path::PathBuf>,
+    handoff_notify: Option<&str>,
+) -> Succession {
+    let plan = match executable {
+        Ok(executable) => Some(UpgradePlan {
+            executable,
+            args: std::env::args_os().skip(1).collect(),
+            watch_executable: config.reload,
+        }),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot tell the executable's path");
+            None
+        }
+    };
+    let predecessor = match handoff_notify {
+        // Only a process that really took the socket over may report ready:
+        // one that bound a port of its own would move the service elsewhere.
+        Some(value) if bound.info.source == Source::Handoff => {
+            notify::Notifier::connect(Some(value)).unwrap_or_else(|err| {
+                let cause = std::error::Error::source(&err).map(ToString::to_string);
+                tracing::warn!(
+                    value,
+                    error = cause.unwrap_or_default(),
+                    "{} cannot be reached; the process that started us will time out",
+                    upgrade::HANDOFF_NOTIFY_VAR
+                );
+                None
+            })
+        }
+        Some(value) => {
+            tracing::warn!(
+                value,
+                source = %bound.info.source,
+                "{} is set but no socket was handed to us; not reporting to it",
+                upgrade::HANDOFF_NOTIFY_VAR
+            );
+            None
+        }
+        None => None,
+    };
+    Succession { plan, predecessor }
 }
 
 fn exit_status(err: &anyhow::Error) -> u8 {

@@ -7,6 +7,8 @@
 //! a [`ListenerInfo`] describing where it came from.
 
 mod bind;
+#[cfg(unix)]
+pub mod handover;
 #[cfg(target_os = "linux")]
 mod holder;
 #[cfg(unix)]
@@ -28,6 +30,10 @@ pub enum Source {
     Systemd,
     /// Inherited without LISTEN_PID (`systemfd --no-pid`).
     Systemfd,
+    /// Inherited from the previous portkeeper process by a binary upgrade
+    /// (SIGHUP or `RELOAD=true`); whoever opened the socket first, this
+    /// process got it from its predecessor.
+    Handoff,
     /// Bound by us on `HOST:API_PORT`.
     Fixed,
     /// Bound by us after a search of the port range.
@@ -39,6 +45,7 @@ impl std::fmt::Display for Source {
         f.write_str(match self {
             Source::Systemd => "systemd",
             Source::Systemfd => "systemfd",
+            Source::Handoff => "handoff",
             Source::Fixed => "fixed",
             Source::Searched => "searched",
         })

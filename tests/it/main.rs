@@ -6,6 +6,7 @@
 mod configuration;
 mod listener_chain;
 mod peers;
+mod reload;
 mod support;
 mod systemd;
 mod trust;
