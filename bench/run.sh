@@ -6,6 +6,7 @@
 #
 #   bench/run.sh                  # the defaults below
 #   BENCH_RUNS=40 BENCH_LOAD_ROUNDS=5 bench/run.sh
+#   bench/run.sh --only load,rss  # sections: startup, search, load, rss
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,4 +38,4 @@ exec target/release/examples/bench_driver \
     --baseline target/release/examples/baseline \
     --runs "$runs" --search-runs "$search_runs" \
     --load-rounds "$load_rounds" --load-seconds "$load_seconds" \
-    --connections "$connections"
+    --connections "$connections" "$@"

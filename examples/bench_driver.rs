@@ -55,6 +55,14 @@ struct Options {
     load_rounds: usize,
     load_seconds: u64,
     connections: u32,
+    /// The sections to run: startup, search, load, rss (all by default).
+    only: Vec<String>,
+}
+
+impl Options {
+    fn runs_section(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == name)
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -76,6 +84,7 @@ fn parse_options() -> Result<Options> {
         load_rounds: 3,
         load_seconds: 10,
         connections: 50,
+        only: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -95,8 +104,20 @@ fn parse_options() -> Result<Options> {
             "--load-rounds" => options.load_rounds = number()?.max(1) as usize,
             "--load-seconds" => options.load_seconds = number()?.max(1),
             "--connections" => options.connections = number()?.clamp(1, 10_000) as u32,
+            "--only" => {
+                options.only = value.split(',').map(str::to_owned).collect();
+                if let Some(bad) = options
+                    .only
+                    .iter()
+                    .find(|s| !["startup", "search", "load", "rss"].contains(&s.as_str()))
+                {
+                    bail!(
+                        "--only: {bad:?} is not a section (expected startup, search, load or rss, comma-separated)"
+                    );
+                }
+            }
             _ => bail!(
-                "unknown option {flag} (expected --portkeeper, --baseline, --runs, --search-runs, --load-rounds, --load-seconds or --connections)"
+                "unknown option {flag} (expected --portkeeper, --baseline, --runs, --search-runs, --load-rounds, --load-seconds, --connections or --only)"
             ),
         }
     }
@@ -124,33 +145,66 @@ fn run(options: &Options) -> Result<()> {
         },
     ];
     let mut table = Table::default();
+    if options.runs_section("startup") {
+        startup_section(options, &servers, &mut table)?;
+    }
+    if options.runs_section("search") {
+        search_section(options, &mut table)?;
+    }
+    if options.runs_section("load") {
+        load_section(options, &servers, &mut table)?;
+    }
+    if options.runs_section("rss") {
+        rss_section(options, &servers, &mut table)?;
+    }
+    print!("{}", table.render(options));
+    Ok(())
+}
 
+fn startup_section(options: &Options, servers: &[Server<'_>; 2], table: &mut Table) -> Result<()> {
+    // CPU rows go after the wall-clock rows, which carry the targets.
+    let mut cpu_rows = Vec::new();
     for scenario in [Startup::Fixed, Startup::Inherited, Startup::SocketActivate] {
         eprintln!(
             "start-up: {} ({} runs each)",
             scenario.label(),
             options.runs
         );
-        let mut samples = [Vec::new(), Vec::new()];
+        let mut wall = [Vec::new(), Vec::new()];
+        let mut cpu = [Vec::new(), Vec::new()];
         // One warm-up each (page cache), then the two servers alternate.
         for run in 0..=options.runs {
-            for (server, samples) in servers.iter().zip(samples.iter_mut()) {
-                let elapsed = with_port_retries(|| scenario.measure(server))
+            for (i, server) in servers.iter().enumerate() {
+                let sample = with_port_retries(|| scenario.measure(server))
                     .with_context(|| format!("{} start-up of {}", scenario.label(), server.name))?;
                 if run > 0 {
-                    samples.push(elapsed.as_secs_f64() * 1e3);
+                    wall[i].push(sample.elapsed.as_secs_f64() * 1e3);
+                    cpu[i].push(sample.cpu.as_secs_f64() * 1e3);
                 }
             }
         }
         table.compare(
             &format!("exec → first 200, {}", scenario.label()),
             "ms",
-            &samples[0],
-            &samples[1],
+            &wall[0],
+            &wall[1],
             Target::RatioAtMost(1.1),
         );
+        cpu_rows.push((scenario.label(), cpu));
     }
+    for (label, cpu) in cpu_rows {
+        table.compare(
+            &format!("server CPU to first 200, {label}"),
+            "ms",
+            &cpu[0],
+            &cpu[1],
+            Target::None,
+        );
+    }
+    Ok(())
+}
 
+fn search_section(options: &Options, table: &mut Table) -> Result<()> {
     eprintln!("port search ({} runs per busy count)", options.search_runs);
     let mut per_count = Vec::new();
     for busy in BUSY_COUNTS {
@@ -172,19 +226,28 @@ fn run(options: &Options) -> Result<()> {
         };
         table.search_row(*busy, stats, per_port);
     }
+    Ok(())
+}
 
+fn load_section(options: &Options, servers: &[Server<'_>; 2], table: &mut Table) -> Result<()> {
     eprintln!(
         "load: {} rounds × 2 servers × {} s, {} connections",
         options.load_rounds, options.load_seconds, options.connections
     );
     let mut throughput = [Vec::new(), Vec::new()];
     let mut p99 = [Vec::new(), Vec::new()];
+    let mut cpu = [Vec::new(), Vec::new()];
     for _ in 0..options.load_rounds {
         for (i, server) in servers.iter().enumerate() {
             let result = load(server, options.load_seconds, options.connections)
                 .with_context(|| format!("load on {}", server.name))?;
+            eprintln!(
+                "  {}: {:.0} req/s, p99 {:.2} ms, {:.1} µs CPU per request",
+                server.name, result.requests_per_second, result.p99_ms, result.cpu_us_per_request
+            );
             throughput[i].push(result.requests_per_second);
             p99[i].push(result.p99_ms);
+            cpu[i].push(result.cpu_us_per_request);
         }
     }
     table.compare(
@@ -201,10 +264,21 @@ fn run(options: &Options) -> Result<()> {
         &p99[1],
         Target::None,
     );
+    table.compare(
+        "server CPU per request under that load",
+        "µs",
+        &cpu[0],
+        &cpu[1],
+        Target::None,
+    );
+    Ok(())
+}
 
-    eprintln!("idle RSS ({} runs each)", options.search_runs.min(7));
+fn rss_section(options: &Options, servers: &[Server<'_>; 2], table: &mut Table) -> Result<()> {
+    let runs = options.search_runs.min(7);
+    eprintln!("idle RSS ({runs} runs each)");
     let mut rss = [Vec::new(), Vec::new()];
-    for _ in 0..options.search_runs.min(7) {
+    for _ in 0..runs {
         for (i, server) in servers.iter().enumerate() {
             rss[i].push(idle_rss_mib(server).with_context(|| format!("RSS of {}", server.name))?);
         }
@@ -216,8 +290,6 @@ fn run(options: &Options) -> Result<()> {
         &rss[1],
         Target::AtMost(8.0),
     );
-
-    print!("{}", table.render(options));
     Ok(())
 }
 
@@ -401,7 +473,7 @@ impl Startup {
         }
     }
 
-    fn measure(self, server: &Server<'_>) -> Result<Duration> {
+    fn measure(self, server: &Server<'_>) -> Result<StartupSample> {
         match self {
             Startup::Fixed => startup_fixed(server),
             Startup::Inherited => startup_inherited(server),
@@ -410,9 +482,44 @@ impl Startup {
     }
 }
 
+/// One start-up: wall time to the first 200, and the CPU the server used by then.
+struct StartupSample {
+    elapsed: Duration,
+    cpu: Duration,
+}
+
+impl StartupSample {
+    fn taken(start: Instant, process: &Process) -> Result<Self> {
+        let elapsed = start.elapsed();
+        Ok(StartupSample {
+            elapsed,
+            cpu: cpu_time_all_threads(process.pid())?,
+        })
+    }
+}
+
+/// CPU time a process has run so far, all threads, user and kernel, in
+/// nanoseconds from /proc/PID/task/*/schedstat (finer than stat's ticks).
+fn cpu_time_all_threads(pid: u32) -> Result<Duration> {
+    let mut nanos: u64 = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let path = task?.path().join("schedstat");
+        // A thread may end between the listing and the read; it then counts as 0.
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        nanos += text
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| anyhow!("unexpected {}: {text:?}", path.display()))?;
+    }
+    Ok(Duration::from_nanos(nanos))
+}
+
 /// Spawn → first 200 on a port named in advance. Connection attempts repeat
 /// every 20 µs (plus the kernel's timer slack) until the server listens.
-fn startup_fixed(server: &Server<'_>) -> Result<Duration> {
+fn startup_fixed(server: &Server<'_>) -> Result<StartupSample> {
     let held = hold_port_run(1)?;
     let address = SocketAddr::from((LOOPBACK, port_of(&held[0])?));
     let mut cmd = server.command();
@@ -434,11 +541,11 @@ fn startup_fixed(server: &Server<'_>) -> Result<Duration> {
         }
     };
     expect_200(stream)?;
-    Ok(start.elapsed())
+    StartupSample::taken(start, &process)
 }
 
 /// Spawn → first 200 on a socket the driver bound and handed over as fd 3.
-fn startup_inherited(server: &Server<'_>) -> Result<Duration> {
+fn startup_inherited(server: &Server<'_>) -> Result<StartupSample> {
     use command_fds::{CommandFdExt, FdMapping};
     let listener = TcpListener::bind((LOOPBACK, 0))?;
     let address = listener.local_addr()?;
@@ -450,17 +557,17 @@ fn startup_inherited(server: &Server<'_>) -> Result<Duration> {
     }])
     .map_err(|err| anyhow!("cannot map fd 3: {err}"))?;
     let start = Instant::now();
-    let _process = Process::spawn(cmd)?;
+    let process = Process::spawn(cmd)?;
     // The socket is listening already: this connection waits in its backlog
     // until the server accepts it.
     let stream = TcpStream::connect(address)?;
     expect_200(stream)?;
-    Ok(start.elapsed())
+    StartupSample::taken(start, &process)
 }
 
 /// First connection → first 200 through `systemd-socket-activate`, which execs
 /// the server (in place: LISTEN_PID is its own pid) when that connection arrives.
-fn startup_socket_activate(server: &Server<'_>) -> Result<Duration> {
+fn startup_socket_activate(server: &Server<'_>) -> Result<StartupSample> {
     let held = hold_port_run(1)?;
     let address = SocketAddr::from((LOOPBACK, port_of(&held[0])?));
     let mut cmd = Command::new("systemd-socket-activate");
@@ -482,7 +589,7 @@ fn startup_socket_activate(server: &Server<'_>) -> Result<Duration> {
     let start = Instant::now();
     let stream = TcpStream::connect(address)?;
     expect_200(stream)?;
-    Ok(start.elapsed())
+    StartupSample::taken(start, &process)
 }
 
 /// Sends `GET /health` and reads until the status line, which must say 200.
@@ -542,11 +649,15 @@ fn search_time(portkeeper: &Path, busy: usize) -> Result<f64> {
 struct LoadResult {
     requests_per_second: f64,
     p99_ms: f64,
+    /// Server CPU time (all threads) per request answered: less sensitive
+    /// than throughput to what else the machine is running.
+    cpu_us_per_request: f64,
 }
 
 /// `wrk` against a freshly started server's `/health`.
 fn load(server: &Server<'_>, seconds: u64, connections: u32) -> Result<LoadResult> {
-    let (_process, address) = server.start_on_any_port()?;
+    let (process, address) = server.start_on_any_port()?;
+    let cpu_before = cpu_seconds(process.pid())?;
     let output = Command::new("wrk")
         .args(["--threads", "2", "--latency", "--timeout", "5s"])
         .arg(format!("--connections={connections}"))
@@ -579,10 +690,37 @@ fn load(server: &Server<'_>, seconds: u64, connections: u32) -> Result<LoadResul
         .find_map(|l| l.trim().strip_prefix("99%"))
         .and_then(|v| duration_ms(v.trim()))
         .ok_or_else(|| anyhow!("no 99% latency in wrk's output:\n{text}"))?;
+    let requests: f64 = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse().ok())
+        .ok_or_else(|| anyhow!("no request count in wrk's output:\n{text}"))?;
+    let cpu = cpu_seconds(process.pid())? - cpu_before;
     Ok(LoadResult {
         requests_per_second,
         p99_ms,
+        cpu_us_per_request: cpu * 1e6 / requests.max(1.0),
     })
+}
+
+/// User + system CPU time of a process, all threads, from /proc/PID/stat.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let after_name = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| anyhow!("unexpected /proc/{pid}/stat: {stat:?}"))?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat(5), 12 and 13 here, in
+    // USER_HZ ticks, which Linux fixes at 100 per second for user space.
+    let ticks = |i: usize| -> Result<f64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .ok_or_else(|| anyhow!("no field {i} in /proc/{pid}/stat"))
+    };
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
 }
 
 /// wrk's "812.00us", "1.23ms", "2.00s" in milliseconds.
@@ -721,6 +859,9 @@ impl Table {
         for row in &self.rows {
             out.push_str(row);
             out.push('\n');
+        }
+        if self.search_rows.is_empty() {
+            return out;
         }
         out.push_str("\nPort search (portkeeper's listener chain, timed in-process):\n\n");
         out.push_str("| busy ports ahead | time to bind | per busy port | target ≤ 5 µs |\n");
