@@ -44,14 +44,7 @@ fn run() -> anyhow::Result<()> {
     logging::init(&config.log_filter, env.get("JOURNAL_STREAM").is_some());
     tracing::debug!(?config, "configuration");
 
-    let opening = std::time::Instant::now();
     let bound = open_listener(&config)?;
-    // How long the listener chain took (a search included); bench/run.sh reads it.
-    tracing::debug!(
-        listener_us = u64::try_from(opening.elapsed().as_micros()).unwrap_or(u64::MAX),
-        busy_ports = bound.info.busy_ports.len(),
-        "listener opened"
-    );
     let supervision = supervision(&env);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

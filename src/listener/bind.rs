@@ -193,6 +193,19 @@ mod tests {
     }
 
     #[test]
+    fn search_stops_on_errors_other_than_in_use() {
+        // TEST-NET-1 is never assigned to a local interface.
+        let foreign: IpAddr = "192.0.2.1".parse().unwrap();
+        match search(foreign, [1025, 1026].into_iter()) {
+            Found::Failed { port, error } => {
+                assert_eq!(port, 1025);
+                assert_eq!(error.kind(), io::ErrorKind::AddrNotAvailable);
+            }
+            _ => panic!("binding a foreign address must fail, not be skipped"),
+        }
+    }
+
+    #[test]
     fn after_failed_binds_the_same_socket_takes_the_next_port() {
         // Two listening holders make bind() fail twice on the one socket the
         // search carries along; it must still bind and listen on the third
@@ -224,19 +237,6 @@ mod tests {
             }
             Found::Exhausted(e) => panic!("no port found: {e:?}"),
             Found::Failed { port, error } => panic!("failed at {port}: {error}"),
-        }
-    }
-
-    #[test]
-    fn search_stops_on_errors_other_than_in_use() {
-        // TEST-NET-1 is never assigned to a local interface.
-        let foreign: IpAddr = "192.0.2.1".parse().unwrap();
-        match search(foreign, [1025, 1026].into_iter()) {
-            Found::Failed { port, error } => {
-                assert_eq!(port, 1025);
-                assert_eq!(error.kind(), io::ErrorKind::AddrNotAvailable);
-            }
-            _ => panic!("binding a foreign address must fail, not be skipped"),
         }
     }
 }
