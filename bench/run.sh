@@ -1,25 +1,28 @@
 #!/usr/bin/env bash
 # Benchmarks portkeeper against examples/baseline.rs (bare axum) in one run and
 # prints a Markdown table: start-up (fixed port, inherited fd, systemd-socket-
-# activate), port search, /health throughput and p99 under wrk, idle RSS.
+# activate), port search, /health throughput and p99 under wrk, instructions
+# per request under callgrind, idle RSS.
 # Loopback only; takes about two minutes after the release build.
 #
 #   bench/run.sh                  # the defaults below
 #   BENCH_RUNS=40 BENCH_LOAD_ROUNDS=5 bench/run.sh
-#   bench/run.sh --only load,rss  # sections: startup, search, load, rss
+#   bench/run.sh --only load,rss  # sections: startup, search, load, instructions, rss
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-runs=${BENCH_RUNS:-20}               # start-up runs per scenario and server
+runs=${BENCH_RUNS:-40}               # start-up runs per scenario and server
 search_runs=${BENCH_SEARCH_RUNS:-15} # runs per busy-port count
 load_rounds=${BENCH_LOAD_ROUNDS:-3}  # wrk rounds per server, alternating
 load_seconds=${BENCH_LOAD_SECONDS:-10}
 connections=${BENCH_CONNECTIONS:-50}
 
-# The tools it drives: wrk for load, systemd-socket-activate for activation.
+# The tools it drives: wrk for load, systemd-socket-activate for activation,
+# valgrind (callgrind) to count instructions per request.
 need_apt=()
 command -v wrk >/dev/null || need_apt+=(wrk)
 command -v systemd-socket-activate >/dev/null || need_apt+=(systemd)
+command -v valgrind >/dev/null || need_apt+=(valgrind)
 if [ ${#need_apt[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"

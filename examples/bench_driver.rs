@@ -3,6 +3,7 @@
 //! ```text
 //! bench_driver --portkeeper PATH --baseline PATH [--runs N] [--search-runs N]
 //!              [--load-rounds N] [--load-seconds S] [--connections C]
+//!              [--only startup,search,load,instructions,rss]
 //! ```
 //!
 //! It measures, in one run and on loopback only:
@@ -15,6 +16,13 @@
 //! 3. `/health` throughput and p99 latency under `wrk`, alternating the two
 //!    servers round by round;
 //! 4. VmRSS after start and one request.
+//! 5. User-space instructions per `/health` request, counted by valgrind's
+//!    callgrind: a figure other work on the machine cannot move, which says
+//!    whether a throughput difference is the server's or the machine's.
+//!
+//! Beside the wall-clock figures it reports the server's own CPU time (to the
+//! first 200, and per request under load): on a shared machine those move
+//! far less than wall-clock time when other work competes for the CPUs.
 //!
 //! Every figure is a median with min and max over repeated runs, beside the
 //! baseline's figure from the same run and the ratio of the two. Output is a
@@ -46,6 +54,10 @@ const BUSY_COUNTS: [usize; 4] = [0, 10, 100, 1_000];
 /// moment between our release and the server's bind.
 const PORT_RETRIES: usize = 3;
 const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
+/// The parts of the benchmark, in the order they run.
+const SECTIONS: [&str; 5] = ["startup", "search", "load", "instructions", "rss"];
+/// Seconds of load per server under callgrind (it runs the server ~50x slower).
+const CALLGRIND_LOAD_SECONDS: u64 = 6;
 
 struct Options {
     portkeeper: PathBuf,
@@ -79,7 +91,7 @@ fn parse_options() -> Result<Options> {
     let mut options = Options {
         portkeeper: PathBuf::new(),
         baseline: PathBuf::new(),
-        runs: 20,
+        runs: 40,
         search_runs: 15,
         load_rounds: 3,
         load_seconds: 10,
@@ -109,10 +121,11 @@ fn parse_options() -> Result<Options> {
                 if let Some(bad) = options
                     .only
                     .iter()
-                    .find(|s| !["startup", "search", "load", "rss"].contains(&s.as_str()))
+                    .find(|s| !SECTIONS.contains(&s.as_str()))
                 {
                     bail!(
-                        "--only: {bad:?} is not a section (expected startup, search, load or rss, comma-separated)"
+                        "--only: {bad:?} is not a section (expected some of {}, comma-separated)",
+                        SECTIONS.join(",")
                     );
                 }
             }
@@ -144,7 +157,10 @@ fn run(options: &Options) -> Result<()> {
             path: &options.baseline,
         },
     ];
-    let mut table = Table::default();
+    let mut table = Table {
+        load_before: load_average(),
+        ..Table::default()
+    };
     if options.runs_section("startup") {
         startup_section(options, &servers, &mut table)?;
     }
@@ -154,9 +170,13 @@ fn run(options: &Options) -> Result<()> {
     if options.runs_section("load") {
         load_section(options, &servers, &mut table)?;
     }
+    if options.runs_section("instructions") {
+        instructions_section(&servers, &mut table)?;
+    }
     if options.runs_section("rss") {
         rss_section(options, &servers, &mut table)?;
     }
+    table.load_after = load_average();
     print!("{}", table.render(options));
     Ok(())
 }
@@ -269,6 +289,25 @@ fn load_section(options: &Options, servers: &[Server<'_>; 2], table: &mut Table)
         "µs",
         &cpu[0],
         &cpu[1],
+        Target::None,
+    );
+    Ok(())
+}
+
+fn instructions_section(servers: &[Server<'_>; 2], table: &mut Table) -> Result<()> {
+    eprintln!("instructions per request under callgrind ({CALLGRIND_LOAD_SECONDS} s of load each)");
+    let mut per_request = [Vec::new(), Vec::new()];
+    for (i, server) in servers.iter().enumerate() {
+        let count = instructions_per_request(server)
+            .with_context(|| format!("callgrind on {}", server.name))?;
+        eprintln!("  {}: {count:.0} instructions per request", server.name);
+        per_request[i].push(count);
+    }
+    table.compare(
+        "user-space instructions per /health request (callgrind)",
+        "instr.",
+        &per_request[0],
+        &per_request[1],
         Target::None,
     );
     Ok(())
@@ -723,6 +762,87 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok((ticks(11)? + ticks(12)?) / 100.0)
 }
 
+/// Instructions callgrind counts per `/health` request: one run with load,
+/// one without, so start-up is subtracted.
+fn instructions_per_request(server: &Server<'_>) -> Result<f64> {
+    let (idle, _) = callgrind_run(server, None)?;
+    let (loaded, requests) = callgrind_run(server, Some(CALLGRIND_LOAD_SECONDS))?;
+    if requests == 0 {
+        bail!("no request was answered under callgrind");
+    }
+    Ok(loaded.saturating_sub(idle) as f64 / requests as f64)
+}
+
+/// Runs the server under callgrind, optionally loads it with wrk for
+/// `seconds`, stops it with SIGTERM (callgrind writes its counts on the way
+/// out), and returns the instruction total and the requests wrk counted.
+fn callgrind_run(server: &Server<'_>, seconds: Option<u64>) -> Result<(u64, u64)> {
+    let out = std::env::temp_dir().join(format!(
+        "bench-callgrind-{}-{}-{}.out",
+        std::process::id(),
+        server.name,
+        seconds.unwrap_or(0)
+    ));
+    let mut cmd = Command::new("valgrind");
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOST", "127.0.0.1")
+        .env("API_PORT", "0")
+        .args(["--tool=callgrind", "--quiet"])
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg(server.path)
+        .current_dir(std::env::temp_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut process = Process::spawn(cmd)?;
+    let line = process.wait_for_line(" serving ")?;
+    let address: SocketAddr = field(&line, "address")
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| anyhow!("no address= in {line:?}"))?;
+    let mut requests = 0;
+    if let Some(seconds) = seconds {
+        let output = Command::new("wrk")
+            .args(["--threads", "1", "--connections", "10"])
+            .arg(format!("--duration={seconds}s"))
+            .arg(format!("http://{address}/health"))
+            .stdin(Stdio::null())
+            .output()
+            .context("run wrk")?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        requests = text
+            .lines()
+            .find_map(|l| l.trim().split_once(" requests in "))
+            .and_then(|(n, _)| n.trim().parse().ok())
+            .ok_or_else(|| anyhow!("no request count in wrk's output:\n{text}"))?;
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &process.pid().to_string()])
+        .status()?;
+    if !status.success() {
+        bail!("kill -TERM {} failed", process.pid());
+    }
+    let end = Instant::now() + DEADLINE;
+    while process.child.try_wait()?.is_none() {
+        if Instant::now() > end {
+            bail!("still running {DEADLINE:?} after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let counts = std::fs::read_to_string(&out)
+        .with_context(|| format!("read callgrind's output {}", out.display()))?;
+    let _ = std::fs::remove_file(&out);
+    let total = counts
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("totals:")
+                .or_else(|| l.strip_prefix("summary:"))
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow!("no totals in callgrind's output"))?;
+    Ok((total, requests))
+}
+
 /// wrk's "812.00us", "1.23ms", "2.00s" in milliseconds.
 fn duration_ms(text: &str) -> Option<f64> {
     let (number, scale) = if let Some(n) = text.strip_suffix("us") {
@@ -811,6 +931,10 @@ enum Target {
 struct Table {
     rows: Vec<String>,
     search_rows: Vec<String>,
+    /// The machine's 1-minute load average before and after, so a reader can
+    /// tell a quiet run from one that shared the CPUs with other work.
+    load_before: String,
+    load_after: String,
 }
 
 impl Table {
@@ -846,9 +970,12 @@ impl Table {
     fn render(&self, options: &Options) -> String {
         let mut out = String::new();
         out.push_str(&format!(
-            "Machine: {}. Start-up: {} runs each, servers alternating; search: {} runs per row; \
-             load: {} rounds × {} s per server, alternating; figures are median (min–max).\n\n",
+            "Machine: {}; load average {} before, {} after. Start-up: {} runs each, servers \
+             alternating; search: {} runs per row; load: {} rounds × {} s per server, \
+             alternating; figures are median (min–max).\n\n",
             machine(),
+            self.load_before,
+            self.load_after,
             options.runs,
             options.search_runs,
             options.load_rounds,
@@ -880,6 +1007,14 @@ fn verdict(met: Option<bool>) -> &'static str {
         Some(false) => "**missed**",
         None => "",
     }
+}
+
+/// The 1-minute load average from /proc/loadavg.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 /// "2 CPUs (AMD EPYC), Linux 6.1.0" from /proc.
