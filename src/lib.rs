@@ -48,3 +48,4 @@ pub mod listener;
 pub mod logging;
 pub mod notify;
 pub mod server;
+mod timer;

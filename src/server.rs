@@ -21,7 +21,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
@@ -242,7 +242,7 @@ async fn serve_connection(
         }
     });
     let connection = http1::Builder::new()
-        .timer(TokioTimer::new())
+        .timer(crate::timer::ConnectionTimer::new())
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
 
