@@ -63,6 +63,11 @@ pub fn interface_addresses() -> Vec<IpAddr> {
 }
 
 /// Logs the start-up message: one structured "serving" event, then one line per URL.
+///
+/// The "serving" message repeats the address and source in words because
+/// `journalctl` shows only the message by default; its fields (`F_SOURCE`,
+/// `F_ADDRESS`, `F_PORT`, `F_PID`, `F_FD`, `F_FD_NAME` in the journal) are
+/// there for queries. A URL line is its message alone.
 pub fn log_serving(info: &ListenerInfo, urls: &[String]) {
     tracing::info!(
         source = %info.source,
@@ -72,10 +77,12 @@ pub fn log_serving(info: &ListenerInfo, urls: &[String]) {
         fd = info.fd,
         fd_name = info.fd_name.as_deref(),
         busy_ports = info.busy_ports.len(),
-        "serving"
+        "serving {} (listener from {})",
+        info.address,
+        info.source
     );
     for url in urls {
-        tracing::info!(url = %url, "open");
+        tracing::info!("open {url}");
     }
 }
 

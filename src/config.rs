@@ -20,6 +20,12 @@
 //! | `DEBUG` | `false` | development diagnostics: debug logging and error detail |
 //! | `RELOAD` | `false` | hot reload: hand the socket to a replaced executable |
 //! | `AUTH_REQUIRED` | `false` | require a bearer token on every route but health checks |
+//! | `API_TOKEN` | unset | the accepted bearer token(s), separated by commas for rotation |
+//! | `API_TOKEN_FILE` | unset | a file of accepted tokens, one per line (instead of `API_TOKEN`) |
+//! | `CREDENTIALS_DIRECTORY` | set by systemd | where the `api-token` credential is read when neither of the above is set |
+//! | `HEADER_READ_TIMEOUT` | `10` | seconds a client gets to send a request's headers, and an idle connection to start the next request |
+//! | `REQUEST_TIMEOUT` | `30` | seconds a request may take from its headers to its response (503 after) |
+//! | `MAX_BODY_BYTES` | `1048576` | the largest request body accepted (413 above) |
 //! | `SHUTDOWN_TIMEOUT` | `30` | seconds in-flight requests get to finish after SIGTERM/SIGINT |
 //! | `LISTEN_FD_NAME` | `http` | which inherited socket to serve when several are passed (LISTEN_FDNAMES) |
 //! | `RUST_LOG` | unset | a full `tracing` filter; overrides `LOG_LEVEL` |
@@ -36,15 +42,33 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::auth::{self, Auth};
+
 /// Declares [`RawConfig`] and [`VARIABLES`] together, so each variable's name is
 /// written exactly once: the field name (envy matches it case-insensitively)
 /// and its spelling in messages are generated from the same token.
 macro_rules! raw_config {
     ($($(#[doc = $doc:literal])* $field:ident => $var:ident,)*) => {
         /// The environment as it was given: every variable optional, every value a string.
-        #[derive(Debug, Default, Clone, Deserialize)]
+        #[derive(Default, Clone, Deserialize)]
         pub struct RawConfig {
             $($(#[doc = $doc])* pub $field: Option<String>,)*
+        }
+
+        /// Shows every variable; the values of secrets (`API_TOKEN`) are redacted.
+        impl std::fmt::Debug for RawConfig {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let mut shown = f.debug_struct("RawConfig");
+                $(
+                    let value = self.$field.as_deref();
+                    if SECRETS.contains(&stringify!($var)) {
+                        shown.field(stringify!($field), &value.map(|_| "<redacted>"));
+                    } else {
+                        shown.field(stringify!($field), &value);
+                    }
+                )*
+                shown.finish()
+            }
         }
 
         /// Every variable portkeeper reads, spelled as in the environment.
@@ -88,7 +112,22 @@ raw_config! {
     listen_fd_name => LISTEN_FD_NAME,
     /// `RUST_LOG`: a `tracing` filter that overrides `LOG_LEVEL`.
     rust_log => RUST_LOG,
+    /// `API_TOKEN`: accepted bearer tokens, comma-separated. A secret.
+    api_token => API_TOKEN,
+    /// `API_TOKEN_FILE`: a file of accepted bearer tokens, one per line.
+    api_token_file => API_TOKEN_FILE,
+    /// `CREDENTIALS_DIRECTORY`: systemd's directory of credentials (`api-token`).
+    credentials_directory => CREDENTIALS_DIRECTORY,
+    /// `HEADER_READ_TIMEOUT`: seconds to receive a request's headers.
+    header_read_timeout => HEADER_READ_TIMEOUT,
+    /// `REQUEST_TIMEOUT`: seconds from a request's headers to its response.
+    request_timeout => REQUEST_TIMEOUT,
+    /// `MAX_BODY_BYTES`: the largest request body accepted.
+    max_body_bytes => MAX_BODY_BYTES,
 }
+
+/// Variables whose values are secrets: never shown in `Debug` or in errors.
+const SECRETS: &[&str] = &["API_TOKEN"];
 
 /// The process environment as `main.rs` collected it: `.env` first, real variables on top.
 ///
@@ -167,12 +206,26 @@ pub struct Config {
     pub debug: bool,
     /// Hot reload of a replaced executable.
     pub reload: bool,
-    /// Require a bearer token on every route but health checks.
-    pub auth_required: bool,
+    /// Whether requests need a bearer token, and which tokens are accepted.
+    pub auth: Auth,
+    /// Bounds on what one client may cost: time for headers and requests, body size.
+    pub limits: Limits,
     /// How long in-flight requests may take to finish after a stop signal.
     pub shutdown_timeout: Duration,
     /// Which inherited socket to serve, by its LISTEN_FDNAMES entry.
     pub listen_fd_name: String,
+}
+
+/// Bounds that keep one client from holding the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Time to receive a request's headers, counted from when the connection
+    /// starts waiting for them: it also closes idle keep-alive connections.
+    pub header_read_timeout: Duration,
+    /// Time from a request's headers to its response.
+    pub request_timeout: Duration,
+    /// The largest request body accepted.
+    pub max_body_bytes: usize,
 }
 
 /// Default values, in one place; `config.example.env` repeats them for people.
@@ -184,7 +237,17 @@ mod defaults {
     pub(super) const LOG_LEVEL: &str = "info";
     pub(super) const SHUTDOWN_TIMEOUT_SECS: u64 = 30;
     pub(super) const LISTEN_FD_NAME: &str = "http";
+    pub(super) const HEADER_READ_TIMEOUT_SECS: u64 = 10;
+    pub(super) const REQUEST_TIMEOUT_SECS: u64 = 30;
+    pub(super) const MAX_BODY_BYTES: usize = 1024 * 1024;
 }
+
+/// The longest header or request timeout: an hour is already generous for
+/// an API, and anything longer is more likely a unit mix-up (milliseconds).
+const MAX_TIMEOUT_SECS: u64 = 3_600;
+
+/// The largest body limit: 1 GiB, beyond which "no limit" is what was meant.
+const MAX_BODY_LIMIT: usize = 1024 * 1024 * 1024;
 
 /// The longest shutdown grace we accept: a day is already far beyond any
 /// sensible value, and the bound keeps `Duration` arithmetic far from overflow.
@@ -244,6 +307,25 @@ impl TryFrom<RawConfig> for Config {
             &defaults::SHUTDOWN_TIMEOUT_SECS.to_string(),
             parse_shutdown_secs,
         )?;
+        let limits = Limits {
+            header_read_timeout: s.header_read_timeout.parse_or(
+                &defaults::HEADER_READ_TIMEOUT_SECS.to_string(),
+                parse_timeout,
+            )?,
+            request_timeout: s
+                .request_timeout
+                .parse_or(&defaults::REQUEST_TIMEOUT_SECS.to_string(), parse_timeout)?,
+            max_body_bytes: s
+                .max_body_bytes
+                .parse_or(&defaults::MAX_BODY_BYTES.to_string(), parse_body_limit)?,
+        };
+        // Last: it may read a token file, which is pointless if anything else is wrong.
+        let auth = auth::load(auth::TokenSettings {
+            required: s.auth_required.parse_or("false", parse_bool)?,
+            api_token: s.api_token.value,
+            api_token_file: s.api_token_file.value,
+            credentials_directory: s.credentials_directory.value,
+        })?;
 
         Ok(Config {
             bind: BindPlan {
@@ -254,7 +336,8 @@ impl TryFrom<RawConfig> for Config {
             log_filter: rust_log.unwrap_or(log_level),
             debug,
             reload: s.reload.parse_or("false", parse_bool)?,
-            auth_required: s.auth_required.parse_or("false", parse_bool)?,
+            auth,
+            limits,
             shutdown_timeout: Duration::from_secs(shutdown_secs),
             listen_fd_name,
         })
@@ -341,6 +424,24 @@ fn parse_shutdown_secs(value: &str) -> Result<u64, String> {
     }
 }
 
+fn parse_timeout(value: &str) -> Result<Duration, String> {
+    match value.parse::<u64>() {
+        Ok(secs) if (1..=MAX_TIMEOUT_SECS).contains(&secs) => Ok(Duration::from_secs(secs)),
+        _ => Err(format!(
+            "a whole number of seconds from 1 to {MAX_TIMEOUT_SECS}"
+        )),
+    }
+}
+
+fn parse_body_limit(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(bytes) if bytes <= MAX_BODY_LIMIT => Ok(bytes),
+        _ => Err(format!(
+            "a number of bytes from 0 to {MAX_BODY_LIMIT} (e.g. 1048576 for 1 MiB)"
+        )),
+    }
+}
+
 fn parse_fd_name(value: &str) -> Result<String, String> {
     // systemd's FileDescriptorName= rules: printable ASCII, no colon, at most 255 bytes.
     let valid = !value.is_empty()
@@ -381,6 +482,9 @@ pub enum ConfigError {
         /// What went wrong, with the line where dotenvy reports it.
         reason: String,
     },
+    /// A token setting is wrong; the message never contains a token.
+    #[error(transparent)]
+    Token(#[from] auth::TokenError),
     /// envy refused the variables; with all-string fields this should not
     /// happen, but it must not become a panic if it does.
     #[error("the environment cannot be read: {0}")]
@@ -389,9 +493,20 @@ pub enum ConfigError {
 
 impl ConfigError {
     fn dotenv(path: &Path, err: dotenvy::Error) -> Self {
+        let reason = match &err {
+            // dotenvy quotes the whole line, which may hold a token.
+            dotenvy::Error::LineParse(line, index)
+                if SECRETS.iter().any(|name| line.contains(name)) =>
+            {
+                format!(
+                    "a line setting a secret cannot be parsed at index {index} (the line is not shown)"
+                )
+            }
+            _ => err.to_string(),
+        };
         ConfigError::Dotenv {
             path: path.display().to_string(),
-            reason: err.to_string(),
+            reason,
         }
     }
 }
@@ -421,7 +536,15 @@ mod tests {
         assert_eq!(cfg.bind.port, 5050);
         assert_eq!(cfg.bind.search, None);
         assert_eq!(cfg.log_filter, "info");
-        assert!(!cfg.debug && !cfg.reload && !cfg.auth_required);
+        assert!(!cfg.debug && !cfg.reload && !cfg.auth.is_required());
+        assert_eq!(
+            cfg.limits,
+            Limits {
+                header_read_timeout: Duration::from_secs(10),
+                request_timeout: Duration::from_secs(30),
+                max_body_bytes: 1_048_576,
+            }
+        );
         assert_eq!(cfg.shutdown_timeout, Duration::from_secs(30));
         assert_eq!(cfg.listen_fd_name, "http");
     }
@@ -508,6 +631,74 @@ mod tests {
         assert!(error(&[("SHUTDOWN_TIMEOUT", "1.5")]).starts_with("SHUTDOWN_TIMEOUT"));
         assert!(error(&[("SHUTDOWN_TIMEOUT", "999999")]).starts_with("SHUTDOWN_TIMEOUT"));
         assert!(error(&[("LISTEN_FD_NAME", "a:b")]).starts_with("LISTEN_FD_NAME"));
+    }
+
+    #[test]
+    fn limits_are_bounded() {
+        let cfg = config(&[
+            ("HEADER_READ_TIMEOUT", "1"),
+            ("REQUEST_TIMEOUT", "3600"),
+            ("MAX_BODY_BYTES", "0"),
+        ])
+        .unwrap();
+        assert_eq!(cfg.limits.header_read_timeout, Duration::from_secs(1));
+        assert_eq!(cfg.limits.request_timeout, Duration::from_secs(3600));
+        assert_eq!(cfg.limits.max_body_bytes, 0);
+        for (name, value) in [
+            ("HEADER_READ_TIMEOUT", "0"),
+            ("HEADER_READ_TIMEOUT", "3601"),
+            ("REQUEST_TIMEOUT", "2.5"),
+            ("REQUEST_TIMEOUT", ""),
+            ("MAX_BODY_BYTES", "1MB"),
+            ("MAX_BODY_BYTES", "1073741825"),
+        ] {
+            let message = error(&[(name, value)]);
+            assert!(
+                message.starts_with(&format!("{name}: {value:?} is not valid")),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_token_is_never_shown_in_debug_or_errors() {
+        const TOKEN: &str = "tok-0123456789abcdef";
+        let cfg = config(&[("AUTH_REQUIRED", "true"), ("API_TOKEN", TOKEN)]).unwrap();
+        assert!(cfg.auth.is_required());
+        let shown = format!("{cfg:?}");
+        assert!(
+            !shown.contains(TOKEN) && shown.contains("redacted"),
+            "{shown}"
+        );
+        let raw: RawConfig = envy::from_iter([("API_TOKEN".to_owned(), TOKEN.to_owned())]).unwrap();
+        let shown = format!("{raw:?}");
+        assert!(
+            !shown.contains(TOKEN) && shown.contains("redacted"),
+            "{shown}"
+        );
+        let refused = error(&[("AUTH_REQUIRED", "false"), ("API_TOKEN", TOKEN)]);
+        assert!(
+            refused.starts_with("API_TOKEN:") && !refused.contains(TOKEN),
+            "{refused}"
+        );
+        let dotenv = format!("API_TOKEN=\"{TOKEN}\nHOST=::1\n");
+        let err = dotenvy::from_read_iter(dotenv.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map(|_| ())
+            .map_err(|err| ConfigError::dotenv(Path::new(".env"), err).to_string());
+        let message = err.expect_err("an unterminated quote is refused");
+        assert!(
+            message.starts_with(".env:") && !message.contains(TOKEN),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn auth_required_needs_a_token() {
+        assert_eq!(
+            error(&[("AUTH_REQUIRED", "true")]),
+            "AUTH_REQUIRED: \"true\" but no token is configured (set API_TOKEN, API_TOKEN_FILE, or the systemd credential api-token)"
+        );
     }
 
     #[test]

@@ -34,14 +34,20 @@
 //! let state = std::sync::Arc::new(server::AppState {
 //!     listener: bound.info,
 //!     started: std::time::Instant::now(),
+//!     auth: config.auth.clone(),
+//!     limits: config.limits,
 //! });
-//! let options = server::ServeOptions { shutdown_timeout: config.shutdown_timeout };
+//! let options = server::ServeOptions {
+//!     shutdown_timeout: config.shutdown_timeout,
+//!     header_read_timeout: config.limits.header_read_timeout,
+//! };
 //! server::serve(tcp, server::app(state), std::future::pending(), options).await;
 //! # Ok(())
 //! # }
 //! ```
 
 pub mod announce;
+pub mod auth;
 pub mod config;
 pub mod lifecycle;
 pub mod listener;

@@ -30,6 +30,8 @@ pub async fn run(
     let state = Arc::new(AppState {
         listener: bound.info,
         started: Instant::now(),
+        auth: config.auth.clone(),
+        limits: config.limits,
     });
     let notifier = supervision.notifier.map(Arc::new);
     if let Some(notifier) = &notifier {
@@ -55,6 +57,7 @@ pub async fn run(
     };
     let options = ServeOptions {
         shutdown_timeout: config.shutdown_timeout,
+        header_read_timeout: config.limits.header_read_timeout,
     };
     let stopped = server::serve(listener, server::app(state), shutdown, options).await;
     match &stopped {

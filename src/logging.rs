@@ -1,4 +1,17 @@
 //! Logging: journald when systemd started us and the journal is reachable, else stderr.
+//!
+//! Under systemd (`JOURNAL_STREAM` set) events go to journald's native socket
+//! through `tracing-journald`, one journal entry per event: the message is
+//! `MESSAGE`, the level is `PRIORITY` (ERROR 3, WARN 4, INFO 5 "notice",
+//! DEBUG 6, TRACE 7: the crate's default mapping), `SYSLOG_IDENTIFIER` is the
+//! executable's name, and every event field becomes a journal field named in
+//! upper case with an `F_` prefix. So the start-up event's `source`, `address`,
+//! `port`, `pid`, `fd` and `fd_name` arrive as `F_SOURCE`, `F_ADDRESS`, ...,
+//! and `journalctl -u portkeeper F_SOURCE=systemd` finds them. The prefix keeps
+//! our names from colliding with journald's own fields (`PRIORITY`, `MESSAGE`).
+//!
+//! Anywhere else, and whenever the journal cannot be reached, plain lines go
+//! to stderr (which systemd would also collect, as text).
 
 use std::io::IsTerminal;
 

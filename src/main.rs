@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use portkeeper::config::{Config, ConfigError, Environment};
 use portkeeper::lifecycle::{self, Supervision};
 use portkeeper::listener::{self, ListenError};
-use portkeeper::{logging, notify};
+use portkeeper::{auth, logging, notify};
 
 /// Exit statuses, from BSD's sysexits.h so service managers can tell them apart.
 mod status {
@@ -44,7 +44,10 @@ fn run() -> anyhow::Result<()> {
     logging::init(&config.log_filter, env.get("JOURNAL_STREAM").is_some());
     tracing::debug!(?config, "configuration");
 
+    auth::log_policy(&config.auth);
+
     let bound = open_listener(&config)?;
+    warn_if_debug_is_exposed(config.debug, bound.info.address);
     let supervision = supervision(&env);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -99,6 +102,17 @@ fn forget_handoff(names: &[&str]) {
             // other thread exists yet that could read the environment.
             unsafe { std::env::remove_var(name) };
         }
+    }
+}
+
+/// DEBUG=true is meant for a developer's machine: say so loudly when the
+/// socket (whatever its source) is reachable from other hosts.
+fn warn_if_debug_is_exposed(debug: bool, address: std::net::SocketAddr) {
+    if debug && !address.ip().is_loopback() {
+        tracing::warn!(
+            %address,
+            "DEBUG=true on an address other hosts can reach; use HOST=127.0.0.1 (or ::1) for development, DEBUG=false elsewhere"
+        );
     }
 }
 

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -27,7 +28,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
 
+use crate::auth::Auth;
+use crate::config::Limits;
 use crate::listener::ListenerInfo;
 
 /// How long, once a stop begins, an idle connection may take to send its next request.
@@ -45,14 +50,31 @@ pub struct AppState {
     pub listener: ListenerInfo,
     /// When the process started serving.
     pub started: Instant,
+    /// Whether routes need a bearer token (see [`crate::auth`]).
+    pub auth: Auth,
+    /// Request time and body size bounds, applied as layers by [`app`].
+    pub limits: Limits,
 }
 
 /// The routes, without a socket: tests drive this with `tower::ServiceExt::oneshot`.
 pub fn app(state: Arc<AppState>) -> Router {
-    Router::new()
+    let limits = state.limits;
+    let auth = state.auth.clone();
+    let routes = Router::new()
         .route("/health", get(health))
         .route("/info", get(info))
-        .with_state(state)
+        .with_state(state);
+    guard(routes, &auth, limits)
+}
+
+/// Wraps routes in the trust layers. Outermost first: the request timeout
+/// (503 when passed), the token check (401), the body limit (413).
+fn guard(routes: Router, auth: &Auth, limits: Limits) -> Router {
+    let routes = routes.layer(RequestBodyLimitLayer::new(limits.max_body_bytes));
+    crate::auth::protect(routes, auth).layer(TimeoutLayer::with_status_code(
+        StatusCode::SERVICE_UNAVAILABLE,
+        limits.request_timeout,
+    ))
 }
 
 async fn health() -> impl IntoResponse {
@@ -86,6 +108,9 @@ async fn info(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 pub struct ServeOptions {
     /// How long in-flight requests may take to finish once the stop begins.
     pub shutdown_timeout: Duration,
+    /// How long a connection may take to send a request's headers; see
+    /// [`Limits::header_read_timeout`].
+    pub header_read_timeout: Duration,
 }
 
 /// How serving ended.
@@ -129,6 +154,7 @@ pub async fn serve(
                     app.clone(),
                     stopping.clone(),
                     idle_grace,
+                    options.header_read_timeout,
                 ));
             }
             Err(err) => {
@@ -221,6 +247,7 @@ async fn serve_connection(
     app: Router,
     mut stopping: watch::Receiver<bool>,
     idle_grace: Duration,
+    header_read_timeout: Duration,
 ) {
     // Small JSON answers should leave at once, not wait for Nagle.
     let _ = stream.set_nodelay(true);
@@ -241,8 +268,13 @@ async fn serve_connection(
             }
         }
     });
+    // hyper starts the header timer whenever the connection waits for a
+    // request head: on a new connection and between keep-alive requests. So
+    // it bounds slow-loris headers and idle connections alike, and closes
+    // without a response when it passes.
     let connection = http1::Builder::new()
         .timer(crate::timer::ConnectionTimer::new())
+        .header_read_timeout(header_read_timeout)
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
 
@@ -287,6 +319,16 @@ mod tests {
     use http_body_util::BodyExt;
 
     fn state() -> Arc<AppState> {
+        state_with(Auth::Open)
+    }
+
+    const LIMITS: Limits = Limits {
+        header_read_timeout: Duration::from_secs(10),
+        request_timeout: Duration::from_secs(2),
+        max_body_bytes: 64,
+    };
+
+    fn state_with(auth: Auth) -> Arc<AppState> {
         Arc::new(AppState {
             listener: ListenerInfo {
                 source: Source::Searched,
@@ -296,6 +338,8 @@ mod tests {
                 busy_ports: vec![5050, 5051, 5052],
             },
             started: Instant::now(),
+            auth,
+            limits: LIMITS,
         })
     }
 
@@ -329,6 +373,102 @@ mod tests {
             serde_json::json!([5050, 5051, 5052])
         );
         assert!(body["uptime_seconds"].as_f64().unwrap() >= 0.0);
+    }
+
+    const TOKEN: &str = "unit-test-token-0123456789";
+
+    fn bearer() -> Auth {
+        crate::auth::load(crate::auth::TokenSettings {
+            required: true,
+            api_token: Some(TOKEN),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    async fn send(router: Router, request: Request<Body>) -> axum::response::Response {
+        router.oneshot(request).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn with_auth_only_health_is_open() {
+        let router = app(state_with(bearer()));
+        let get = |path: &str| Request::get(path).body(Body::empty()).unwrap();
+        let health = send(router.clone(), get("/health")).await;
+        assert_eq!(health.status(), StatusCode::OK);
+
+        for path in ["/info", "/nope", "/health/"] {
+            let refused = send(router.clone(), get(path)).await;
+            assert_eq!(refused.status(), StatusCode::UNAUTHORIZED, "{path}");
+            assert_eq!(
+                refused.headers()["www-authenticate"],
+                "Bearer realm=\"portkeeper\""
+            );
+            let body = refused.into_body().collect().await.unwrap().to_bytes();
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(body["error"], "unauthorized");
+        }
+
+        let wrong = Request::get("/info")
+            .header("authorization", "Bearer not-the-token-0123456789")
+            .body(Body::empty())
+            .unwrap();
+        let wrong = send(router.clone(), wrong).await;
+        assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+        let challenge = wrong.headers()["www-authenticate"].to_str().unwrap();
+        assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
+
+        let right = Request::get("/info")
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(Body::empty())
+            .unwrap();
+        let right = send(router, right).await;
+        assert_eq!(right.status(), StatusCode::OK);
+        let body = right.into_body().collect().await.unwrap().to_bytes();
+        assert!(!String::from_utf8_lossy(&body).contains(TOKEN));
+    }
+
+    #[tokio::test]
+    async fn bodies_above_the_limit_are_413() {
+        let post = |len: usize| {
+            Request::post("/health")
+                .header("content-length", len.to_string())
+                .body(Body::from(vec![b'x'; len]))
+                .unwrap()
+        };
+        let over = send(app(state()), post(LIMITS.max_body_bytes + 1)).await;
+        assert_eq!(over.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        // Within the limit, the route answers for itself (GET only: 405).
+        let within = send(app(state()), post(LIMITS.max_body_bytes)).await;
+        assert_eq!(within.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[tokio::test]
+    async fn slow_requests_are_cut_at_the_request_timeout() {
+        let limits = Limits {
+            request_timeout: Duration::from_millis(100),
+            ..LIMITS
+        };
+        let slow = Router::new().route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                "late"
+            }),
+        );
+        let response = send(
+            guard(slow, &Auth::Open, limits),
+            Request::get("/slow").body(Body::empty()).unwrap(),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let quick = Router::new().route("/slow", get(|| async { "on time" }));
+        let response = send(
+            guard(quick, &Auth::Open, limits),
+            Request::get("/slow").body(Body::empty()).unwrap(),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::OK);
     }
 
     #[tokio::test]

@@ -193,6 +193,24 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_loopback_binds_v6_only_and_the_wildcard_serves_ipv4_too() {
+        let v6 = match try_bind("[::1]:0".parse().unwrap()) {
+            Ok(Attempt::Bound(socket)) => socket,
+            // A machine without IPv6 cannot say anything about it.
+            Err(err) if err.kind() == io::ErrorKind::AddrNotAvailable => return,
+            other => panic!("binding [::1]:0: {other:?}"),
+        };
+        assert!(v6.only_v6().unwrap());
+        let Ok(Attempt::Bound(any)) = try_bind("[::]:0".parse().unwrap()) else {
+            panic!("binding [::]:0 failed");
+        };
+        assert!(!any.only_v6().unwrap());
+        let port = any.local_addr().unwrap().as_socket().unwrap().port();
+        std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+            .expect("a dual-stack wildcard accepts IPv4 connections");
+    }
+
+    #[test]
     fn search_stops_on_errors_other_than_in_use() {
         // TEST-NET-1 is never assigned to a local interface.
         let foreign: IpAddr = "192.0.2.1".parse().unwrap();

@@ -220,15 +220,22 @@ pub fn adopt(offer: &Offer, wanted: &str) -> Result<Adopted, ListenError> {
     let listener = match handed.take_tcp_listener(index) {
         Ok(Some(listener)) => listener,
         Ok(None) => return Err(unusable("it was already taken".to_owned())),
-        Err(_) => return Err(unusable(describe_non_tcp(&mut handed, index))),
+        Err(_) => return Err(unusable(describe_non_tcp(&mut handed, index, fd))),
     };
     let socket = Socket::from(listener);
     match socket.is_listener() {
         Ok(true) => {}
-        Ok(false) => {
+        Ok(false) if socket.peer_addr().is_ok() => {
             return Err(unusable(
                 "it is a connected TCP socket, not a listening one (a socket unit with \
                  Accept=yes hands over connections; portkeeper needs Accept=no)"
+                    .to_owned(),
+            ));
+        }
+        Ok(false) => {
+            return Err(unusable(
+                "it is a TCP socket that is not listening (whoever passed it must call \
+                 listen() before handing it over)"
                     .to_owned(),
             ));
         }
@@ -253,18 +260,34 @@ pub fn adopt(offer: &Offer, wanted: &str) -> Result<Adopted, ListenError> {
 
 /// Says what an fd that is not a TCP socket is instead. listenfd leaves a
 /// socket in place when a typed take fails, so each take is a probe.
-fn describe_non_tcp(handed: &mut ListenFd, index: usize) -> String {
+fn describe_non_tcp(handed: &mut ListenFd, index: usize, fd: i32) -> String {
     const EXPECTED: &str = "expected a listening TCP socket (check ListenStream= in the socket unit, or -s http::PORT for systemfd)";
     let kind = if handed.take_udp_socket(index).is_ok_and(|s| s.is_some()) {
-        "a UDP socket"
+        "a UDP socket".to_owned()
     } else if handed.take_unix_listener(index).is_ok_and(|s| s.is_some()) {
-        "a Unix stream socket"
+        "a Unix stream socket".to_owned()
     } else if handed.take_unix_datagram(index).is_ok_and(|s| s.is_some()) {
-        "a Unix datagram socket"
+        "a Unix datagram socket".to_owned()
     } else {
-        "not an open socket"
+        describe_non_socket(fd)
     };
     format!("it is {kind}; {EXPECTED}")
+}
+
+/// Tells "nothing at this fd" from "a file, not a socket", where Linux's
+/// `/proc/self/fd` can say so without an `unsafe` fstat.
+fn describe_non_socket(fd: i32) -> String {
+    const VAGUE: &str = "not an open socket";
+    if !std::path::Path::new("/proc/self/fd").is_dir() {
+        return VAGUE.to_owned();
+    }
+    match std::fs::read_link(format!("/proc/self/fd/{fd}")) {
+        Ok(target) => format!("not a socket but {}", target.display()),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            "not open (nothing was passed at this fd)".to_owned()
+        }
+        Err(_) => VAGUE.to_owned(),
+    }
 }
 
 /// Closes the handed-over fds we do not serve, so they do not linger open

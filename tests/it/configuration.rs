@@ -104,6 +104,40 @@ const BAD_VALUES: &[BadCase] = &[
         "http:extra",
     ),
     (&[("HOST", "192.0.2.1")], "HOST", "192.0.2.1"),
+    (&[("DEBUG", "")], "DEBUG", "\"\""),
+    (&[("AUTO_FIND_PORT", "")], "AUTO_FIND_PORT", "\"\""),
+    (&[("HEADER_READ_TIMEOUT", "0")], "HEADER_READ_TIMEOUT", "0"),
+    (
+        &[("HEADER_READ_TIMEOUT", "3601")],
+        "HEADER_READ_TIMEOUT",
+        "3601",
+    ),
+    (
+        &[("HEADER_READ_TIMEOUT", "")],
+        "HEADER_READ_TIMEOUT",
+        "\"\"",
+    ),
+    (&[("REQUEST_TIMEOUT", "30s")], "REQUEST_TIMEOUT", "30s"),
+    (&[("REQUEST_TIMEOUT", "-5")], "REQUEST_TIMEOUT", "-5"),
+    (&[("MAX_BODY_BYTES", "1MB")], "MAX_BODY_BYTES", "1MB"),
+    (
+        &[("MAX_BODY_BYTES", "99999999999")],
+        "MAX_BODY_BYTES",
+        "99999999999",
+    ),
+    (&[("MAX_BODY_BYTES", "")], "MAX_BODY_BYTES", "\"\""),
+    (&[("LISTEN_FDS", "-1")], "LISTEN_FDS", "-1"),
+    (
+        &[("LISTEN_FDS", "99999999999")],
+        "LISTEN_FDS",
+        "99999999999",
+    ),
+    (&[("LISTEN_FDS", "")], "LISTEN_FDS", "\"\""),
+    (
+        &[("LISTEN_FDS", "1"), ("LISTEN_FDS_FIRST_FD", "-3")],
+        "LISTEN_FDS_FIRST_FD",
+        "-3",
+    ),
 ];
 
 #[test]

@@ -1,9 +1,11 @@
 //! Integration tests: the built binary, run for real on loopback.
 //!
 //! One test binary (see Cargo.toml's `[[test]]`), one module per concern.
-//! The second tier (`peers`) drives the real systemd and systemfd tools.
+//! The second tier (`peers`, `systemd`) drives the real systemd and systemfd tools.
 
 mod configuration;
 mod listener_chain;
 mod peers;
 mod support;
+mod systemd;
+mod trust;

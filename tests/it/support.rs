@@ -269,6 +269,37 @@ pub(crate) fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     parse_response(&response).with_context(|| format!("GET {path} from {addr}"))
 }
 
+/// Sends one raw HTTP/1.1 request over a fresh connection (`Connection: close`
+/// and `Host` are added) and returns the whole raw response.
+pub(crate) fn http_exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .with_context(|| format!("connect {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response)
+}
+
+/// The value of header `name` (any case) in a raw HTTP/1.1 response.
+pub(crate) fn response_header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
+    let head = response.split("\r\n\r\n").next()?;
+    head.lines().skip(1).find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.eq_ignore_ascii_case(name).then(|| value.trim())
+    })
+}
+
 /// Splits a raw HTTP/1.1 response (no chunked encoding) into status and body.
 pub(crate) fn parse_response(response: &str) -> Result<(u16, String)> {
     let status = response

@@ -1,0 +1,624 @@
+//! Bearer-token authentication: where the tokens come from, how they are kept, and the check on each request.
+//!
+//! With `AUTH_REQUIRED=true` every path except [`PUBLIC_PATHS`] needs
+//! `Authorization: Bearer <token>`. The tokens come from exactly one place, in
+//! this order: `API_TOKEN` (several separated by commas), `API_TOKEN_FILE`
+//! (one per line), or the systemd credential `api-token`
+//! (`$CREDENTIALS_DIRECTORY/api-token`, also one per line). Several tokens
+//! exist for rotation: add the new token, move the clients over, remove the old.
+//!
+//! A token value never leaves this module in readable form: [`Tokens`]'
+//! `Debug` prints only a count, errors name the variable or file and the
+//! token's position, and a request's token is compared in constant time
+//! against every configured token, without stopping at the first match.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use subtle::{Choice, ConstantTimeEq};
+
+/// The realm named in `WWW-Authenticate` challenges.
+pub const REALM: &str = "portkeeper";
+
+/// The systemd credential (`LoadCredential=api-token:...`) read when neither
+/// `API_TOKEN` nor `API_TOKEN_FILE` is set.
+pub const CREDENTIAL_NAME: &str = "api-token";
+
+/// Paths answered without a token, so that health checks need no secret.
+pub const PUBLIC_PATHS: &[&str] = &["/health"];
+
+/// The shortest token accepted: 16 characters of a random token are ~96 bits.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// The longest token accepted. The bound lets every comparison run over the
+/// same fixed number of bytes, so its time says nothing about the length.
+pub const MAX_TOKEN_LEN: usize = 512;
+
+/// A token file larger than this is not a token file (e.g. `/dev/zero`).
+const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
+
+/// What is expected of a token, for error messages.
+const TOKEN_SYNTAX: &str =
+    "16 to 512 characters of A-Z a-z 0-9 - . _ ~ + / with optional trailing =";
+
+/// One configured token, padded to [`MAX_TOKEN_LEN`] so comparisons take the same time.
+struct Token {
+    padded: Box<[u8; MAX_TOKEN_LEN]>,
+    len: u64,
+}
+
+impl Token {
+    /// Pads `bytes` (truncated to [`MAX_TOKEN_LEN`]; the length still tells them apart).
+    fn new(bytes: &[u8]) -> Self {
+        let mut padded = Box::new([0u8; MAX_TOKEN_LEN]);
+        let kept = bytes.len().min(MAX_TOKEN_LEN);
+        padded[..kept].copy_from_slice(&bytes[..kept]);
+        Token {
+            padded,
+            len: bytes.len() as u64,
+        }
+    }
+
+    fn ct_matches(&self, other: &Token) -> Choice {
+        self.padded[..].ct_eq(&other.padded[..]) & self.len.ct_eq(&other.len)
+    }
+}
+
+/// The accepted tokens. Cheap to clone; `Debug` shows only how many there are.
+#[derive(Clone)]
+pub struct Tokens(Arc<[Token]>);
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tokens(<{} redacted>)", self.0.len())
+    }
+}
+
+impl Tokens {
+    /// How many tokens are accepted.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none (never the case for a loaded set).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `presented` is one of the tokens. Every token is compared, in
+    /// full, whatever matches: the time taken depends only on how many tokens
+    /// there are.
+    pub fn accepts(&self, presented: &[u8]) -> bool {
+        let presented = Token::new(presented);
+        let mut any = Choice::from(0);
+        for token in self.0.iter() {
+            any |= token.ct_matches(&presented);
+        }
+        any.into()
+    }
+}
+
+/// Whether requests need a token.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// `AUTH_REQUIRED=false`: every route is open.
+    Open,
+    /// `AUTH_REQUIRED=true`: every route but [`PUBLIC_PATHS`] needs one of these tokens.
+    Bearer {
+        /// The accepted tokens.
+        tokens: Tokens,
+        /// Where they came from, for the start-up log.
+        origin: Origin,
+    },
+}
+
+impl Auth {
+    /// Whether a token is required.
+    pub fn is_required(&self) -> bool {
+        matches!(self, Auth::Bearer { .. })
+    }
+}
+
+/// Where the tokens were read from. Holds paths, never values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The `API_TOKEN` variable.
+    Variable,
+    /// The file named by `API_TOKEN_FILE`.
+    File(PathBuf),
+    /// The systemd credential `api-token`.
+    Credential(PathBuf),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Variable => f.write_str("API_TOKEN"),
+            Origin::File(path) => write!(f, "API_TOKEN_FILE ({})", path.display()),
+            Origin::Credential(path) => write!(f, "credential {}", path.display()),
+        }
+    }
+}
+
+/// The raw token settings, as `config` found them.
+#[derive(Clone, Copy, Default)]
+pub struct TokenSettings<'a> {
+    /// `AUTH_REQUIRED`, already parsed.
+    pub required: bool,
+    /// `API_TOKEN`, as given.
+    pub api_token: Option<&'a str>,
+    /// `API_TOKEN_FILE`, as given.
+    pub api_token_file: Option<&'a str>,
+    /// `CREDENTIALS_DIRECTORY`, set by systemd when the unit has credentials.
+    pub credentials_directory: Option<&'a str>,
+}
+
+/// A token setting that cannot be used. The message never contains a token.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// `AUTH_REQUIRED=true` and no source of tokens.
+    #[error(
+        "AUTH_REQUIRED: \"true\" but no token is configured (set API_TOKEN, API_TOKEN_FILE, or the systemd credential {CREDENTIAL_NAME})"
+    )]
+    Missing,
+    /// Both variables are set: which one wins would be a guess.
+    #[error(
+        "API_TOKEN and API_TOKEN_FILE are both set (expected one of them; put every token in one place)"
+    )]
+    Conflict,
+    /// A token is configured but not required: the user expects protection
+    /// that would not be there.
+    #[error(
+        "{name}: a token is set but AUTH_REQUIRED is false (set AUTH_REQUIRED=true to require it, or remove {name})"
+    )]
+    NotRequired {
+        /// `API_TOKEN` or `API_TOKEN_FILE`.
+        name: &'static str,
+    },
+    /// A token file cannot be read.
+    #[error("{name}: cannot read {path} (expected a readable file of tokens, one per line)")]
+    Unreadable {
+        /// `API_TOKEN_FILE` or `CREDENTIALS_DIRECTORY`.
+        name: &'static str,
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A token file is far too large to be one.
+    #[error(
+        "{name}: {path} is larger than {MAX_TOKEN_FILE_BYTES} bytes (expected a small file of tokens, one per line)"
+    )]
+    TooLarge {
+        /// `API_TOKEN_FILE` or `CREDENTIALS_DIRECTORY`.
+        name: &'static str,
+        /// The file.
+        path: String,
+    },
+    /// The source holds no token at all.
+    #[error("{name}: {place} holds no token (expected {TOKEN_SYNTAX}, {separated})")]
+    Empty {
+        /// The variable.
+        name: &'static str,
+        /// The quoted empty value, or the file.
+        place: String,
+        /// How several tokens are separated there.
+        separated: &'static str,
+    },
+    /// One token is malformed; named by position, never by value.
+    #[error(
+        "{name}: token {position} in {place} is not valid: {problem} (expected {TOKEN_SYNTAX})"
+    )]
+    Malformed {
+        /// The variable.
+        name: &'static str,
+        /// The variable's value described without its content, or the file.
+        place: String,
+        /// 1-based position among the tokens (lines for files).
+        position: usize,
+        /// What is wrong, without the value.
+        problem: &'static str,
+    },
+}
+
+/// How several tokens are written in one place.
+#[derive(Clone, Copy)]
+enum Layout {
+    /// `API_TOKEN=a,b`
+    Commas,
+    /// A file: one per line, blank lines and `#` comments ignored.
+    Lines,
+}
+
+impl Layout {
+    fn describe(self) -> &'static str {
+        match self {
+            Layout::Commas => "several separated by commas",
+            Layout::Lines => "one per line",
+        }
+    }
+}
+
+/// Decides whether requests need a token and loads the tokens, reading a
+/// token file or the systemd credential if that is where they are.
+pub fn load(settings: TokenSettings<'_>) -> Result<Auth, TokenError> {
+    let TokenSettings {
+        required,
+        api_token,
+        api_token_file,
+        credentials_directory,
+    } = settings;
+    if api_token.is_some() && api_token_file.is_some() {
+        return Err(TokenError::Conflict);
+    }
+    if !required {
+        if api_token.is_some() {
+            return Err(TokenError::NotRequired { name: "API_TOKEN" });
+        }
+        if api_token_file.is_some() {
+            return Err(TokenError::NotRequired {
+                name: "API_TOKEN_FILE",
+            });
+        }
+        // A credential may be provisioned for every host while only some
+        // require it; that is deployment, not a contradiction.
+        return Ok(Auth::Open);
+    }
+    let (tokens, origin) = if let Some(value) = api_token {
+        let place = if value.trim().is_empty() {
+            format!("{value:?}")
+        } else {
+            "the value".to_owned()
+        };
+        let tokens = parse("API_TOKEN", &place, value, Layout::Commas)?;
+        (tokens, Origin::Variable)
+    } else if let Some(path) = api_token_file {
+        let path = PathBuf::from(path);
+        let text = read_token_file("API_TOKEN_FILE", &path)?;
+        let tokens = parse(
+            "API_TOKEN_FILE",
+            &path.display().to_string(),
+            &text,
+            Layout::Lines,
+        )?;
+        (tokens, Origin::File(path))
+    } else if let Some(path) = credential_path(credentials_directory) {
+        let text = match read_token_file("CREDENTIALS_DIRECTORY", &path) {
+            Ok(text) => text,
+            Err(TokenError::Unreadable { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Err(TokenError::Missing);
+            }
+            Err(err) => return Err(err),
+        };
+        let tokens = parse(
+            "CREDENTIALS_DIRECTORY",
+            &path.display().to_string(),
+            &text,
+            Layout::Lines,
+        )?;
+        (tokens, Origin::Credential(path))
+    } else {
+        return Err(TokenError::Missing);
+    };
+    Ok(Auth::Bearer {
+        tokens: Tokens(tokens.into()),
+        origin,
+    })
+}
+
+fn credential_path(directory: Option<&str>) -> Option<PathBuf> {
+    directory
+        .filter(|dir| !dir.is_empty())
+        .map(|dir| Path::new(dir).join(CREDENTIAL_NAME))
+}
+
+fn read_token_file(name: &'static str, path: &Path) -> Result<String, TokenError> {
+    let unreadable = |source| TokenError::Unreadable {
+        name,
+        path: path.display().to_string(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(unreadable)?;
+    let mut text = String::new();
+    // Read one byte past the bound to tell "exactly at the limit" from "beyond".
+    file.take(MAX_TOKEN_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(unreadable)?;
+    if text.len() as u64 > MAX_TOKEN_FILE_BYTES {
+        return Err(TokenError::TooLarge {
+            name,
+            path: path.display().to_string(),
+        });
+    }
+    Ok(text)
+}
+
+fn parse(
+    name: &'static str,
+    place: &str,
+    text: &str,
+    layout: Layout,
+) -> Result<Vec<Token>, TokenError> {
+    let entries: Vec<(usize, &str)> = match layout {
+        Layout::Commas => text.split(',').map(str::trim).enumerate().collect(),
+        Layout::Lines => text
+            .lines()
+            .map(str::trim)
+            .enumerate()
+            .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
+            .collect(),
+    };
+    if entries.iter().all(|(_, entry)| entry.is_empty()) {
+        return Err(TokenError::Empty {
+            name,
+            place: place.to_owned(),
+            separated: layout.describe(),
+        });
+    }
+    entries
+        .into_iter()
+        .map(|(index, entry)| {
+            check_syntax(entry)
+                .map(|()| Token::new(entry.as_bytes()))
+                .map_err(|problem| TokenError::Malformed {
+                    name,
+                    place: place.to_owned(),
+                    position: index + 1,
+                    problem,
+                })
+        })
+        .collect()
+}
+
+/// RFC 6750's `b64token`, and our length bounds. Returns what is wrong
+/// without quoting the value.
+fn check_syntax(token: &str) -> Result<(), &'static str> {
+    if token.is_empty() {
+        return Err("it is empty");
+    }
+    if token.len() < MIN_TOKEN_LEN {
+        return Err("it is too short");
+    }
+    if token.len() > MAX_TOKEN_LEN {
+        return Err("it is too long");
+    }
+    let body = token.trim_end_matches('=');
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b);
+    if body.is_empty() || !body.bytes().all(allowed) {
+        return Err("it has a character a bearer token cannot carry");
+    }
+    Ok(())
+}
+
+/// What a request's `Authorization` header amounts to.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Allowed,
+    /// No bearer credentials at all (RFC 6750 §3.1: no error code then).
+    Missing,
+    /// Bearer credentials that are not a configured token.
+    Invalid,
+}
+
+fn verdict(headers: &HeaderMap, tokens: &Tokens) -> Verdict {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        // None, or several: a client sending two credentials is confused or probing.
+        return if headers.contains_key(header::AUTHORIZATION) {
+            Verdict::Invalid
+        } else {
+            Verdict::Missing
+        };
+    };
+    let bytes = value.as_bytes();
+    let Some((scheme, rest)) = split_scheme(bytes) else {
+        return Verdict::Missing;
+    };
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        // Basic or another scheme: no bearer credentials were offered.
+        return Verdict::Missing;
+    }
+    let presented = rest.trim_ascii();
+    if tokens.accepts(presented) {
+        Verdict::Allowed
+    } else {
+        Verdict::Invalid
+    }
+}
+
+fn split_scheme(value: &[u8]) -> Option<(&[u8], &[u8])> {
+    let value = value.trim_ascii_start();
+    let space = value.iter().position(|&b| b == b' ')?;
+    Some((&value[..space], &value[space + 1..]))
+}
+
+/// Logs, once at start, whether tokens are required and where they came from
+/// (how many, never which).
+pub fn log_policy(auth: &Auth) {
+    match auth {
+        Auth::Open => tracing::debug!("AUTH_REQUIRED=false: every route is open"),
+        Auth::Bearer { tokens, origin } => tracing::info!(
+            tokens = tokens.len(),
+            from = %origin,
+            public = PUBLIC_PATHS.join(","),
+            "bearer token required on every other route"
+        ),
+    }
+}
+
+/// Adds the token check to `router` when `auth` requires one.
+pub fn protect(router: Router, auth: &Auth) -> Router {
+    match auth {
+        Auth::Open => router,
+        Auth::Bearer { tokens, .. } => router.layer(axum::middleware::from_fn_with_state(
+            tokens.clone(),
+            require_bearer,
+        )),
+    }
+}
+
+async fn require_bearer(State(tokens): State<Tokens>, request: Request, next: Next) -> Response {
+    if PUBLIC_PATHS.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
+    match verdict(request.headers(), &tokens) {
+        Verdict::Allowed => next.run(request).await,
+        refused => {
+            // The path and the verdict only: the header may hold a real token
+            // sent to the wrong server, and must not reach the logs.
+            tracing::debug!(path = request.uri().path(), verdict = ?refused, "request refused");
+            unauthorized(&refused)
+        }
+    }
+}
+
+fn unauthorized(verdict: &Verdict) -> Response {
+    let (challenge, error, message) = match verdict {
+        Verdict::Invalid => (
+            format!(
+                "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"the token is not valid\""
+            ),
+            "invalid_token",
+            "the bearer token is not valid (check the token, or whether it was rotated)",
+        ),
+        _ => (
+            format!("Bearer realm=\"{REALM}\""),
+            "unauthorized",
+            "this route needs a bearer token (send Authorization: Bearer <token>)",
+        ),
+    };
+    let mut response = (
+        StatusCode::UNAUTHORIZED,
+        Json(serde_json::json!({ "error": error, "message": message })),
+    )
+        .into_response();
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "s3cret-token-0123456789";
+    const NEXT: &str = "next-token_abcdefghij==";
+
+    fn settings(token: Option<&'static str>) -> TokenSettings<'static> {
+        TokenSettings {
+            required: true,
+            api_token: token,
+            ..TokenSettings::default()
+        }
+    }
+
+    fn tokens(value: &'static str) -> Tokens {
+        match load(settings(Some(value))).unwrap() {
+            Auth::Bearer { tokens, .. } => tokens,
+            Auth::Open => panic!("a token was required"),
+        }
+    }
+
+    #[test]
+    fn every_rotated_token_is_accepted_and_nothing_else() {
+        let set = tokens(format!(" {GOOD} , {NEXT} ").leak());
+        assert_eq!(set.len(), 2);
+        assert!(set.accepts(GOOD.as_bytes()));
+        assert!(set.accepts(NEXT.as_bytes()));
+        assert!(!set.accepts(b""));
+        assert!(!set.accepts(&GOOD.as_bytes()[..GOOD.len() - 1]));
+        assert!(!set.accepts(format!("{GOOD}x").as_bytes()));
+        // Equal in the first MAX_TOKEN_LEN bytes, longer: the length decides.
+        let long = "a".repeat(MAX_TOKEN_LEN);
+        let longer = format!("{long}a");
+        assert!(tokens(long.clone().leak()).accepts(long.as_bytes()));
+        assert!(!tokens(long.leak()).accepts(longer.as_bytes()));
+    }
+
+    #[test]
+    fn debug_and_errors_never_show_a_token() {
+        let set = tokens(format!("{GOOD},{NEXT}").leak());
+        let shown = format!("{set:?}");
+        assert_eq!(shown, "Tokens(<2 redacted>)");
+        let bad = load(settings(Some("zq9xw,s3cret-token-0123456789"))).unwrap_err();
+        let message = bad.to_string();
+        assert!(message.starts_with("API_TOKEN: token 1"), "{message}");
+        assert!(
+            !message.contains("zq9xw") && !message.contains(GOOD),
+            "{message}"
+        );
+        let bad = load(settings(Some("s3cret token 0123456789"))).unwrap_err();
+        assert!(!bad.to_string().contains("s3cret"), "{bad}");
+    }
+
+    #[test]
+    fn settings_that_contradict_or_lack_a_token_are_refused() {
+        assert!(matches!(load(settings(None)), Err(TokenError::Missing)));
+        let both = TokenSettings {
+            api_token_file: Some("/etc/tokens"),
+            ..settings(Some(GOOD))
+        };
+        assert!(matches!(load(both), Err(TokenError::Conflict)));
+        let unrequired = TokenSettings {
+            required: false,
+            ..settings(Some(GOOD))
+        };
+        assert!(matches!(
+            load(unrequired),
+            Err(TokenError::NotRequired { name: "API_TOKEN" })
+        ));
+        assert!(matches!(
+            load(settings(Some(" , "))),
+            Err(TokenError::Empty { .. })
+        ));
+        assert!(matches!(load(TokenSettings::default()), Ok(Auth::Open)));
+    }
+
+    #[test]
+    fn token_syntax_is_rfc_6750_b64token() {
+        assert!(check_syntax("abcdefghijklmnop").is_ok());
+        assert!(check_syntax("abc+/._~-0123456789==").is_ok());
+        assert!(check_syntax("abcdefghijklmno").is_err(), "15 characters");
+        assert!(check_syntax("abcdefgh=ijklmnop").is_err(), "= inside");
+        assert!(check_syntax("abcdefgh ijklmnop").is_err(), "space");
+        assert!(check_syntax("================").is_err(), "only padding");
+        assert!(check_syntax("abcdéfghijklmnopq").is_err(), "not ASCII");
+    }
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for value in values {
+            map.append(header::AUTHORIZATION, value.parse().unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn authorization_headers_are_judged() {
+        let set = tokens(GOOD);
+        let judge = |values: &[&str]| verdict(&headers(values), &set);
+        assert_eq!(judge(&[&format!("Bearer {GOOD}")]), Verdict::Allowed);
+        assert_eq!(judge(&[&format!("bearer   {GOOD} ")]), Verdict::Allowed);
+        assert_eq!(judge(&[]), Verdict::Missing);
+        assert_eq!(judge(&["Basic dXNlcjpwYXNz"]), Verdict::Missing);
+        assert_eq!(judge(&["Bearer"]), Verdict::Missing);
+        assert_eq!(judge(&["Bearer wrong-token-0123456789"]), Verdict::Invalid);
+        assert_eq!(
+            judge(&[&format!("Bearer {GOOD}"), "Bearer other"]),
+            Verdict::Invalid
+        );
+    }
+}
