@@ -34,6 +34,20 @@ pub fn urls(address: SocketAddr, interfaces: &[IpAddr]) -> Vec<String> {
         .collect()
 }
 
+/// The URLs for a server listening on `address`, listing this machine's
+/// interfaces only when `address` is a wildcard.
+///
+/// Listing interfaces is a netlink round trip plus an ioctl per address, on
+/// the way to serving the first request; a specific address does not need it.
+pub fn urls_for(address: SocketAddr) -> Vec<String> {
+    let interfaces = if address.ip().is_unspecified() {
+        interface_addresses()
+    } else {
+        Vec::new()
+    };
+    urls(address, &interfaces)
+}
+
 /// This machine's interface addresses, or none when they cannot be listed.
 pub fn interface_addresses() -> Vec<IpAddr> {
     if_addrs::get_if_addrs()
@@ -86,6 +100,17 @@ mod tests {
             urls("[::1]:8080".parse().unwrap(), &[]),
             vec!["http://[::1]:8080/"]
         );
+    }
+
+    #[test]
+    fn urls_for_a_wildcard_start_with_loopback_and_for_an_address_are_that_address() {
+        assert_eq!(
+            urls_for("127.0.0.1:5050".parse().unwrap()),
+            vec!["http://127.0.0.1:5050/"]
+        );
+        let wildcard = urls_for("0.0.0.0:5050".parse().unwrap());
+        assert_eq!(wildcard[0], "http://127.0.0.1:5050/");
+        assert!(wildcard.iter().all(|url| url.ends_with(":5050/")));
     }
 
     #[test]

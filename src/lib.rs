@@ -57,4 +57,5 @@ pub mod listener;
 pub mod logging;
 pub mod notify;
 pub mod server;
+mod timer;
 pub mod upgrade;

@@ -40,7 +40,7 @@ pub async fn run(
         notifier.clone(),
     );
     let listener = tokio::net::TcpListener::from_std(bound.listener)?;
-    let urls = announce::urls(bound.info.address, &announce::interface_addresses());
+    let urls = announce::urls_for(bound.info.address);
     announce::log_serving(&bound.info, &urls);
     let state = Arc::new(AppState {
         listener: bound.info,

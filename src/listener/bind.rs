@@ -29,6 +29,15 @@ pub(crate) enum Attempt {
 /// may bind a port that another socket has bound but not yet listened on;
 /// `listen()` is then the call that reports the conflict, so it is checked too.
 pub(crate) fn try_bind(addr: SocketAddr) -> io::Result<Attempt> {
+    let socket = new_socket(addr)?;
+    Ok(match bind_and_listen(&socket, addr)? {
+        Outcome::Listening => Attempt::Bound(socket),
+        Outcome::BusyAtBind | Outcome::BusyAtListen => Attempt::Busy,
+    })
+}
+
+/// A TCP socket for `addr`'s family with our options, not yet bound.
+fn new_socket(addr: SocketAddr) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
         // `::` serves IPv4 too, as people expect of "all addresses"; a specific
@@ -42,12 +51,27 @@ pub(crate) fn try_bind(addr: SocketAddr) -> io::Result<Attempt> {
     // SO_REUSEADDR means port stealing, so it is Unix only.
     #[cfg(unix)]
     socket.set_reuse_address(true)?;
-    match socket
-        .bind(&addr.into())
-        .and_then(|()| socket.listen(BACKLOG))
-    {
-        Ok(()) => Ok(Attempt::Bound(socket)),
-        Err(err) if err.kind() == io::ErrorKind::AddrInUse => Ok(Attempt::Busy),
+    Ok(socket)
+}
+
+/// How one bind-and-listen on a socket went, short of a hard error.
+enum Outcome {
+    Listening,
+    /// `bind()` said "in use": the socket is still unbound and may try another port.
+    BusyAtBind,
+    /// `listen()` said "in use": the socket is bound now and cannot be reused.
+    BusyAtListen,
+}
+
+fn bind_and_listen(socket: &Socket, addr: SocketAddr) -> io::Result<Outcome> {
+    match socket.bind(&addr.into()) {
+        Ok(()) => {}
+        Err(err) if err.kind() == io::ErrorKind::AddrInUse => return Ok(Outcome::BusyAtBind),
+        Err(err) => return Err(err),
+    }
+    match socket.listen(BACKLOG) {
+        Ok(()) => Ok(Outcome::Listening),
+        Err(err) if err.kind() == io::ErrorKind::AddrInUse => Ok(Outcome::BusyAtListen),
         Err(err) => Err(err),
     }
 }
@@ -77,12 +101,28 @@ pub(crate) enum Found {
 }
 
 /// Tries each candidate port on `ip` in order and keeps the first that binds and listens.
+///
+/// A socket whose `bind()` failed is still unbound, so it goes on to the next
+/// port: a busy port then costs one system call instead of four (socket,
+/// setsockopt, bind, close), which is what keeps a search through a crowded
+/// range in microseconds. Only a socket that bound but could not listen is
+/// replaced.
 pub(crate) fn search(ip: IpAddr, ports: impl Iterator<Item = u16>) -> Found {
     let mut busy = Vec::new();
+    let mut unbound: Option<Socket> = None;
     for port in ports {
-        match try_bind(SocketAddr::new(ip, port)) {
-            Ok(Attempt::Bound(socket)) => return Found::Bound { socket, busy },
-            Ok(Attempt::Busy) => busy.push(port),
+        let addr = SocketAddr::new(ip, port);
+        let socket = match unbound.take().map_or_else(|| new_socket(addr), Ok) {
+            Ok(socket) => socket,
+            Err(error) => return Found::Failed { port, error },
+        };
+        match bind_and_listen(&socket, addr) {
+            Ok(Outcome::Listening) => return Found::Bound { socket, busy },
+            Ok(Outcome::BusyAtBind) => {
+                busy.push(port);
+                unbound = Some(socket);
+            }
+            Ok(Outcome::BusyAtListen) => busy.push(port),
             Err(error) => return Found::Failed { port, error },
         }
     }
@@ -180,6 +220,41 @@ mod tests {
                 assert_eq!(error.kind(), io::ErrorKind::AddrNotAvailable);
             }
             _ => panic!("binding a foreign address must fail, not be skipped"),
+        }
+    }
+
+    #[test]
+    fn after_failed_binds_the_same_socket_takes_the_next_port() {
+        // Two listening holders make bind() fail twice on the one socket the
+        // search carries along; it must still bind and listen on the third
+        // port, a bound-but-not-listening SO_REUSEADDR socket's, since we
+        // listen first (the race `bind_and_listen` checks listen() for).
+        let first = TcpListener::bind((LOOPBACK, 0)).unwrap();
+        let second = TcpListener::bind((LOOPBACK, 0)).unwrap();
+        let unlistened = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        unlistened.set_reuse_address(true).unwrap();
+        unlistened
+            .bind(&SocketAddr::new(LOOPBACK, 0).into())
+            .unwrap();
+        let ports = [
+            first.local_addr().unwrap().port(),
+            second.local_addr().unwrap().port(),
+            unlistened.local_addr().unwrap().as_socket().unwrap().port(),
+        ];
+        match search(LOOPBACK, ports.into_iter()) {
+            Found::Bound { socket, busy } => {
+                assert_eq!(busy, ports[..2].to_vec());
+                let addr = socket.local_addr().unwrap().as_socket().unwrap();
+                assert_eq!(addr, SocketAddr::new(LOOPBACK, ports[2]));
+                assert!(socket.is_listener().unwrap());
+                // While ours is open, the other socket can no longer listen.
+                assert_eq!(
+                    unlistened.listen(1).unwrap_err().kind(),
+                    io::ErrorKind::AddrInUse
+                );
+            }
+            Found::Exhausted(e) => panic!("no port found: {e:?}"),
+            Found::Failed { port, error } => panic!("failed at {port}: {error}"),
         }
     }
 }

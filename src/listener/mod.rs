@@ -103,6 +103,7 @@ pub fn open(
 }
 
 fn bind_own(plan: &BindPlan) -> Result<Bound, ListenError> {
+    let opening = std::time::Instant::now();
     let first = SocketAddr::new(plan.ip, plan.port);
     let (socket, source, busy_ports) = match &plan.search {
         None => match bind::try_bind(first) {
@@ -141,6 +142,12 @@ fn bind_own(plan: &BindPlan) -> Result<Bound, ListenError> {
         .ok()
         .and_then(|addr| addr.as_socket())
         .unwrap_or(first);
+    // How long binding (a search included) took; bench/run.sh reads this line.
+    tracing::debug!(
+        listener_us = u64::try_from(opening.elapsed().as_micros()).unwrap_or(u64::MAX),
+        busy_ports = busy_ports.len(),
+        "listener opened"
+    );
     Ok(Bound {
         listener: socket.into(),
         info: ListenerInfo {

@@ -1,0 +1,1037 @@
+//! The benchmark driver behind `bench/run.sh`: portkeeper against `examples/baseline.rs`.
+//!
+//! ```text
+//! bench_driver --portkeeper PATH --baseline PATH [--runs N] [--search-runs N]
+//!              [--load-rounds N] [--load-seconds S] [--connections C]
+//!              [--only startup,search,load,instructions,rss]
+//! ```
+//!
+//! It measures, in one run and on loopback only:
+//! 1. exec → first `200` on `/health` with a raw socket client (connect,
+//!    write a GET, read the status line), for a fixed port, an inherited fd 3
+//!    (`LISTEN_FDS=1`) and `systemd-socket-activate` (timed from the first
+//!    connection, which is what makes it exec the server);
+//! 2. the port search, from portkeeper's own `listener opened listener_us=`
+//!    debug line, with 0, 10, 100 and 1,000 busy ports ahead of the free one;
+//! 3. `/health` throughput and p99 latency under `wrk`, alternating the two
+//!    servers round by round;
+//! 4. VmRSS after start and one request.
+//! 5. User-space instructions per `/health` request, counted by valgrind's
+//!    callgrind: a figure other work on the machine cannot move, which says
+//!    whether a throughput difference is the server's or the machine's.
+//!
+//! Beside the wall-clock figures it reports the server's own CPU time (to the
+//! first 200, and per request under load): on a shared machine those move
+//! far less than wall-clock time when other work competes for the CPUs.
+//!
+//! Every figure is a median with min and max over repeated runs, beside the
+//! baseline's figure from the same run and the ratio of the two. Output is a
+//! Markdown table, ready for README.md.
+//!
+//! Ports: the kernel picks them where it can (`API_PORT=0`, read back from the
+//! start-up line). Where a port must be named before the server starts (fixed
+//! bind, systemd-socket-activate, the search range) the driver probes and
+//! holds ports in `12000..20000`, below Linux's ephemeral range and apart
+//! from the tests' `20000..32000`, and releases one just before the spawn.
+//! Every wait is bounded.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+/// The longest any single wait may take (a server start, a line, a response).
+const DEADLINE: Duration = Duration::from_secs(10);
+/// Where the driver probes and holds ports it must name in advance.
+const OWNED_PORTS: std::ops::Range<u16> = 12_000..20_000;
+/// The busy-port counts of the search measurement.
+const BUSY_COUNTS: [usize; 4] = [0, 10, 100, 1_000];
+/// How many times a run is retried when another process took its port in the
+/// moment between our release and the server's bind.
+const PORT_RETRIES: usize = 3;
+const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
+/// The parts of the benchmark, in the order they run.
+const SECTIONS: [&str; 5] = ["startup", "search", "load", "instructions", "rss"];
+/// Seconds of load per server under callgrind (it runs the server ~50x slower).
+const CALLGRIND_LOAD_SECONDS: u64 = 6;
+
+struct Options {
+    portkeeper: PathBuf,
+    baseline: PathBuf,
+    runs: usize,
+    search_runs: usize,
+    load_rounds: usize,
+    load_seconds: u64,
+    connections: u32,
+    /// The sections to run: startup, search, load, rss (all by default).
+    only: Vec<String>,
+}
+
+impl Options {
+    fn runs_section(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == name)
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    match parse_options().and_then(|options| run(&options)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("bench_driver: error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse_options() -> Result<Options> {
+    let mut options = Options {
+        portkeeper: PathBuf::new(),
+        baseline: PathBuf::new(),
+        runs: 40,
+        search_runs: 15,
+        load_rounds: 3,
+        load_seconds: 10,
+        connections: 50,
+        only: Vec::new(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args
+            .next()
+            .ok_or_else(|| anyhow!("{flag} needs a value (see the usage in bench/run.sh)"))?;
+        let number = || -> Result<u64> {
+            value
+                .parse()
+                .with_context(|| format!("{flag}: {value:?} is not a whole number"))
+        };
+        match flag.as_str() {
+            "--portkeeper" => options.portkeeper = value.clone().into(),
+            "--baseline" => options.baseline = value.clone().into(),
+            "--runs" => options.runs = number()?.max(1) as usize,
+            "--search-runs" => options.search_runs = number()?.max(1) as usize,
+            "--load-rounds" => options.load_rounds = number()?.max(1) as usize,
+            "--load-seconds" => options.load_seconds = number()?.max(1),
+            "--connections" => options.connections = number()?.clamp(1, 10_000) as u32,
+            "--only" => {
+                options.only = value.split(',').map(str::to_owned).collect();
+                if let Some(bad) = options
+                    .only
+                    .iter()
+                    .find(|s| !SECTIONS.contains(&s.as_str()))
+                {
+                    bail!(
+                        "--only: {bad:?} is not a section (expected some of {}, comma-separated)",
+                        SECTIONS.join(",")
+                    );
+                }
+            }
+            _ => bail!(
+                "unknown option {flag} (expected --portkeeper, --baseline, --runs, --search-runs, --load-rounds, --load-seconds, --connections or --only)"
+            ),
+        }
+    }
+    // Absolute, because the servers run in the temporary directory (no stray `.env`).
+    for (name, path) in [
+        ("--portkeeper", &mut options.portkeeper),
+        ("--baseline", &mut options.baseline),
+    ] {
+        *path = path.canonicalize().with_context(|| {
+            format!("{name}: {path:?} is not a file (build with cargo build --release first)")
+        })?;
+    }
+    Ok(options)
+}
+
+fn run(options: &Options) -> Result<()> {
+    let servers = [
+        Server {
+            name: "portkeeper",
+            path: &options.portkeeper,
+        },
+        Server {
+            name: "baseline",
+            path: &options.baseline,
+        },
+    ];
+    let mut table = Table {
+        load_before: load_average(),
+        ..Table::default()
+    };
+    if options.runs_section("startup") {
+        startup_section(options, &servers, &mut table)?;
+    }
+    if options.runs_section("search") {
+        search_section(options, &mut table)?;
+    }
+    if options.runs_section("load") {
+        load_section(options, &servers, &mut table)?;
+    }
+    if options.runs_section("instructions") {
+        instructions_section(&servers, &mut table)?;
+    }
+    if options.runs_section("rss") {
+        rss_section(options, &servers, &mut table)?;
+    }
+    table.load_after = load_average();
+    print!("{}", table.render(options));
+    Ok(())
+}
+
+fn startup_section(options: &Options, servers: &[Server<'_>; 2], table: &mut Table) -> Result<()> {
+    // CPU rows go after the wall-clock rows, which carry the targets.
+    let mut cpu_rows = Vec::new();
+    for scenario in [Startup::Fixed, Startup::Inherited, Startup::SocketActivate] {
+        eprintln!(
+            "start-up: {} ({} runs each)",
+            scenario.label(),
+            options.runs
+        );
+        let mut wall = [Vec::new(), Vec::new()];
+        let mut cpu = [Vec::new(), Vec::new()];
+        // One warm-up each (page cache), then the two servers alternate.
+        for run in 0..=options.runs {
+            for (i, server) in servers.iter().enumerate() {
+                let sample = with_port_retries(|| scenario.measure(server))
+                    .with_context(|| format!("{} start-up of {}", scenario.label(), server.name))?;
+                if run > 0 {
+                    wall[i].push(sample.elapsed.as_secs_f64() * 1e3);
+                    cpu[i].push(sample.cpu.as_secs_f64() * 1e3);
+                }
+            }
+        }
+        table.compare(
+            &format!("exec → first 200, {}", scenario.label()),
+            "ms",
+            &wall[0],
+            &wall[1],
+            Target::RatioAtMost(1.1),
+        );
+        cpu_rows.push((scenario.label(), cpu));
+    }
+    for (label, cpu) in cpu_rows {
+        table.compare(
+            &format!("server CPU to first 200, {label}"),
+            "ms",
+            &cpu[0],
+            &cpu[1],
+            Target::None,
+        );
+    }
+    Ok(())
+}
+
+fn search_section(options: &Options, table: &mut Table) -> Result<()> {
+    eprintln!("port search ({} runs per busy count)", options.search_runs);
+    let mut per_count = Vec::new();
+    for busy in BUSY_COUNTS {
+        let mut samples = Vec::new();
+        for _ in 0..=options.search_runs {
+            let micros = with_port_retries(|| search_time(&options.portkeeper, busy))
+                .with_context(|| format!("port search past {busy} busy ports"))?;
+            samples.push(micros);
+        }
+        samples.remove(0); // warm-up
+        per_count.push((busy, Stats::of(&samples)));
+    }
+    let idle = per_count[0].1.median;
+    for (busy, stats) in &per_count {
+        let per_port = if *busy == 0 {
+            None
+        } else {
+            Some((stats.median - idle) / *busy as f64)
+        };
+        table.search_row(*busy, stats, per_port);
+    }
+    Ok(())
+}
+
+fn load_section(options: &Options, servers: &[Server<'_>; 2], table: &mut Table) -> Result<()> {
+    eprintln!(
+        "load: {} rounds × 2 servers × {} s, {} connections",
+        options.load_rounds, options.load_seconds, options.connections
+    );
+    let mut throughput = [Vec::new(), Vec::new()];
+    let mut p99 = [Vec::new(), Vec::new()];
+    let mut cpu = [Vec::new(), Vec::new()];
+    for _ in 0..options.load_rounds {
+        for (i, server) in servers.iter().enumerate() {
+            let result = load(server, options.load_seconds, options.connections)
+                .with_context(|| format!("load on {}", server.name))?;
+            eprintln!(
+                "  {}: {:.0} req/s, p99 {:.2} ms, {:.1} µs CPU per request",
+                server.name, result.requests_per_second, result.p99_ms, result.cpu_us_per_request
+            );
+            throughput[i].push(result.requests_per_second);
+            p99[i].push(result.p99_ms);
+            cpu[i].push(result.cpu_us_per_request);
+        }
+    }
+    table.compare(
+        &format!("/health throughput, {} connections", options.connections),
+        "req/s",
+        &throughput[0],
+        &throughput[1],
+        Target::RatioAtLeast(0.95),
+    );
+    table.compare(
+        &format!("/health p99 latency, {} connections", options.connections),
+        "ms",
+        &p99[0],
+        &p99[1],
+        Target::None,
+    );
+    table.compare(
+        "server CPU per request under that load",
+        "µs",
+        &cpu[0],
+        &cpu[1],
+        Target::None,
+    );
+    Ok(())
+}
+
+fn instructions_section(servers: &[Server<'_>; 2], table: &mut Table) -> Result<()> {
+    eprintln!("instructions per request under callgrind ({CALLGRIND_LOAD_SECONDS} s of load each)");
+    let mut per_request = [Vec::new(), Vec::new()];
+    for (i, server) in servers.iter().enumerate() {
+        let count = instructions_per_request(server)
+            .with_context(|| format!("callgrind on {}", server.name))?;
+        eprintln!("  {}: {count:.0} instructions per request", server.name);
+        per_request[i].push(count);
+    }
+    table.compare(
+        "user-space instructions per /health request (callgrind)",
+        "instr.",
+        &per_request[0],
+        &per_request[1],
+        Target::None,
+    );
+    Ok(())
+}
+
+fn rss_section(options: &Options, servers: &[Server<'_>; 2], table: &mut Table) -> Result<()> {
+    let runs = options.search_runs.min(7);
+    eprintln!("idle RSS ({runs} runs each)");
+    let mut rss = [Vec::new(), Vec::new()];
+    for _ in 0..runs {
+        for (i, server) in servers.iter().enumerate() {
+            rss[i].push(idle_rss_mib(server).with_context(|| format!("RSS of {}", server.name))?);
+        }
+    }
+    table.compare(
+        "idle RSS after start and one request",
+        "MiB",
+        &rss[0],
+        &rss[1],
+        Target::AtMost(8.0),
+    );
+    Ok(())
+}
+
+/// A binary under test.
+struct Server<'a> {
+    name: &'static str,
+    path: &'a Path,
+}
+
+impl Server<'_> {
+    /// A command with a cleared environment (PATH kept) serving on loopback.
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(self.path);
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOST", "127.0.0.1")
+            .current_dir(std::env::temp_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd
+    }
+
+    /// Starts the server on a kernel-chosen port; returns it with its address.
+    fn start_on_any_port(&self) -> Result<(Process, SocketAddr)> {
+        let mut cmd = self.command();
+        cmd.env("API_PORT", "0").stderr(Stdio::piped());
+        let mut process = Process::spawn(cmd)?;
+        let line = process.wait_for_line(" serving ")?;
+        let address = field(&line, "address")
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| anyhow!("no address= in {line:?}"))?;
+        Ok((process, address))
+    }
+}
+
+/// A child process, killed and reaped on drop, with its stderr lines on a channel.
+struct Process {
+    child: Child,
+    lines: Option<mpsc::Receiver<String>>,
+}
+
+impl Process {
+    fn spawn(mut cmd: Command) -> Result<Self> {
+        let mut child = cmd.spawn().with_context(|| format!("spawn {cmd:?}"))?;
+        let lines = child.stderr.take().map(|stderr| {
+            let (tx, rx) = mpsc::channel();
+            // Keeps reading to the end so the child never blocks on a full pipe.
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    let _ = tx.send(line);
+                }
+            });
+            rx
+        });
+        Ok(Process { child, lines })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits (bounded) for a stderr line containing `needle`.
+    fn wait_for_line(&mut self, needle: &str) -> Result<String> {
+        let lines = self
+            .lines
+            .as_ref()
+            .ok_or_else(|| anyhow!("stderr is not piped"))?;
+        let end = Instant::now() + DEADLINE;
+        let mut seen = String::new();
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return Ok(line),
+                Ok(line) => {
+                    seen.push_str(&line);
+                    seen.push('\n');
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    bail!("no line with {needle:?} within {DEADLINE:?}; output:\n{seen}")
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait()?;
+                    bail!("exited with {status} before printing {needle:?}; output:\n{seen}")
+                }
+            }
+        }
+    }
+
+    /// Errs (naming the port problem) when the child has already exited.
+    fn check_alive(&mut self) -> Result<()> {
+        match self.child.try_wait()? {
+            None => Ok(()),
+            Some(status) => Err(anyhow!(PortTaken(format!("server exited with {status}")))),
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A run lost its port to another process between release and bind; retry it.
+#[derive(Debug)]
+struct PortTaken(String);
+
+impl std::fmt::Display for PortTaken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (its port may have been taken meanwhile)", self.0)
+    }
+}
+
+impl std::error::Error for PortTaken {}
+
+fn with_port_retries<T>(mut measure: impl FnMut() -> Result<T>) -> Result<T> {
+    let mut attempt = 0;
+    loop {
+        match measure() {
+            Err(err) if err.downcast_ref::<PortTaken>().is_some() && attempt < PORT_RETRIES => {
+                eprintln!("  retrying: {err:#}");
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Holds `len` consecutive loopback ports of [`OWNED_PORTS`] that were free.
+/// Drop a listener to free its port for the server.
+fn hold_port_run(len: usize) -> Result<Vec<TcpListener>> {
+    let span = OWNED_PORTS.end - OWNED_PORTS.start;
+    let len16 = u16::try_from(len).ok().filter(|&l| l > 0 && l < span);
+    let len16 = len16.ok_or_else(|| anyhow!("cannot hold a run of {len} ports"))?;
+    // Start somewhere different each time so a foreign holder is soon left behind.
+    let mut base = OWNED_PORTS.start + (std::process::id() as u16 % (span - len16));
+    for _ in 0..200 {
+        let mut held = Vec::with_capacity(len);
+        for port in base..base + len16 {
+            match TcpListener::bind((LOOPBACK, port)) {
+                Ok(listener) => held.push(listener),
+                Err(_) => break,
+            }
+        }
+        if held.len() == len {
+            return Ok(held);
+        }
+        base = OWNED_PORTS.start + (base - OWNED_PORTS.start + len16 + 1) % (span - len16);
+    }
+    bail!(
+        "no run of {len} free loopback ports in {}..{} (raise `ulimit -n` for long runs)",
+        OWNED_PORTS.start,
+        OWNED_PORTS.end
+    )
+}
+
+fn port_of(listener: &TcpListener) -> Result<u16> {
+    Ok(listener.local_addr()?.port())
+}
+
+/// The start-up scenarios.
+#[derive(Clone, Copy)]
+enum Startup {
+    /// `HOST:API_PORT` with a port the driver names; the client retries connect.
+    Fixed,
+    /// fd 3 with `LISTEN_FDS=1`; the connection waits in the backlog.
+    Inherited,
+    /// `systemd-socket-activate` execs the server on the first connection.
+    SocketActivate,
+}
+
+impl Startup {
+    fn label(self) -> &'static str {
+        match self {
+            Startup::Fixed => "fixed port",
+            Startup::Inherited => "inherited fd 3",
+            Startup::SocketActivate => "systemd-socket-activate",
+        }
+    }
+
+    fn measure(self, server: &Server<'_>) -> Result<StartupSample> {
+        match self {
+            Startup::Fixed => startup_fixed(server),
+            Startup::Inherited => startup_inherited(server),
+            Startup::SocketActivate => startup_socket_activate(server),
+        }
+    }
+}
+
+/// One start-up: wall time to the first 200, and the CPU the server used by then.
+struct StartupSample {
+    elapsed: Duration,
+    cpu: Duration,
+}
+
+impl StartupSample {
+    fn taken(start: Instant, process: &Process) -> Result<Self> {
+        let elapsed = start.elapsed();
+        Ok(StartupSample {
+            elapsed,
+            cpu: cpu_time_all_threads(process.pid())?,
+        })
+    }
+}
+
+/// CPU time a process has run so far, all threads, user and kernel, in
+/// nanoseconds from /proc/PID/task/*/schedstat (finer than stat's ticks).
+fn cpu_time_all_threads(pid: u32) -> Result<Duration> {
+    let mut nanos: u64 = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let path = task?.path().join("schedstat");
+        // A thread may end between the listing and the read; it then counts as 0.
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        nanos += text
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| anyhow!("unexpected {}: {text:?}", path.display()))?;
+    }
+    Ok(Duration::from_nanos(nanos))
+}
+
+/// Spawn → first 200 on a port named in advance. Connection attempts repeat
+/// every 20 µs (plus the kernel's timer slack) until the server listens.
+fn startup_fixed(server: &Server<'_>) -> Result<StartupSample> {
+    let held = hold_port_run(1)?;
+    let address = SocketAddr::from((LOOPBACK, port_of(&held[0])?));
+    let mut cmd = server.command();
+    cmd.env("API_PORT", address.port().to_string());
+    drop(held);
+    let start = Instant::now();
+    let mut process = Process::spawn(cmd)?;
+    let stream = loop {
+        match TcpStream::connect(address) {
+            Ok(stream) => break stream,
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => {
+                process.check_alive()?;
+                if start.elapsed() > DEADLINE {
+                    bail!("{address} refused connections for {DEADLINE:?}");
+                }
+                std::thread::sleep(Duration::from_micros(20));
+            }
+            Err(err) => return Err(err).context(format!("connect {address}")),
+        }
+    };
+    expect_200(stream)?;
+    StartupSample::taken(start, &process)
+}
+
+/// Spawn → first 200 on a socket the driver bound and handed over as fd 3.
+fn startup_inherited(server: &Server<'_>) -> Result<StartupSample> {
+    use command_fds::{CommandFdExt, FdMapping};
+    let listener = TcpListener::bind((LOOPBACK, 0))?;
+    let address = listener.local_addr()?;
+    let mut cmd = server.command();
+    cmd.env("LISTEN_FDS", "1");
+    cmd.fd_mappings(vec![FdMapping {
+        parent_fd: listener.into(),
+        child_fd: 3,
+    }])
+    .map_err(|err| anyhow!("cannot map fd 3: {err}"))?;
+    let start = Instant::now();
+    let process = Process::spawn(cmd)?;
+    // The socket is listening already: this connection waits in its backlog
+    // until the server accepts it.
+    let stream = TcpStream::connect(address)?;
+    expect_200(stream)?;
+    StartupSample::taken(start, &process)
+}
+
+/// First connection → first 200 through `systemd-socket-activate`, which execs
+/// the server (in place: LISTEN_PID is its own pid) when that connection arrives.
+fn startup_socket_activate(server: &Server<'_>) -> Result<StartupSample> {
+    let held = hold_port_run(1)?;
+    let address = SocketAddr::from((LOOPBACK, port_of(&held[0])?));
+    let mut cmd = Command::new("systemd-socket-activate");
+    // It passes only TERM, PATH, USER, HOME and -E variables to the child.
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .arg(format!("--listen={address}"))
+        .args(["-E", "HOST=127.0.0.1", "-E", "API_PORT=0", "--"])
+        .arg(server.path)
+        .current_dir(std::env::temp_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    drop(held);
+    let mut process = Process::spawn(cmd)?;
+    process
+        .wait_for_line("Listening on")
+        .map_err(|err| anyhow!(PortTaken(format!("{err:#}"))))?;
+    let start = Instant::now();
+    let stream = TcpStream::connect(address)?;
+    expect_200(stream)?;
+    StartupSample::taken(start, &process)
+}
+
+/// Sends `GET /health` and reads until the status line, which must say 200.
+fn expect_200(mut stream: TcpStream) -> Result<()> {
+    stream.set_read_timeout(Some(DEADLINE))?;
+    stream.write_all(b"GET /health HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
+    let mut response = Vec::with_capacity(256);
+    let mut buf = [0u8; 256];
+    while !response.windows(2).any(|w| w == b"\r\n") {
+        let n = stream.read(&mut buf).context("read the status line")?;
+        if n == 0 {
+            bail!("connection closed before a status line");
+        }
+        response.extend_from_slice(&buf[..n]);
+    }
+    if !response.starts_with(b"HTTP/1.1 200 ") {
+        bail!("expected 200, got {:?}", String::from_utf8_lossy(&response));
+    }
+    Ok(())
+}
+
+/// Microseconds portkeeper's listener chain took with `busy` ports held ahead
+/// of a free one, from its `listener opened listener_us=` debug line.
+fn search_time(portkeeper: &Path, busy: usize) -> Result<f64> {
+    let mut held = hold_port_run(busy + 1)?;
+    let first = port_of(&held[0])?;
+    let last = port_of(&held[busy])?;
+    let mut cmd = Command::new(portkeeper);
+    cmd.env_clear()
+        .env("HOST", "127.0.0.1")
+        .env("API_PORT", first.to_string())
+        .env("AUTO_FIND_PORT", "true")
+        .env("PORT_RANGE_START", first.to_string())
+        .env("PORT_RANGE_END", last.to_string())
+        .env("LOG_LEVEL", "debug")
+        .current_dir(std::env::temp_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    drop(held.pop()); // the free port at the end of the range
+    let mut process = Process::spawn(cmd)?;
+    let line = process
+        .wait_for_line("listener opened")
+        .map_err(|err| anyhow!(PortTaken(format!("{err:#}"))))?;
+    let skipped: usize = field(&line, "busy_ports")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow!("no busy_ports= in {line:?}"))?;
+    if skipped != busy {
+        bail!("expected {busy} busy ports, portkeeper reports {skipped}: {line:?}");
+    }
+    drop(held);
+    field(&line, "listener_us")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow!("no listener_us= in {line:?}"))
+}
+
+struct LoadResult {
+    requests_per_second: f64,
+    p99_ms: f64,
+    /// Server CPU time (all threads) per request answered: less sensitive
+    /// than throughput to what else the machine is running.
+    cpu_us_per_request: f64,
+}
+
+/// `wrk` against a freshly started server's `/health`.
+fn load(server: &Server<'_>, seconds: u64, connections: u32) -> Result<LoadResult> {
+    let (process, address) = server.start_on_any_port()?;
+    let cpu_before = cpu_seconds(process.pid())?;
+    let output = Command::new("wrk")
+        .args(["--threads", "2", "--latency", "--timeout", "5s"])
+        .arg(format!("--connections={connections}"))
+        .arg(format!("--duration={seconds}s"))
+        .arg(format!("http://{address}/health"))
+        .stdin(Stdio::null())
+        .output()
+        .context("run wrk (bench/run.sh installs it)")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!(
+            "wrk failed ({}): {text}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    if let Some(line) = text
+        .lines()
+        .find(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
+    {
+        bail!("wrk saw errors: {}\n{text}", line.trim());
+    }
+    let requests_per_second = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow!("no Requests/sec in wrk's output:\n{text}"))?;
+    let p99_ms = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .and_then(|v| duration_ms(v.trim()))
+        .ok_or_else(|| anyhow!("no 99% latency in wrk's output:\n{text}"))?;
+    let requests: f64 = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse().ok())
+        .ok_or_else(|| anyhow!("no request count in wrk's output:\n{text}"))?;
+    let cpu = cpu_seconds(process.pid())? - cpu_before;
+    Ok(LoadResult {
+        requests_per_second,
+        p99_ms,
+        cpu_us_per_request: cpu * 1e6 / requests.max(1.0),
+    })
+}
+
+/// User + system CPU time of a process, all threads, from /proc/PID/stat.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let after_name = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| anyhow!("unexpected /proc/{pid}/stat: {stat:?}"))?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat(5), 12 and 13 here, in
+    // USER_HZ ticks, which Linux fixes at 100 per second for user space.
+    let ticks = |i: usize| -> Result<f64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .ok_or_else(|| anyhow!("no field {i} in /proc/{pid}/stat"))
+    };
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// Instructions callgrind counts per `/health` request: one run with load,
+/// one without, so start-up is subtracted.
+fn instructions_per_request(server: &Server<'_>) -> Result<f64> {
+    let (idle, _) = callgrind_run(server, None)?;
+    let (loaded, requests) = callgrind_run(server, Some(CALLGRIND_LOAD_SECONDS))?;
+    if requests == 0 {
+        bail!("no request was answered under callgrind");
+    }
+    Ok(loaded.saturating_sub(idle) as f64 / requests as f64)
+}
+
+/// Runs the server under callgrind, optionally loads it with wrk for
+/// `seconds`, stops it with SIGTERM (callgrind writes its counts on the way
+/// out), and returns the instruction total and the requests wrk counted.
+fn callgrind_run(server: &Server<'_>, seconds: Option<u64>) -> Result<(u64, u64)> {
+    let out = std::env::temp_dir().join(format!(
+        "bench-callgrind-{}-{}-{}.out",
+        std::process::id(),
+        server.name,
+        seconds.unwrap_or(0)
+    ));
+    let mut cmd = Command::new("valgrind");
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOST", "127.0.0.1")
+        .env("API_PORT", "0")
+        .args(["--tool=callgrind", "--quiet"])
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg(server.path)
+        .current_dir(std::env::temp_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut process = Process::spawn(cmd)?;
+    let line = process.wait_for_line(" serving ")?;
+    let address: SocketAddr = field(&line, "address")
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| anyhow!("no address= in {line:?}"))?;
+    let mut requests = 0;
+    if let Some(seconds) = seconds {
+        let output = Command::new("wrk")
+            .args(["--threads", "1", "--connections", "10"])
+            .arg(format!("--duration={seconds}s"))
+            .arg(format!("http://{address}/health"))
+            .stdin(Stdio::null())
+            .output()
+            .context("run wrk")?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        requests = text
+            .lines()
+            .find_map(|l| l.trim().split_once(" requests in "))
+            .and_then(|(n, _)| n.trim().parse().ok())
+            .ok_or_else(|| anyhow!("no request count in wrk's output:\n{text}"))?;
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &process.pid().to_string()])
+        .status()?;
+    if !status.success() {
+        bail!("kill -TERM {} failed", process.pid());
+    }
+    let end = Instant::now() + DEADLINE;
+    while process.child.try_wait()?.is_none() {
+        if Instant::now() > end {
+            bail!("still running {DEADLINE:?} after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let counts = std::fs::read_to_string(&out)
+        .with_context(|| format!("read callgrind's output {}", out.display()))?;
+    let _ = std::fs::remove_file(&out);
+    let total = counts
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("totals:")
+                .or_else(|| l.strip_prefix("summary:"))
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow!("no totals in callgrind's output"))?;
+    Ok((total, requests))
+}
+
+/// wrk's "812.00us", "1.23ms", "2.00s" in milliseconds.
+fn duration_ms(text: &str) -> Option<f64> {
+    let (number, scale) = if let Some(n) = text.strip_suffix("us") {
+        (n, 1e-3)
+    } else if let Some(n) = text.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1e3)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60e3)
+    } else {
+        return None;
+    };
+    number.parse::<f64>().ok().map(|n| n * scale)
+}
+
+/// VmRSS of a freshly started server, after it has answered one `/health`.
+fn idle_rss_mib(server: &Server<'_>) -> Result<f64> {
+    let (mut process, address) = server.start_on_any_port()?;
+    expect_200(TcpStream::connect(address)?)?;
+    std::thread::sleep(Duration::from_millis(200));
+    process.check_alive()?;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", process.pid()))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow!("no VmRSS in /proc/{}/status", process.pid()))?;
+    Ok(kib / 1024.0)
+}
+
+/// The value of `name=value` in a log line (values end at a space).
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let start = line.find(&format!("{name}="))? + name.len() + 1;
+    let rest = &line[start..];
+    Some(rest.split(' ').next().unwrap_or(rest).trim_matches('"'))
+}
+
+/// Median, min and max of a set of samples.
+struct Stats {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Stats {
+    fn of(samples: &[f64]) -> Stats {
+        let mut sorted = samples.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len();
+        let median = match n {
+            0 => f64::NAN,
+            _ if n % 2 == 1 => sorted[n / 2],
+            _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+        };
+        Stats {
+            median,
+            min: sorted.first().copied().unwrap_or(f64::NAN),
+            max: sorted.last().copied().unwrap_or(f64::NAN),
+        }
+    }
+
+    fn show(&self, unit: &str) -> String {
+        let digits = if self.median >= 100.0 {
+            0
+        } else if self.median >= 10.0 {
+            1
+        } else {
+            2
+        };
+        format!(
+            "{:.*} {unit} ({:.*}–{:.*})",
+            digits, self.median, digits, self.min, digits, self.max
+        )
+    }
+}
+
+enum Target {
+    RatioAtMost(f64),
+    RatioAtLeast(f64),
+    AtMost(f64),
+    None,
+}
+
+#[derive(Default)]
+struct Table {
+    rows: Vec<String>,
+    search_rows: Vec<String>,
+    /// The machine's 1-minute load average before and after, so a reader can
+    /// tell a quiet run from one that shared the CPUs with other work.
+    load_before: String,
+    load_after: String,
+}
+
+impl Table {
+    fn compare(&mut self, what: &str, unit: &str, ours: &[f64], base: &[f64], target: Target) {
+        let (ours, base) = (Stats::of(ours), Stats::of(base));
+        let ratio = ours.median / base.median;
+        let (target, met) = match target {
+            Target::RatioAtMost(t) => (format!("≤ {t}×"), Some(ratio <= t)),
+            Target::RatioAtLeast(t) => (format!("≥ {t}×"), Some(ratio >= t)),
+            Target::AtMost(t) => (format!("≤ {t} {unit}"), Some(ours.median <= t)),
+            Target::None => ("—".to_owned(), None),
+        };
+        self.rows.push(format!(
+            "| {what} | {} | {} | {ratio:.2}× | {target} | {} |",
+            ours.show(unit),
+            base.show(unit),
+            verdict(met)
+        ));
+    }
+
+    fn search_row(&mut self, busy: usize, stats: &Stats, per_port: Option<f64>) {
+        let (per_port, met) = match per_port {
+            Some(us) => (format!("{us:.2} µs"), Some(us <= 5.0)),
+            None => ("—".to_owned(), None),
+        };
+        self.search_rows.push(format!(
+            "| {busy} | {} | {per_port} | {} |",
+            stats.show("µs"),
+            if met.is_some() { verdict(met) } else { "" }
+        ));
+    }
+
+    fn render(&self, options: &Options) -> String {
+        let mut out = String::new();
+        out.push_str(&format!(
+            "Machine: {}; load average {} before, {} after. Start-up: {} runs each, servers \
+             alternating; search: {} runs per row; load: {} rounds × {} s per server, \
+             alternating; figures are median (min–max).\n\n",
+            machine(),
+            self.load_before,
+            self.load_after,
+            options.runs,
+            options.search_runs,
+            options.load_rounds,
+            options.load_seconds
+        ));
+        out.push_str("| measure | portkeeper | baseline | ratio | target | |\n");
+        out.push_str("|---|---|---|---|---|---|\n");
+        for row in &self.rows {
+            out.push_str(row);
+            out.push('\n');
+        }
+        if self.search_rows.is_empty() {
+            return out;
+        }
+        out.push_str("\nPort search (portkeeper's listener chain, timed in-process):\n\n");
+        out.push_str("| busy ports ahead | time to bind | per busy port | target ≤ 5 µs |\n");
+        out.push_str("|---|---|---|---|\n");
+        for row in &self.search_rows {
+            out.push_str(row);
+            out.push('\n');
+        }
+        out
+    }
+}
+
+fn verdict(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "met",
+        Some(false) => "**missed**",
+        None => "",
+    }
+}
+
+/// The 1-minute load average from /proc/loadavg.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// "2 CPUs (AMD EPYC), Linux 6.1.0" from /proc.
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|k| k.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned());
+    format!("{cpus} CPUs ({model}), Linux {kernel}")
+}
