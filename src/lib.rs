@@ -38,6 +38,7 @@
 //!     started: std::time::Instant::now(),
 //!     auth: config.auth.clone(),
 //!     limits: config.limits,
+//!     debug: config.debug,
 //! });
 //! let options = server::ServeOptions {
 //!     shutdown_timeout: config.shutdown_timeout,

@@ -4,12 +4,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::announce;
 use crate::config::Config;
 use crate::listener::Bound;
 use crate::notify::{self, Notifier};
 use crate::server::{self, AppState, ServeOptions, Stopped};
 use crate::upgrade::{Succession, Upgrader};
-use crate::{announce, debug_routes};
 
 /// What the process learned about its manager before the runtime started.
 #[derive(Debug, Default)]
@@ -47,6 +47,7 @@ pub async fn run(
         started: Instant::now(),
         auth: config.auth.clone(),
         limits: config.limits,
+        debug: config.debug,
     });
     let url = urls.first().map(String::as_str).unwrap_or_default();
     let ready = notify::ready_message(&format!(
@@ -94,11 +95,7 @@ pub async fn run(
         shutdown_timeout: config.shutdown_timeout,
         header_read_timeout: config.limits.header_read_timeout,
     };
-    let mut app = server::app(state);
-    if config.debug {
-        app = app.merge(debug_routes::routes());
-    }
-    let stopped = server::serve(listener, app, shutdown, options).await;
+    let stopped = server::serve(listener, server::app(state), shutdown, options).await;
     match &stopped {
         Stopped::Drained => tracing::info!("stopped"),
         Stopped::TimedOut { open } => tracing::warn!(

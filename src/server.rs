@@ -54,16 +54,22 @@ pub struct AppState {
     pub auth: Auth,
     /// Request time and body size bounds, applied as layers by [`app`].
     pub limits: Limits,
+    /// `DEBUG=true`: mount [`crate::debug_routes`] (behind the same auth and limits).
+    pub debug: bool,
 }
 
 /// The routes, without a socket: tests drive this with `tower::ServiceExt::oneshot`.
 pub fn app(state: Arc<AppState>) -> Router {
     let limits = state.limits;
     let auth = state.auth.clone();
-    let routes = Router::new()
+    let debug = state.debug;
+    let mut routes = Router::new()
         .route("/health", get(health))
         .route("/info", get(info))
         .with_state(state);
+    if debug {
+        routes = routes.merge(crate::debug_routes::routes());
+    }
     guard(routes, &auth, limits)
 }
 
@@ -367,6 +373,7 @@ mod tests {
             started: Instant::now(),
             auth,
             limits: LIMITS,
+            debug: false,
         })
     }
 
@@ -415,6 +422,27 @@ mod tests {
 
     async fn send(router: Router, request: Request<Body>) -> axum::response::Response {
         router.oneshot(request).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn debug_routes_exist_only_with_debug_and_sit_behind_auth() {
+        let sleep = || {
+            Request::get("/debug/sleep?ms=0")
+                .body(Body::empty())
+                .unwrap()
+        };
+        let plain = send(app(state()), sleep()).await;
+        assert_eq!(plain.status(), StatusCode::NOT_FOUND);
+
+        let debug_state = |auth: Auth| {
+            let mut state = Arc::try_unwrap(state_with(auth)).unwrap();
+            state.debug = true;
+            Arc::new(state)
+        };
+        let open = send(app(debug_state(Auth::Open)), sleep()).await;
+        assert_eq!(open.status(), StatusCode::OK);
+        let guarded = send(app(debug_state(bearer())), sleep()).await;
+        assert_eq!(guarded.status(), StatusCode::UNAUTHORIZED);
     }
 
     #[tokio::test]
