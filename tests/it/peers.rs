@@ -16,12 +16,10 @@ fn free_port() -> u16 {
 }
 
 fn socket_activate(tool: &std::path::Path, args: &[String]) -> Command {
-    let mut cmd = Command::new(tool);
+    let mut cmd = clean_command(tool);
     // systemd-socket-activate passes only TERM, PATH, USER, HOME and -E
     // variables to the child; set ours with -E.
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .args(args)
+    cmd.args(args)
         .args(["-E", "HOST=127.0.0.1", "-E", "API_PORT=0", "--"])
         .arg(binary());
     cmd
@@ -113,10 +111,8 @@ fn systemfd_no_pid_hands_over_its_socket() {
     };
     let dir = TempDir::new();
     let port = free_port();
-    let mut cmd = Command::new(tool);
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOST", "127.0.0.1")
+    let mut cmd = clean_command(tool);
+    cmd.env("HOST", "127.0.0.1")
         .env("API_PORT", "0")
         .current_dir(dir.path())
         .args(["--no-pid", "-b", "128", "-s"])

@@ -156,10 +156,8 @@ fn sighup_hands_the_socket_to_a_new_pid_on_the_same_port() {
 fn a_successor_that_fails_to_start_leaves_the_old_one_serving() {
     let dir = TempDir::new();
     let executable = copy_of_binary(dir.path());
-    let mut cmd = Command::new(&executable);
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .current_dir(dir.path());
+    let mut cmd = clean_command(&executable);
+    cmd.current_dir(dir.path());
     loopback(&mut cmd);
     let mut server = Running::spawn(cmd, "broken-upgrade").unwrap();
     let addr = server.serving_address().unwrap();
@@ -187,11 +185,8 @@ fn a_successor_that_fails_to_start_leaves_the_old_one_serving() {
 fn reload_picks_up_a_replaced_executable() {
     let dir = TempDir::new();
     let executable = copy_of_binary(dir.path());
-    let mut cmd = Command::new(&executable);
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("RELOAD", "true")
-        .current_dir(dir.path());
+    let mut cmd = clean_command(&executable);
+    cmd.env("RELOAD", "true").current_dir(dir.path());
     loopback(&mut cmd);
     let mut first = Running::spawn(cmd, "reload").unwrap();
     let addr = first.serving_address().unwrap();
@@ -216,10 +211,8 @@ fn reload_picks_up_a_replaced_executable() {
 fn without_reload_a_replaced_executable_is_left_alone() {
     let dir = TempDir::new();
     let executable = copy_of_binary(dir.path());
-    let mut cmd = Command::new(&executable);
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .current_dir(dir.path());
+    let mut cmd = clean_command(&executable);
+    cmd.current_dir(dir.path());
     loopback(&mut cmd);
     let mut server = Running::spawn(cmd, "no-reload").unwrap();
     let addr = server.serving_address().unwrap();

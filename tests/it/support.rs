@@ -28,12 +28,31 @@ pub(crate) fn binary() -> &'static str {
 /// A command for the binary with a cleared environment (only PATH kept),
 /// run in `dir` so no stray `.env` is read.
 pub(crate) fn portkeeper(dir: &Path) -> Command {
-    let mut cmd = Command::new(binary());
+    let mut cmd = clean_command(binary());
+    cmd.current_dir(dir);
+    cmd
+}
+
+/// A command with a cleared environment (only PATH kept), no stdin, run in
+/// [`empty_dir`]: whatever it starts reads no stray `.env` or variable of ours.
+pub(crate) fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new(program);
     cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .current_dir(dir)
+        .current_dir(empty_dir())
         .stdin(Stdio::null());
     cmd
+}
+
+/// A directory that never holds a `.env`, for commands with no directory of
+/// their own (the crate root, the default, may hold a developer's `.env`).
+pub(crate) fn empty_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("portkeeper-it-empty-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create the empty dir");
+        dir
+    })
 }
 
 /// A directory of its own for one test, removed on drop.

@@ -319,12 +319,10 @@ fn an_unreachable_notify_socket_does_not_stop_the_server() {
 /// `systemd-socket-activate` running portkeeper (optionally through
 /// `wrapper`, which must exec in place so LISTEN_PID stays right).
 fn socket_activate(tool: &Path, listen: SocketAddr, fdname: &str, wrapper: &[&str]) -> Command {
-    let mut cmd = Command::new(tool);
+    let mut cmd = clean_command(tool);
     // systemd-socket-activate passes only TERM, PATH, USER, HOME and -E
     // variables to the child; set ours with -E.
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .arg(format!("--listen={listen}"))
+    cmd.arg(format!("--listen={listen}"))
         .arg(format!("--fdname={fdname}"))
         .args(["-E", "HOST=127.0.0.1", "-E", "API_PORT=0", "--"])
         .args(wrapper)
@@ -484,11 +482,9 @@ fn the_serving_event_arrives_in_the_journal_with_its_fields() {
     let addr = listener.local_addr().unwrap();
 
     let dir = TempDir::new();
-    let mut cmd = Command::new("unshare");
+    let mut cmd = clean_command("unshare");
     // unshare and sh exec in place: the pid stays the server's.
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("JOURNAL_STREAM", "9:12345")
+    cmd.env("JOURNAL_STREAM", "9:12345")
         .env("LISTEN_FDS", "1")
         .current_dir(dir.path())
         .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
@@ -731,10 +727,8 @@ fn every_system_call_made_is_allowed_by_the_service_filter() {
     let notify = NotifySocket::at_path();
     let listener = loopback_listener();
     let addr = listener.local_addr().unwrap();
-    let mut cmd = Command::new(&strace);
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("LISTEN_FDS", "1")
+    let mut cmd = clean_command(&strace);
+    cmd.env("LISTEN_FDS", "1")
         .env("LISTEN_FDNAMES", "http")
         .env("NOTIFY_SOCKET", &notify.value)
         .env("WATCHDOG_USEC", "200000")
