@@ -37,12 +37,11 @@
 //!     listener: bound.info,
 //!     started: std::time::Instant::now(),
 //!     auth: config.auth.clone(),
-//!     limits: config.limits,
 //!     debug: config.debug,
 //! });
 //! let options = server::ServeOptions {
 //!     shutdown_timeout: config.shutdown_timeout,
-//!     header_read_timeout: config.limits.header_read_timeout,
+//!     limits: config.limits,
 //! };
 //! server::serve(tcp, server::app(state), std::future::pending(), options).await;
 //! # Ok(())

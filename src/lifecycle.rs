@@ -46,7 +46,6 @@ pub async fn run(
         listener: bound.info,
         started: Instant::now(),
         auth: config.auth.clone(),
-        limits: config.limits,
         debug: config.debug,
     });
     let url = urls.first().map(String::as_str).unwrap_or_default();
@@ -93,7 +92,7 @@ pub async fn run(
     };
     let options = ServeOptions {
         shutdown_timeout: config.shutdown_timeout,
-        header_read_timeout: config.limits.header_read_timeout,
+        limits: config.limits,
     };
     let stopped = server::serve(listener, server::app(state), shutdown, options).await;
     match &stopped {
