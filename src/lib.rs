@@ -57,5 +57,4 @@ pub mod listener;
 pub mod logging;
 pub mod notify;
 pub mod server;
-mod timer;
 pub mod upgrade;
