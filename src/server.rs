@@ -378,7 +378,11 @@ async fn serve_connection(
     // Finishes the request in flight (answering it with Connection: close),
     // then closes; an idle connection closes at once.
     connection.as_mut().graceful_shutdown();
-    log_connection_end(connection.await);
+    tokio::select! {
+        result = connection.as_mut() => log_connection_end(result),
+        // A slow-loris head is still cut at the header timeout while stopping.
+        () = activity.headers_overdue(limits.header_read_timeout) => {}
+    }
 }
 
 /// Marks a response as the connection's last, once a stop has begun.

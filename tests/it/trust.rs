@@ -247,6 +247,32 @@ fn slow_headers_and_idle_connections_are_closed_at_the_header_timeout() {
     );
 }
 
+/// A half-sent request head does not hold a stop open for SHUTDOWN_TIMEOUT:
+/// the process exits within about the header timeout.
+#[test]
+fn a_slow_loris_client_does_not_delay_a_stop() {
+    let dir = TempDir::new();
+    let mut cmd = loopback_server(&dir);
+    cmd.env("HEADER_READ_TIMEOUT", "2")
+        .env("SHUTDOWN_TIMEOUT", "60");
+    let mut server = Running::spawn(cmd, "slow-loris-stop").unwrap();
+    let addr = server.serving_address().unwrap();
+    let mut slow = TcpStream::connect(addr).unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    assert_eq!(get_json(addr, "/health").unwrap()["status"], "ok");
+
+    let stop = Instant::now();
+    server.signal("TERM").unwrap();
+    let status = server.wait_exit(DEADLINE).unwrap();
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        stop.elapsed() < Duration::from_secs(10),
+        "stopping took {:?} with a slow-loris client (header timeout 2 s, shutdown timeout 60 s)",
+        stop.elapsed()
+    );
+}
+
 #[test]
 fn bodies_above_max_body_bytes_are_refused_with_413() {
     let dir = TempDir::new();
