@@ -282,30 +282,17 @@ pub fn load(settings: TokenSettings<'_>) -> Result<Auth, TokenError> {
         (tokens, Origin::Variable)
     } else if let Some(path) = api_token_file {
         let path = PathBuf::from(path);
-        let text = read_token_file("API_TOKEN_FILE", &path)?;
-        let tokens = parse(
-            "API_TOKEN_FILE",
-            &path.display().to_string(),
-            &text,
-            Layout::Lines,
-        )?;
+        let tokens = parse_token_file("API_TOKEN_FILE", &path)?;
         (tokens, Origin::File(path))
     } else if let Some(path) = credential_path(credentials_directory) {
-        let text = match read_token_file("CREDENTIALS_DIRECTORY", &path) {
-            Ok(text) => text,
+        let tokens = match parse_token_file("CREDENTIALS_DIRECTORY", &path) {
             Err(TokenError::Unreadable { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound =>
             {
                 return Err(TokenError::Missing);
             }
-            Err(err) => return Err(err),
+            tokens => tokens?,
         };
-        let tokens = parse(
-            "CREDENTIALS_DIRECTORY",
-            &path.display().to_string(),
-            &text,
-            Layout::Lines,
-        )?;
         (tokens, Origin::Credential(path))
     } else {
         return Err(TokenError::Missing);
@@ -320,6 +307,12 @@ fn credential_path(directory: Option<&str>) -> Option<PathBuf> {
     directory
         .filter(|dir| !dir.is_empty())
         .map(|dir| Path::new(dir).join(CREDENTIAL_NAME))
+}
+
+/// Reads a file of tokens (one per line) and parses it; errors name `name` and the path.
+fn parse_token_file(name: &'static str, path: &Path) -> Result<Vec<Token>, TokenError> {
+    let text = read_token_file(name, path)?;
+    parse(name, &path.display().to_string(), &text, Layout::Lines)
 }
 
 fn read_token_file(name: &'static str, path: &Path) -> Result<String, TokenError> {

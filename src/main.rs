@@ -95,8 +95,11 @@ fn open_listener(config: &Config, from_predecessor: bool) -> Result<listener::Bo
         };
         listener::open(offer.as_ref(), &config.listen_fd_name, &config.bind)
     });
-    forget_handoff(&HandoffVars::NAMES);
-    forget_handoff(&[upgrade::HANDOFF_NOTIFY_VAR]);
+    forget_handoff(
+        HandoffVars::NAMES
+            .iter()
+            .chain([&upgrade::HANDOFF_NOTIFY_VAR]),
+    );
     result
 }
 
@@ -105,11 +108,12 @@ fn open_listener(config: &Config, _from_predecessor: bool) -> Result<listener::B
     listener::open(&config.listen_fd_name, &config.bind)
 }
 
-/// Removes the LISTEN_* variables so that no child process mistakes our
-/// sockets for its own (the fds themselves are close-on-exec).
+/// Removes the handoff variables (LISTEN_*, and a predecessor's readiness
+/// socket) so that no child process mistakes them for its own (the fds
+/// themselves are close-on-exec).
 #[cfg(unix)]
 #[allow(unsafe_code)]
-fn forget_handoff(names: &[&str]) {
+fn forget_handoff<'a>(names: impl IntoIterator<Item = &'a &'a str>) {
     for name in names {
         if std::env::var_os(name).is_some() {
             // SAFETY: called from `run` before the tokio runtime is built; no

@@ -75,10 +75,15 @@ fn finish_slow_request(mut stream: TcpStream) -> Result<serde_json::Value> {
 }
 
 /// Copies the built binary into `dir`, so a test may replace the file.
-fn copy_of_binary(dir: &Path) -> PathBuf {
+/// A copy of the binary in `dir` (which a test may replace, as a build
+/// would), and a loopback command that runs it from `dir`.
+fn copy_of_binary(dir: &Path) -> (PathBuf, Command) {
     let path = dir.join("portkeeper");
     std::fs::copy(binary(), &path).expect("copy the binary");
-    path
+    let mut cmd = clean_command(&path);
+    cmd.current_dir(dir);
+    loopback(&mut cmd);
+    (path, cmd)
 }
 
 /// Puts `contents` at `path` as a new file (new inode), as a build or an
@@ -155,10 +160,7 @@ fn sighup_hands_the_socket_to_a_new_pid_on_the_same_port() {
 #[test]
 fn a_successor_that_fails_to_start_leaves_the_old_one_serving() {
     let dir = TempDir::new();
-    let executable = copy_of_binary(dir.path());
-    let mut cmd = clean_command(&executable);
-    cmd.current_dir(dir.path());
-    loopback(&mut cmd);
+    let (executable, cmd) = copy_of_binary(dir.path());
     let mut server = Running::spawn(cmd, "broken-upgrade").unwrap();
     let addr = server.serving_address().unwrap();
     let old = pid_of(&get_json(addr, "/info").unwrap());
@@ -184,10 +186,8 @@ fn a_successor_that_fails_to_start_leaves_the_old_one_serving() {
 #[test]
 fn reload_picks_up_a_replaced_executable() {
     let dir = TempDir::new();
-    let executable = copy_of_binary(dir.path());
-    let mut cmd = clean_command(&executable);
-    cmd.env("RELOAD", "true").current_dir(dir.path());
-    loopback(&mut cmd);
+    let (executable, mut cmd) = copy_of_binary(dir.path());
+    cmd.env("RELOAD", "true");
     let mut first = Running::spawn(cmd, "reload").unwrap();
     let addr = first.serving_address().unwrap();
     first
@@ -210,10 +210,7 @@ fn reload_picks_up_a_replaced_executable() {
 #[test]
 fn without_reload_a_replaced_executable_is_left_alone() {
     let dir = TempDir::new();
-    let executable = copy_of_binary(dir.path());
-    let mut cmd = clean_command(&executable);
-    cmd.current_dir(dir.path());
-    loopback(&mut cmd);
+    let (executable, cmd) = copy_of_binary(dir.path());
     let mut server = Running::spawn(cmd, "no-reload").unwrap();
     let addr = server.serving_address().unwrap();
     let old = pid_of(&get_json(addr, "/info").unwrap());
