@@ -11,13 +11,15 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use axum::body::{Bytes, HttpBody};
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{BoxError, Json, Router};
@@ -27,13 +29,16 @@ use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::auth::Auth;
 use crate::config::Limits;
 use crate::listener::ListenerInfo;
+use lazy_select::{Either, select_lazily};
+
+mod lazy_select;
 
 /// How long, once a stop begins, an idle connection may take to send its next request.
 ///
@@ -80,25 +85,44 @@ pub fn app(state: Arc<AppState>) -> Router {
 /// router: `Router::layer` boxes every route once more, and the boxed route is
 /// cloned for every request. Wrapping the call here does the same work
 /// without it: 18,661 -> 16,819 instructions per `/health` request under
-/// callgrind (bench/run.sh; the baseline takes about 14,770).
+/// callgrind (bench/run.sh; the baseline takes about 14,770). The size hint
+/// and [`within`] took off about 430 more.
 pub async fn bounded<B>(app: Router, request: Request<B>, limits: Limits) -> Response
 where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limits.max_body_bytes as u64) {
+    // The body's own size hint is its Content-Length, already parsed by
+    // hyper: no header lookup. A chunked body has no lower bound here and
+    // is cut by `Limited` instead.
+    if request.body().size_hint().lower() > limits.max_body_bytes as u64 {
         return StatusCode::PAYLOAD_TOO_LARGE.into_response();
     }
     let request = request.map(|body| Limited::new(body, limits.max_body_bytes));
-    match tokio::time::timeout(limits.request_timeout, app.oneshot(request)).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(never)) => match never {},
-        Err(_elapsed) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    match within(limits.request_timeout, app.oneshot(request)).await {
+        Some(Ok(response)) => response,
+        Some(Err(never)) => match never {},
+        None => StatusCode::SERVICE_UNAVAILABLE.into_response(),
     }
+}
+
+/// `future`'s output, or `None` once it has waited `limit`.
+///
+/// Unlike `tokio::time::timeout`, the clock starts when `future` first has
+/// to wait: one that is ready at its first poll (most requests) never reads
+/// the clock nor touches the timer. The two agree otherwise, since the first
+/// poll comes as soon as the request does.
+async fn within<F: Future>(limit: Duration, future: F) -> Option<F::Output> {
+    let mut future = pin!(future);
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(output) = future.as_mut().poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        timer.as_mut().poll(cx).map(|()| None)
+    })
+    .await
 }
 
 async fn health() -> impl IntoResponse {
@@ -160,7 +184,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     options: ServeOptions,
 ) -> Stopped {
-    let (stopping_tx, stopping) = watch::channel(false);
+    let stop = Arc::new(Stop::default());
     let connections = TaskTracker::new();
     let idle_grace = IDLE_GRACE.min(options.shutdown_timeout);
     tokio::pin!(shutdown);
@@ -175,7 +199,7 @@ pub async fn serve(
                 connections.spawn(serve_connection(
                     stream,
                     app.clone(),
-                    stopping.clone(),
+                    Arc::clone(&stop),
                     idle_grace,
                     options.limits,
                 ));
@@ -194,7 +218,7 @@ pub async fn serve(
         }
     }
     drop(listener);
-    let _ = stopping_tx.send(true);
+    stop.begin();
     connections.close();
     tracing::info!(
         open = connections.len(),
@@ -218,6 +242,48 @@ fn is_connection_error(err: &std::io::Error) -> bool {
     )
 }
 
+/// The server's stop, as its connections see it.
+///
+/// Not a `watch` channel: every response checks it, and a `watch` borrow
+/// takes a lock where this takes one atomic load.
+#[derive(Debug, Default)]
+struct Stop {
+    begun: AtomicBool,
+    announced: Notify,
+}
+
+impl Stop {
+    fn begin(&self) {
+        self.begun.store(true, Ordering::Release);
+        self.announced.notify_waiters();
+    }
+
+    fn has_begun(&self) -> bool {
+        self.begun.load(Ordering::Acquire)
+    }
+
+    /// Completes once the stop has begun.
+    async fn begun(&self) {
+        loop {
+            let announced = self.announced.notified();
+            tokio::pin!(announced);
+            // Registered before the check, so a stop that begins between the
+            // check and the await still wakes us.
+            announced.as_mut().enable();
+            if self.has_begun() {
+                return;
+            }
+            announced.await;
+        }
+    }
+}
+
+/// What ended a connection's normal service.
+enum Watched {
+    StopBegun,
+    HeadersOverdue,
+}
+
 /// Counts requests on one connection, so a stop can tell idle from busy.
 #[derive(Debug)]
 struct Activity {
@@ -235,6 +301,8 @@ struct Activity {
     /// When the connection last began waiting for a request head (accepted,
     /// or its last response produced), in nanoseconds after `born`.
     idle_since_nanos: AtomicU64,
+    /// The server's stop, checked as each response leaves.
+    stop: Arc<Stop>,
 }
 
 /// Marks one request as in flight until dropped (also on cancellation).
@@ -251,8 +319,9 @@ impl Drop for InFlight {
 }
 
 impl Activity {
-    fn new() -> Self {
+    fn new(stop: Arc<Stop>) -> Self {
         Activity {
+            stop,
             in_flight: AtomicUsize::new(0),
             started: AtomicU64::new(0),
             request_began: Notify::new(),
@@ -317,23 +386,21 @@ impl Activity {
 async fn serve_connection(
     stream: TcpStream,
     app: Router,
-    mut stopping: watch::Receiver<bool>,
+    stop: Arc<Stop>,
     idle_grace: Duration,
     limits: Limits,
 ) {
     // Small JSON answers should leave at once, not wait for Nagle.
     let _ = stream.set_nodelay(true);
-    let activity = Arc::new(Activity::new());
+    let activity = Arc::new(Activity::new(stop));
     let service = hyper::service::service_fn({
         let activity = Arc::clone(&activity);
-        let stopping = stopping.clone();
         move |request: hyper::Request<Incoming>| {
             let in_flight = activity.begin();
             let app = app.clone();
-            let stopping = stopping.clone();
             async move {
                 let mut response = Ok::<_, Infallible>(bounded(app, request, limits).await);
-                if *stopping.borrow() {
+                if in_flight.0.stop.has_begun() {
                     say_closing(&mut response);
                 }
                 drop(in_flight);
@@ -349,16 +416,25 @@ async fn serve_connection(
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
 
-    tokio::select! {
-        result = connection.as_mut() => {
+    // Polled only when one of them wakes (see `lazy_select`), not for every request.
+    let watcher = async {
+        tokio::select! {
+            () = activity.stop.begun() => Watched::StopBegun,
+            () = activity.headers_overdue(limits.header_read_timeout) => Watched::HeadersOverdue,
+        }
+    };
+    match select_lazily(connection.as_mut(), watcher).await {
+        Either::Busy(result) => {
             log_connection_end(result);
             return;
         }
-        _ = stopping.wait_for(|&stop| stop) => {}
+        Either::Watcher(Watched::StopBegun) => {}
         // Slow-loris headers or an idle keep-alive connection: dropping the
         // connection closes it without a response, as hyper would.
-        () = activity.headers_overdue(limits.header_read_timeout) => {
-            tracing::debug!("closing a connection that sent no request head within HEADER_READ_TIMEOUT");
+        Either::Watcher(Watched::HeadersOverdue) => {
+            tracing::debug!(
+                "closing a connection that sent no request head within HEADER_READ_TIMEOUT"
+            );
             return;
         }
     }
@@ -584,9 +660,24 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn within_answers_none_once_the_limit_has_passed_and_not_before() {
+        let limit = Duration::from_secs(30);
+        let started = tokio::time::Instant::now();
+        assert_eq!(within(limit, std::future::pending::<()>()).await, None);
+        assert_eq!(started.elapsed(), limit);
+
+        let just_in_time = async {
+            tokio::time::sleep(limit - Duration::from_millis(1)).await;
+            "done"
+        };
+        assert_eq!(within(limit, just_in_time).await, Some("done"));
+        assert_eq!(within(limit, async { "at once" }).await, Some("at once"));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn headers_are_overdue_a_timeout_after_the_last_response_never_during_a_request() {
         let timeout = Duration::from_secs(10);
-        let activity = Arc::new(Activity::new());
+        let activity = Arc::new(Activity::new(Arc::default()));
         let in_flight = activity.begin();
         // A request in flight for three timeouts is not a late header.
         let busy = tokio::time::timeout(timeout * 3, activity.headers_overdue(timeout)).await;
@@ -605,7 +696,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_stop_path_wakes_for_a_new_request_only() {
-        let activity = Arc::new(Activity::new());
+        let activity = Arc::new(Activity::new(Arc::default()));
         // A request that began and ended before the stop leaves a wake-up
         // behind; it must not count as the one the stop path waits for.
         drop(activity.begin());
