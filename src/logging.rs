@@ -11,13 +11,18 @@
 //! our names from colliding with journald's own fields (`PRIORITY`, `MESSAGE`).
 //!
 //! Anywhere else, and whenever the journal cannot be reached, plain lines go
-//! to stderr (which systemd would also collect, as text).
+//! to stderr (which systemd would also collect, as text), written by
+//! [`lines`] in the format of `tracing-subscriber`'s `fmt`.
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use lines::StderrLines;
+
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+
+mod lines;
 
 /// Where log lines went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +39,9 @@ pub enum LogTarget {
 /// is missing in containers and CI even then, and a missing journal must
 /// never stop the server, so that case falls back to stderr with a warning.
 pub fn init(filter: &str, under_systemd: bool) -> LogTarget {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter: Targets = filter
+        .parse()
+        .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
     let journald = if under_systemd {
         Some(tracing_journald::layer())
     } else {
@@ -49,11 +56,8 @@ pub fn init(filter: &str, under_systemd: bool) -> LogTarget {
             LogTarget::Journald
         }
         fallback => {
-            tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::stderr().is_terminal())
-                .with_target(false)
+            StderrLines::new(std::io::stderr().is_terminal())
+                .with(filter)
                 .init();
             if let Some(Err(err)) = fallback {
                 tracing::warn!(error = %err, "journald is not reachable; logging to stderr");
