@@ -1,7 +1,7 @@
 //! Configuration: the environment (and `.env`) turned into a validated [`Config`].
 //!
 //! Parsing happens in two layers. [`RawConfig`] mirrors the environment: every
-//! variable is an optional string, deserialized with `envy`. [`Config::try_from`]
+//! variable is an optional string, looked up by its exact name. [`Config::try_from`]
 //! then turns those strings into domain types and refuses bad values with a
 //! [`ConfigError`] that names the variable, the value and what was expected.
 //!
@@ -40,17 +40,15 @@ use std::ops::RangeInclusive;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
-
 use crate::auth::{self, Auth};
 
 /// Declares [`RawConfig`] and [`VARIABLES`] together, so each variable's name is
-/// written exactly once: the field name (envy matches it case-insensitively)
-/// and its spelling in messages are generated from the same token.
+/// written exactly once: the lookup, and its spelling in messages, come from
+/// the same token.
 macro_rules! raw_config {
     ($($(#[doc = $doc:literal])* $field:ident => $var:ident,)*) => {
         /// The environment as it was given: every variable optional, every value a string.
-        #[derive(Default, Clone, Deserialize)]
+        #[derive(Default, Clone)]
         pub struct RawConfig {
             $($(#[doc = $doc])* pub $field: Option<String>,)*
         }
@@ -75,6 +73,11 @@ macro_rules! raw_config {
         pub const VARIABLES: &[&str] = &[$(stringify!($var)),*];
 
         impl RawConfig {
+            /// Each variable's value in `env`, by its exact (upper-case) name.
+            pub fn from_environment(env: &Environment) -> Self {
+                RawConfig { $($field: env.get(stringify!($var)).map(str::to_owned),)* }
+            }
+
             /// Pairs each variable's name with its raw value, for validation messages.
             fn settings(&self) -> Settings<'_> {
                 Settings { $($field: Setting { name: stringify!($var), value: self.$field.as_deref() },)* }
@@ -259,9 +262,7 @@ impl Config {
         if let Some(name) = env.not_utf8.first() {
             return Err(ConfigError::NotUtf8 { name: name.clone() });
         }
-        let raw: RawConfig = envy::from_iter(env.vars.iter().map(|(k, v)| (k.clone(), v.clone())))
-            .map_err(|err| ConfigError::Unreadable(err.to_string()))?;
-        Config::try_from(raw)
+        Config::try_from(RawConfig::from_environment(env))
     }
 }
 
@@ -504,10 +505,6 @@ pub enum ConfigError {
     /// A token setting is wrong; the message never contains a token.
     #[error(transparent)]
     Token(#[from] auth::TokenError),
-    /// envy refused the variables; with all-string fields this should not
-    /// happen, but it must not become a panic if it does.
-    #[error("the environment cannot be read: {0}")]
-    Unreadable(String),
 }
 
 impl ConfigError {
@@ -698,7 +695,10 @@ mod tests {
             !shown.contains(TOKEN) && shown.contains("redacted"),
             "{shown}"
         );
-        let raw: RawConfig = envy::from_iter([("API_TOKEN".to_owned(), TOKEN.to_owned())]).unwrap();
+        let raw = RawConfig {
+            api_token: Some(TOKEN.to_owned()),
+            ..RawConfig::default()
+        };
         let shown = format!("{raw:?}");
         assert!(
             !shown.contains(TOKEN) && shown.contains("redacted"),
@@ -790,20 +790,20 @@ mod tests {
     }
 
     #[test]
-    fn variables_are_spelled_like_their_fields() {
-        // envy matches lowercased names; the macro relies on field == var lowercased.
-        let raw: RawConfig = envy::from_iter(
-            VARIABLES
-                .iter()
-                .map(|name| (name.to_string(), format!("value of {name}"))),
-        )
-        .unwrap();
-        let settings = raw.settings();
+    fn each_variable_is_read_by_its_exact_name() {
+        let named = |name: &str| (name.to_owned(), format!("value of {name}"));
+        let env = Environment::new(VARIABLES.iter().map(|name| named(name)), []);
+        let settings_of = RawConfig::from_environment(&env);
+        let settings = settings_of.settings();
         assert_eq!(settings.api_port.value, Some("value of API_PORT"));
         assert_eq!(
             settings.listen_fd_name.value,
             Some("value of LISTEN_FD_NAME")
         );
         assert_eq!(settings.rust_log.value, Some("value of RUST_LOG"));
+
+        // Names are exact: a lower-case spelling is someone else's variable.
+        let lower = Environment::new([("api_port".to_owned(), "1".to_owned())], []);
+        assert_eq!(RawConfig::from_environment(&lower).api_port, None);
     }
 }
