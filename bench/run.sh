@@ -3,17 +3,17 @@
 # prints a Markdown table: start-up (fixed port, inherited fd, systemd-socket-
 # activate), port search, /health throughput and p99 under wrk, instructions
 # per request under callgrind, idle RSS.
-# Loopback only; takes about two minutes after the release build.
+# Loopback only; takes about four minutes after the release build.
 #
 #   bench/run.sh                  # the defaults below
-#   BENCH_RUNS=40 BENCH_LOAD_ROUNDS=5 bench/run.sh
+#   BENCH_RUNS=40 BENCH_LOAD_ROUNDS=3 bench/run.sh   # quicker, noisier
 #   bench/run.sh --only load,rss  # sections: startup, search, load, instructions, rss
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-runs=${BENCH_RUNS:-40}               # start-up runs per scenario and server
+runs=${BENCH_RUNS:-100}              # start-up runs per scenario and server
 search_runs=${BENCH_SEARCH_RUNS:-15} # runs per busy-port count
-load_rounds=${BENCH_LOAD_ROUNDS:-3}  # wrk rounds per server, alternating
+load_rounds=${BENCH_LOAD_ROUNDS:-5}  # wrk rounds per server, alternating
 load_seconds=${BENCH_LOAD_SECONDS:-10}
 connections=${BENCH_CONNECTIONS:-50}
 

@@ -192,9 +192,13 @@ fn startup_section(options: &Options, servers: &[Server<'_>; 2], table: &mut Tab
         );
         let mut wall = [Vec::new(), Vec::new()];
         let mut cpu = [Vec::new(), Vec::new()];
-        // One warm-up each (page cache), then the two servers alternate.
+        // One warm-up each (page cache), then the two servers alternate,
+        // and so does which of them goes first: a start-up can otherwise pay
+        // for what the other server's exit left to the kernel.
         for run in 0..=options.runs {
-            for (i, server) in servers.iter().enumerate() {
+            let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
+            for i in order {
+                let server = &servers[i];
                 let sample = with_port_retries(|| scenario.measure(server))
                     .with_context(|| format!("{} start-up of {}", scenario.label(), server.name))?;
                 if run > 0 {
@@ -257,8 +261,11 @@ fn load_section(options: &Options, servers: &[Server<'_>; 2], table: &mut Table)
     let mut throughput = [Vec::new(), Vec::new()];
     let mut p99 = [Vec::new(), Vec::new()];
     let mut cpu = [Vec::new(), Vec::new()];
-    for _ in 0..options.load_rounds {
-        for (i, server) in servers.iter().enumerate() {
+    // Which server goes first alternates too, as in the start-up section.
+    for round in 0..options.load_rounds {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let server = &servers[i];
             let result = load(server, options.load_seconds, options.connections)
                 .with_context(|| format!("load on {}", server.name))?;
             eprintln!(
