@@ -12,7 +12,7 @@
 //!
 //! Anywhere else, and whenever the journal cannot be reached, plain lines go
 //! to stderr (which systemd would also collect, as text), written by
-//! [`lines`] in the format of `tracing-subscriber`'s `fmt`.
+//! `logging::lines` in the format of `tracing-subscriber`'s `fmt`.
 
 use std::io::IsTerminal;
 

@@ -86,7 +86,7 @@ pub fn app(state: Arc<AppState>) -> Router {
 /// cloned for every request. Wrapping the call here does the same work
 /// without it: 18,661 -> 16,819 instructions per `/health` request under
 /// callgrind (bench/run.sh; the baseline takes about 14,770). The size hint
-/// and [`within`] took off about 430 more.
+/// and `within` took off about 430 more.
 pub async fn bounded<B>(app: Router, request: Request<B>, limits: Limits) -> Response
 where
     B: HttpBody<Data = Bytes> + Send + 'static,
