@@ -312,17 +312,23 @@ impl Stop {
 
     /// Completes once the stop has begun.
     async fn begun(&self) {
-        loop {
-            let announced = self.announced.notified();
-            tokio::pin!(announced);
-            // Registered before the check, so a stop that begins between the
-            // check and the await still wakes us.
-            announced.as_mut().enable();
-            if self.has_begun() {
-                return;
-            }
-            announced.await;
+        notified_until(&self.announced, || self.has_begun()).await;
+    }
+}
+
+/// Completes once `holds()` is true, checking it again each time `notify`
+/// wakes us. The wake-up is registered before each check, so a change made
+/// (and notified) between the check and the wait is never missed; a permit
+/// left over from an earlier `notify_one` only costs one more check.
+async fn notified_until(notify: &Notify, holds: impl Fn() -> bool) {
+    loop {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if holds() {
+            return;
         }
+        notified.await;
     }
 }
 
@@ -416,18 +422,10 @@ impl Activity {
 
     /// Completes once more than `seen` requests have begun.
     async fn began_after(&self, seen: u64) {
-        loop {
-            let notified = self.request_began.notified();
-            tokio::pin!(notified);
-            // Registered before the check, so a request that begins between
-            // the check and the await still wakes us. A permit left by an
-            // earlier request only costs one more turn of the loop.
-            notified.as_mut().enable();
-            if self.started.load(Ordering::Acquire) > seen {
-                return;
-            }
-            notified.await;
-        }
+        notified_until(&self.request_began, || {
+            self.started.load(Ordering::Acquire) > seen
+        })
+        .await;
     }
 }
 
