@@ -196,8 +196,7 @@ fn startup_section(options: &Options, servers: &[Server<'_>; 2], table: &mut Tab
         // and so does which of them goes first: a start-up can otherwise pay
         // for what the other server's exit left to the kernel.
         for run in 0..=options.runs {
-            let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
-            for i in order {
+            for i in turn_order(run) {
                 let server = &servers[i];
                 let sample = with_port_retries(|| scenario.measure(server))
                     .with_context(|| format!("{} start-up of {}", scenario.label(), server.name))?;
@@ -261,10 +260,8 @@ fn load_section(options: &Options, servers: &[Server<'_>; 2], table: &mut Table)
     let mut throughput = [Vec::new(), Vec::new()];
     let mut p99 = [Vec::new(), Vec::new()];
     let mut cpu = [Vec::new(), Vec::new()];
-    // Which server goes first alternates too, as in the start-up section.
     for round in 0..options.load_rounds {
-        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-        for i in order {
+        for i in turn_order(round) {
             let server = &servers[i];
             let result = load(server, options.load_seconds, options.connections)
                 .with_context(|| format!("load on {}", server.name))?;
@@ -364,10 +361,7 @@ impl Server<'_> {
         let mut cmd = self.command();
         cmd.env("API_PORT", "0").stderr(Stdio::piped());
         let mut process = Process::spawn(cmd)?;
-        let line = process.wait_for_line(" serving ")?;
-        let address = field(&line, "address")
-            .and_then(|a| a.parse().ok())
-            .ok_or_else(|| anyhow!("no address= in {line:?}"))?;
+        let address = process.serving_address()?;
         Ok((process, address))
     }
 }
@@ -424,6 +418,15 @@ impl Process {
                 }
             }
         }
+    }
+
+    /// The address from the server's "serving ... address=IP:PORT" line
+    /// (portkeeper's and the baseline's alike), waiting for it (bounded).
+    fn serving_address(&mut self) -> Result<SocketAddr> {
+        let line = self.wait_for_line(" serving ")?;
+        field(&line, "address")
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| anyhow!("no address= in {line:?}"))
     }
 
     /// Errs (naming the port problem) when the child has already exited.
@@ -700,6 +703,12 @@ struct LoadResult {
     cpu_us_per_request: f64,
 }
 
+/// Which server goes first in round `round`: they take turns, so neither
+/// always starts on what the other's exit left to the kernel.
+fn turn_order(round: usize) -> [usize; 2] {
+    if round % 2 == 0 { [0, 1] } else { [1, 0] }
+}
+
 /// `wrk` against a freshly started server's `/health`.
 fn load(server: &Server<'_>, seconds: u64, connections: u32) -> Result<LoadResult> {
     let (process, address) = server.start_on_any_port()?;
@@ -736,11 +745,7 @@ fn load(server: &Server<'_>, seconds: u64, connections: u32) -> Result<LoadResul
         .find_map(|l| l.trim().strip_prefix("99%"))
         .and_then(|v| duration_ms(v.trim()))
         .ok_or_else(|| anyhow!("no 99% latency in wrk's output:\n{text}"))?;
-    let requests: f64 = text
-        .lines()
-        .find_map(|l| l.trim().split_once(" requests in "))
-        .and_then(|(n, _)| n.trim().parse().ok())
-        .ok_or_else(|| anyhow!("no request count in wrk's output:\n{text}"))?;
+    let requests = wrk_requests(&text)? as f64;
     let cpu = cpu_seconds(process.pid())? - cpu_before;
     Ok(LoadResult {
         requests_per_second,
@@ -803,10 +808,7 @@ fn callgrind_run(server: &Server<'_>, seconds: Option<u64>) -> Result<(u64, u64)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut process = Process::spawn(cmd)?;
-    let line = process.wait_for_line(" serving ")?;
-    let address: SocketAddr = field(&line, "address")
-        .and_then(|a| a.parse().ok())
-        .ok_or_else(|| anyhow!("no address= in {line:?}"))?;
+    let address = process.serving_address()?;
     let mut requests = 0;
     if let Some(seconds) = seconds {
         let output = Command::new("wrk")
@@ -817,11 +819,7 @@ fn callgrind_run(server: &Server<'_>, seconds: Option<u64>) -> Result<(u64, u64)
             .output()
             .context("run wrk")?;
         let text = String::from_utf8_lossy(&output.stdout);
-        requests = text
-            .lines()
-            .find_map(|l| l.trim().split_once(" requests in "))
-            .and_then(|(n, _)| n.trim().parse().ok())
-            .ok_or_else(|| anyhow!("no request count in wrk's output:\n{text}"))?;
+        requests = wrk_requests(&text)?;
     }
     let status = Command::new("kill")
         .args(["-TERM", &process.pid().to_string()])
@@ -848,6 +846,14 @@ fn callgrind_run(server: &Server<'_>, seconds: Option<u64>) -> Result<(u64, u64)
         .and_then(|v| v.trim().parse().ok())
         .ok_or_else(|| anyhow!("no totals in callgrind's output"))?;
     Ok((total, requests))
+}
+
+/// The request count from wrk's "N requests in 10.00s, ..." line.
+fn wrk_requests(text: &str) -> Result<u64> {
+    text.lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse().ok())
+        .ok_or_else(|| anyhow!("no request count in wrk's output:\n{text}"))
 }
 
 /// wrk's "812.00us", "1.23ms", "2.00s" in milliseconds.
