@@ -791,10 +791,11 @@ mod tests {
 
     #[test]
     fn each_variable_is_read_by_its_exact_name() {
-        let named = |name: &str| (name.to_owned(), format!("value of {name}"));
-        let env = Environment::new(VARIABLES.iter().map(|name| named(name)), []);
-        let settings_of = RawConfig::from_environment(&env);
-        let settings = settings_of.settings();
+        let values = VARIABLES
+            .iter()
+            .map(|name| (name.to_string(), format!("value of {name}")));
+        let raw = RawConfig::from_environment(&Environment::new(values, []));
+        let settings = raw.settings();
         assert_eq!(settings.api_port.value, Some("value of API_PORT"));
         assert_eq!(
             settings.listen_fd_name.value,
