@@ -13,8 +13,8 @@ cd "$(dirname "$0")/.."
 
 runs=${BENCH_RUNS:-100}              # start-up runs per scenario and server
 search_runs=${BENCH_SEARCH_RUNS:-15} # runs per busy-port count
-load_rounds=${BENCH_LOAD_ROUNDS:-5}  # wrk rounds per server, alternating
-load_seconds=${BENCH_LOAD_SECONDS:-10}
+load_rounds=${BENCH_LOAD_ROUNDS:-8}  # wrk rounds per server, alternating, after a warm-up
+load_seconds=${BENCH_LOAD_SECONDS:-6}
 connections=${BENCH_CONNECTIONS:-50}
 
 # The tools it drives: wrk for load, systemd-socket-activate for activation,

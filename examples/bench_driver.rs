@@ -257,21 +257,31 @@ fn search_section(options: &Options, table: &mut Table) -> Result<()> {
 
 fn load_section(options: &Options, servers: &[Server<'_>; 2], table: &mut Table) -> Result<()> {
     eprintln!(
-        "load: {} rounds × 2 servers × {} s, {} connections",
+        "load: a warm-up and {} rounds × 2 servers × {} s, {} connections",
         options.load_rounds, options.load_seconds, options.connections
     );
     let mut throughput = [Vec::new(), Vec::new()];
     let mut p99 = [Vec::new(), Vec::new()];
     let mut cpu = [Vec::new(), Vec::new()];
-    for round in 0..options.load_rounds {
+    // Round 0 is a warm-up, not recorded: this machine's first seconds of
+    // load after a quiet spell ran 15-20% faster than the rest, for whichever
+    // server had them.
+    for round in 0..=options.load_rounds {
         for i in turn_order(round) {
             let server = &servers[i];
             let result = load(server, options.load_seconds, options.connections)
                 .with_context(|| format!("load on {}", server.name))?;
             eprintln!(
-                "  {}: {:.0} req/s, p99 {:.2} ms, {:.1} µs CPU per request",
-                server.name, result.requests_per_second, result.p99_ms, result.cpu_us_per_request
+                "  {}{}: {:.0} req/s, p99 {:.2} ms, {:.1} µs CPU per request",
+                server.name,
+                if round == 0 { " (warm-up)" } else { "" },
+                result.requests_per_second,
+                result.p99_ms,
+                result.cpu_us_per_request
             );
+            if round == 0 {
+                continue;
+            }
             throughput[i].push(result.requests_per_second);
             p99[i].push(result.p99_ms);
             cpu[i].push(result.cpu_us_per_request);
@@ -1018,7 +1028,7 @@ impl Table {
         let mut out = String::new();
         out.push_str(&format!(
             "Machine: {}; load average {} before, {} after. Start-up: {} runs each, servers \
-             alternating; search: {} runs per row; load: {} rounds × {} s per server, \
+             alternating; search: {} runs per row; load: {} rounds × {} s per server after a warm-up, \
              alternating; figures are median (min–max); a ratio is the median of the \
              run-by-run ratios.\n\n",
             machine(),
