@@ -3,7 +3,7 @@
 # prints a Markdown table: start-up (fixed port, inherited fd, systemd-socket-
 # activate), port search, /health throughput and p99 under wrk, instructions
 # per request under callgrind, idle RSS.
-# Loopback only; takes about four minutes after the release build.
+# Loopback only; takes about two and a half minutes after the release build.
 #
 #   bench/run.sh                  # the defaults below
 #   BENCH_RUNS=40 BENCH_LOAD_ROUNDS=3 bench/run.sh   # quicker, noisier
