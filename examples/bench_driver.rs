@@ -14,7 +14,7 @@
 //! 2. the port search, from portkeeper's own `listener opened listener_us=`
 //!    debug line, with 0, 10, 100 and 1,000 busy ports ahead of the free one;
 //! 3. `/health` throughput and p99 latency under `wrk`, alternating the two
-//!    servers round by round;
+//!    servers round by round after a warm-up round that is not recorded;
 //! 4. VmRSS after start and one request.
 //! 5. User-space instructions per `/health` request, counted by valgrind's
 //!    callgrind: a figure other work on the machine cannot move, which says
