@@ -45,8 +45,8 @@ fn a_malformed_dotenv_is_refused_not_ignored() {
 #[test]
 fn a_non_utf8_variable_elsewhere_does_not_crash() {
     let dir = TempDir::new();
-    let mut cmd = portkeeper(dir.path());
-    cmd.env("HOST", "127.0.0.1").env("API_PORT", "0").env(
+    let mut cmd = loopback_server(&dir);
+    cmd.env(
         "SOME_TOOL_SETTING",
         OsString::from_vec(vec![b'a', 0xff, b'b']),
     );

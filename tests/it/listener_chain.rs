@@ -5,20 +5,15 @@ use std::os::fd::OwnedFd;
 
 use crate::support::*;
 
-fn loopback_server(dir: &TempDir) -> std::process::Command {
-    let mut cmd = portkeeper(dir.path());
-    cmd.env("HOST", "127.0.0.1");
-    cmd
-}
-
 #[test]
 fn adopts_a_socket_handed_over_without_listen_pid_like_systemfd() {
     let dir = TempDir::new();
     let listener = loopback_listener();
     let addr = listener.local_addr().unwrap();
     let mut cmd = loopback_server(&dir);
-    // API_PORT points elsewhere: the inherited socket must win over binding.
-    cmd.env("LISTEN_FDS", "1").env("API_PORT", "0");
+    // API_PORT (0, from loopback_server) would bind a port of its own: the
+    // inherited socket must win over binding.
+    cmd.env("LISTEN_FDS", "1");
     hand_over(&mut cmd, vec![OwnedFd::from(listener)]);
     let mut server = Running::spawn(cmd, "systemfd-style").unwrap();
     assert_eq!(server.serving_address().unwrap(), addr);
@@ -38,9 +33,7 @@ fn ignores_sockets_meant_for_another_process() {
     let inherited = listener.local_addr().unwrap();
     let mut cmd = loopback_server(&dir);
     // pid 1 is never the child.
-    cmd.env("LISTEN_FDS", "1")
-        .env("LISTEN_PID", "1")
-        .env("API_PORT", "0");
+    cmd.env("LISTEN_FDS", "1").env("LISTEN_PID", "1");
     hand_over(&mut cmd, vec![OwnedFd::from(listener)]);
     let mut server = Running::spawn(cmd, "other-pid").unwrap();
     let addr = server.serving_address().unwrap();
@@ -53,7 +46,7 @@ fn ignores_sockets_meant_for_another_process() {
 fn refused_handoff(socket: OwnedFd, label: &str) -> String {
     let dir = TempDir::new();
     let mut cmd = loopback_server(&dir);
-    cmd.env("LISTEN_FDS", "1").env("API_PORT", "0");
+    cmd.env("LISTEN_FDS", "1");
     hand_over(&mut cmd, vec![socket]);
     let (status, stderr) = run_to_exit(cmd, DEADLINE).unwrap();
     assert_eq!(status.code(), Some(78), "{label}: {stderr}");
@@ -203,8 +196,7 @@ fn twenty_instances_started_together_serve_on_distinct_ports() {
 #[test]
 fn sigterm_stops_cleanly_with_status_0() {
     let dir = TempDir::new();
-    let mut cmd = loopback_server(&dir);
-    cmd.env("API_PORT", "0");
+    let cmd = loopback_server(&dir);
     let mut server = Running::spawn(cmd, "sigterm").unwrap();
     let addr = server.serving_address().unwrap();
     assert_eq!(get_json(addr, "/health").unwrap()["status"], "ok");

@@ -33,6 +33,14 @@ pub(crate) fn portkeeper(dir: &Path) -> Command {
     cmd
 }
 
+/// [`portkeeper`] on 127.0.0.1 with a kernel-chosen port (`API_PORT=0`);
+/// a test that needs another port sets `API_PORT` again.
+pub(crate) fn loopback_server(dir: &TempDir) -> Command {
+    let mut cmd = portkeeper(dir.path());
+    cmd.env("HOST", "127.0.0.1").env("API_PORT", "0");
+    cmd
+}
+
 /// A command with a cleared environment (only PATH kept), no stdin, run in
 /// [`empty_dir`]: whatever it starts reads no stray `.env` or variable of ours.
 pub(crate) fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> Command {

@@ -239,10 +239,8 @@ impl NotifySocket {
 /// READY=1 (with the URL) once serving, WATCHDOG=1 while running, STOPPING=1 on SIGTERM.
 fn readiness_watchdog_and_stop_arrive_in_order(notify: NotifySocket) {
     let dir = TempDir::new();
-    let mut cmd = portkeeper(dir.path());
-    cmd.env("HOST", "127.0.0.1")
-        .env("API_PORT", "0")
-        .env("NOTIFY_SOCKET", &notify.value)
+    let mut cmd = loopback_server(&dir);
+    cmd.env("NOTIFY_SOCKET", &notify.value)
         // 200 ms: a ping every 100 ms.
         .env("WATCHDOG_USEC", "200000");
     let mut server = Running::spawn(cmd, "notify").unwrap();
@@ -303,10 +301,8 @@ fn sd_notify_over_an_abstract_socket() {
 #[test]
 fn an_unreachable_notify_socket_does_not_stop_the_server() {
     let dir = TempDir::new();
-    let mut cmd = portkeeper(dir.path());
-    cmd.env("HOST", "127.0.0.1")
-        .env("API_PORT", "0")
-        .env("NOTIFY_SOCKET", dir.path().join("nobody-listens.sock"));
+    let mut cmd = loopback_server(&dir);
+    cmd.env("NOTIFY_SOCKET", dir.path().join("nobody-listens.sock"));
     let mut server = Running::spawn(cmd, "notify-unreachable").unwrap();
     let addr = server.serving_address().unwrap();
     assert_eq!(http_get(addr, "/health").unwrap().0, 200);

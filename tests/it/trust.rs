@@ -4,7 +4,6 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::*;
@@ -12,12 +11,6 @@ use crate::support::*;
 /// Two tokens, as during a rotation. Distinctive, so a leak is easy to find.
 const OLD_TOKEN: &str = "old-token-Zq7vX2pL9mK4";
 const NEW_TOKEN: &str = "new-token-Hc3wB8nR5tY1";
-
-fn loopback_server(dir: &TempDir) -> Command {
-    let mut cmd = portkeeper(dir.path());
-    cmd.env("HOST", "127.0.0.1").env("API_PORT", "0");
-    cmd
-}
 
 fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> String {
     let authorization = token.map(|t| format!("Bearer {t}"));
