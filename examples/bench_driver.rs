@@ -756,22 +756,19 @@ fn turn_order(round: usize) -> [usize; 2] {
 fn load(server: &Server<'_>, seconds: u64, connections: u32) -> Result<LoadResult> {
     let (process, address) = server.start_on_any_port()?;
     let cpu_before = cpu_seconds(process.pid())?;
-    let output = Command::new("wrk")
-        .args(["--threads", "2", "--latency", "--timeout", "5s"])
-        .arg(format!("--connections={connections}"))
-        .arg(format!("--duration={seconds}s"))
-        .arg(format!("http://{address}/health"))
-        .stdin(Stdio::null())
-        .output()
-        .context("run wrk (bench/run.sh installs it)")?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() {
-        bail!(
-            "wrk failed ({}): {text}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    let connections = format!("--connections={connections}");
+    let text = run_wrk(
+        address,
+        &[
+            "--threads",
+            "2",
+            "--latency",
+            "--timeout",
+            "5s",
+            &connections,
+        ],
+        seconds,
+    )?;
     if let Some(line) = text
         .lines()
         .find(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
@@ -795,6 +792,27 @@ fn load(server: &Server<'_>, seconds: u64, connections: u32) -> Result<LoadResul
         p99_ms,
         cpu_us_per_request: cpu * 1e6 / requests.max(1.0),
     })
+}
+
+/// `wrk` with `options` for `seconds` against `address`'s `/health`: its
+/// report, or an error when wrk itself failed.
+fn run_wrk(address: SocketAddr, options: &[&str], seconds: u64) -> Result<String> {
+    let output = Command::new("wrk")
+        .args(options)
+        .arg(format!("--duration={seconds}s"))
+        .arg(format!("http://{address}/health"))
+        .stdin(Stdio::null())
+        .output()
+        .context("run wrk (bench/run.sh installs it)")?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        bail!(
+            "wrk failed ({}): {text}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(text)
 }
 
 /// User + system CPU time of a process, all threads, from /proc/PID/stat.
@@ -854,14 +872,7 @@ fn callgrind_run(server: &Server<'_>, seconds: Option<u64>) -> Result<(u64, u64)
     let address = process.serving_address()?;
     let mut requests = 0;
     if let Some(seconds) = seconds {
-        let output = Command::new("wrk")
-            .args(["--threads", "1", "--connections", "10"])
-            .arg(format!("--duration={seconds}s"))
-            .arg(format!("http://{address}/health"))
-            .stdin(Stdio::null())
-            .output()
-            .context("run wrk")?;
-        let text = String::from_utf8_lossy(&output.stdout);
+        let text = run_wrk(address, &["--threads", "1", "--connections", "10"], seconds)?;
         requests = wrk_requests(&text)?;
     }
     let status = Command::new("kill")
