@@ -70,33 +70,27 @@ fn systemd_analyze_verify_prints_nothing_for_the_units() {
     let Some(tool) = peer_tool("systemd-analyze") else {
         return;
     };
-    let dir = TempDir::new();
-    let (socket, service) = install_units(dir.path(), "");
-    let (ok, printed) = systemd_analyze(
-        &tool,
-        dir.path(),
-        &[
-            "verify",
-            socket.to_str().unwrap(),
-            service.to_str().unwrap(),
-        ],
-    );
+    // Verifies the units installed with `extra` lines in the service.
+    let verify = |extra: &str| {
+        let dir = TempDir::new();
+        let (socket, service) = install_units(dir.path(), extra);
+        systemd_analyze(
+            &tool,
+            dir.path(),
+            &[
+                "verify",
+                socket.to_str().unwrap(),
+                service.to_str().unwrap(),
+            ],
+        )
+    };
+    let (ok, printed) = verify("");
     assert!(ok, "systemd-analyze verify failed:\n{printed}");
     // verify exits 0 on unknown keys and bad values, so any output is a failure.
     assert_eq!(printed, "", "systemd-analyze verify should print nothing");
 
     // The same check catches a misspelled key, so an empty output means something.
-    let control = TempDir::new();
-    let (socket, service) = install_units(control.path(), "ProtectSytem=strict\n");
-    let (_, printed) = systemd_analyze(
-        &tool,
-        control.path(),
-        &[
-            "verify",
-            socket.to_str().unwrap(),
-            service.to_str().unwrap(),
-        ],
-    );
+    let (_, printed) = verify("ProtectSytem=strict\n");
     assert!(
         printed.contains("ProtectSytem"),
         "verify should report an unknown key; it printed:\n{printed}"
