@@ -356,16 +356,10 @@ struct Server<'a> {
 }
 
 impl Server<'_> {
-    /// A command with a cleared environment (PATH kept) serving on loopback.
+    /// A [`clean_command`] for the server, serving on loopback.
     fn command(&self) -> Command {
-        let mut cmd = Command::new(self.path);
-        cmd.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOST", "127.0.0.1")
-            .current_dir(std::env::temp_dir())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        let mut cmd = clean_command(self.path);
+        cmd.env("HOST", "127.0.0.1");
         cmd
     }
 
@@ -377,6 +371,19 @@ impl Server<'_> {
         let address = process.serving_address()?;
         Ok((process, address))
     }
+}
+
+/// `program` with a cleared environment (PATH kept), run in the temporary
+/// directory (no stray `.env`), with no stdin and its output discarded.
+fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .current_dir(std::env::temp_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
 }
 
 /// A child process, killed and reaped on drop, with its stderr lines on a channel.
@@ -662,16 +669,11 @@ fn startup_inherited(server: &Server<'_>) -> Result<StartupSample> {
 fn startup_socket_activate(server: &Server<'_>) -> Result<StartupSample> {
     let held = hold_port_run(1)?;
     let address = SocketAddr::from((LOOPBACK, port_of(&held[0])?));
-    let mut cmd = Command::new("systemd-socket-activate");
+    let mut cmd = clean_command("systemd-socket-activate");
     // It passes only TERM, PATH, USER, HOME and -E variables to the child.
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .arg(format!("--listen={address}"))
+    cmd.arg(format!("--listen={address}"))
         .args(["-E", "HOST=127.0.0.1", "-E", "API_PORT=0", "--"])
         .arg(server.path)
-        .current_dir(std::env::temp_dir())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
         .stderr(Stdio::piped());
     drop(held);
     let mut process = Process::spawn(cmd)?;
@@ -709,17 +711,13 @@ fn search_time(portkeeper: &Path, busy: usize) -> Result<f64> {
     let mut held = hold_port_run(busy + 1)?;
     let first = port_of(&held[0])?;
     let last = port_of(&held[busy])?;
-    let mut cmd = Command::new(portkeeper);
-    cmd.env_clear()
-        .env("HOST", "127.0.0.1")
+    let mut cmd = clean_command(portkeeper);
+    cmd.env("HOST", "127.0.0.1")
         .env("API_PORT", first.to_string())
         .env("AUTO_FIND_PORT", "true")
         .env("PORT_RANGE_START", first.to_string())
         .env("PORT_RANGE_END", last.to_string())
         .env("LOG_LEVEL", "debug")
-        .current_dir(std::env::temp_dir())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
         .stderr(Stdio::piped());
     drop(held.pop()); // the free port at the end of the range
     let mut process = Process::spawn(cmd)?;
@@ -856,17 +854,12 @@ fn callgrind_run(server: &Server<'_>, seconds: Option<u64>) -> Result<(u64, u64)
         server.name,
         seconds.unwrap_or(0)
     ));
-    let mut cmd = Command::new("valgrind");
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOST", "127.0.0.1")
+    let mut cmd = clean_command("valgrind");
+    cmd.env("HOST", "127.0.0.1")
         .env("API_PORT", "0")
         .args(["--tool=callgrind", "--quiet"])
         .arg(format!("--callgrind-out-file={}", out.display()))
         .arg(server.path)
-        .current_dir(std::env::temp_dir())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut process = Process::spawn(cmd)?;
     let address = process.serving_address()?;
