@@ -11,7 +11,7 @@ use crate::listener::ListenerInfo;
 ///
 /// `interfaces` are this machine's addresses, used only when `address` is a
 /// wildcard; loopback comes first, then the others in the order given.
-pub fn urls(address: SocketAddr, interfaces: &[IpAddr]) -> Vec<String> {
+pub(crate) fn urls(address: SocketAddr, interfaces: &[IpAddr]) -> Vec<String> {
     let port = address.port();
     let ips: Vec<IpAddr> = match address.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => std::iter::once(IpAddr::V4(Ipv4Addr::LOCALHOST))
@@ -39,7 +39,7 @@ pub fn urls(address: SocketAddr, interfaces: &[IpAddr]) -> Vec<String> {
 ///
 /// Listing interfaces is a netlink round trip plus an ioctl per address, on
 /// the way to serving the first request; a specific address does not need it.
-pub fn urls_for(address: SocketAddr) -> Vec<String> {
+pub(crate) fn urls_for(address: SocketAddr) -> Vec<String> {
     let interfaces = if address.ip().is_unspecified() {
         interface_addresses()
     } else {
@@ -49,7 +49,7 @@ pub fn urls_for(address: SocketAddr) -> Vec<String> {
 }
 
 /// This machine's interface addresses, or none when they cannot be listed.
-pub fn interface_addresses() -> Vec<IpAddr> {
+pub(crate) fn interface_addresses() -> Vec<IpAddr> {
     if_addrs::get_if_addrs()
         .map(|ifaces| {
             ifaces
@@ -68,7 +68,7 @@ pub fn interface_addresses() -> Vec<IpAddr> {
 /// `journalctl` shows only the message by default; its fields (`F_SOURCE`,
 /// `F_ADDRESS`, `F_PORT`, `F_PID`, `F_FD`, `F_FD_NAME` in the journal) are
 /// there for queries. A URL line is its message alone.
-pub fn log_serving(info: &ListenerInfo, urls: &[String]) {
+pub(crate) fn log_serving(info: &ListenerInfo, urls: &[String]) {
     tracing::info!(
         source = %info.source,
         address = %info.address,

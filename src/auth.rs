@@ -449,22 +449,35 @@ pub fn log_policy(auth: &Auth) {
     }
 }
 
-/// Adds the token check to `router` when `auth` requires one.
-pub fn protect(router: Router, auth: &Auth) -> Router {
+/// Adds the token check to `router` when `auth` requires one; the `public`
+/// paths (the built-in health check, wherever it is mounted) need no token.
+pub fn protect(router: Router, auth: &Auth, public: Vec<String>) -> Router {
     match auth {
         Auth::Open => router,
         Auth::Bearer { tokens, .. } => router.layer(axum::middleware::from_fn_with_state(
-            tokens.clone(),
+            Guard {
+                tokens: tokens.clone(),
+                public: public.into(),
+            },
             require_bearer,
         )),
     }
 }
 
-async fn require_bearer(State(tokens): State<Tokens>, request: Request, next: Next) -> Response {
-    if PUBLIC_PATHS.contains(&request.uri().path()) {
+/// What the token check needs on each request.
+#[derive(Clone)]
+struct Guard {
+    tokens: Tokens,
+    public: Arc<[String]>,
+}
+
+async fn require_bearer(State(guard): State<Guard>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    if guard.public.iter().any(|public| public == path) {
         return next.run(request).await;
     }
-    match verdict(request.headers(), &tokens) {
+    let tokens = &guard.tokens;
+    match verdict(request.headers(), tokens) {
         Verdict::Allowed => next.run(request).await,
         refused => {
             // The path and the verdict only: the header may hold a real token

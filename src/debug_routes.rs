@@ -15,10 +15,10 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 /// The longest sleep `/debug/sleep` grants.
-pub const MAX_SLEEP: Duration = Duration::from_secs(10);
+pub(crate) const MAX_SLEEP: Duration = Duration::from_secs(10);
 
 /// The debug routes, to merge into the app when `DEBUG=true`.
-pub fn routes() -> Router {
+pub(crate) fn routes() -> Router {
     Router::new().route("/debug/sleep", get(sleep))
 }
 

@@ -1,60 +1,99 @@
-//! portkeeper: an HTTP server that never fights over its port.
+//! portkeeper: serve an axum app that never fights over its port and never
+//! refuses a connection across a restart.
 //!
-//! The socket that was found free is the socket that serves. portkeeper
-//! adopts a listening socket handed over by systemd socket activation or by
-//! `systemfd`; otherwise it binds `HOST:API_PORT` itself, or searches
-//! `PORT_RANGE_START..=PORT_RANGE_END`, and serves from that very socket.
+//! ```no_run
+//! use axum::{routing::get, Router};
+//!
+//! fn main() -> std::process::ExitCode {
+//!     let app = Router::new().route("/", get(|| async { "hello" }));
+//!     portkeeper::run(app)
+//! }
+//! ```
+//!
+//! That one call does, in this order:
+//! - reads `.env` and the environment and checks every setting before any
+//!   thread exists (a bad value: one line naming it, exit 78);
+//! - starts logging (the systemd journal under systemd, else stderr);
+//! - opens the listener by the chain: a socket handed over by systemd socket
+//!   activation or `systemfd`, else `HOST:API_PORT`, else (with
+//!   `AUTO_FIND_PORT=true`) the first free port of
+//!   `PORT_RANGE_START..=PORT_RANGE_END`, and serves from that very socket;
+//! - serves the app over HTTP/1.1 and HTTP/2 (with upgrades such as
+//!   WebSocket) beside the built-in `/health` and `/info`, within
+//!   `MAX_BODY_BYTES`, `HEADER_READ_TIMEOUT` and `REQUEST_TIMEOUT`;
+//! - tells systemd it is ready (`Type=notify`) and feeds its watchdog;
+//! - on SIGTERM or SIGINT, stops accepting and finishes open requests within
+//!   `SHUTDOWN_TIMEOUT` (a second signal stops at once);
+//! - on SIGUSR2 (or `RELOAD=true` and a replaced executable) starts the new
+//!   executable with the listening socket, waits until it is ready, then
+//!   drains: no connection is refused;
+//! - returns the exit status: 0 after a clean stop, see [`Error`] otherwise.
 //!
 //! # How do I run it?
 //!
 //! ```text
-//! cargo run                                                  # plain: binds HOST:API_PORT
-//! AUTO_FIND_PORT=true cargo run                              # search the range when busy
-//! systemfd --no-pid -s http::5050 -- cargo watch -s 'exec cargo run'  # development with hot reload
-//! systemctl enable --now portkeeper.socket                   # production (see systemd/)
-//! kill -HUP <pid>                                            # binary upgrade: hand the socket to the new executable
-//! RELOAD=true ./target/debug/portkeeper                      # ... whenever the executable file is replaced
+//! cargo run                                                     # plain: binds HOST:API_PORT (0.0.0.0:5050)
+//! AUTO_FIND_PORT=true cargo run                                 # search the range when 5050 is busy
+//! systemfd --no-pid -s http::5050 -- cargo watch -x run         # development: rebuilds never refuse a request
+//! systemctl enable --now portkeeper.socket                      # production: systemd socket activation
+//! kill -USR2 <pid>                                              # binary upgrade: hand the socket to the new executable
 //! ```
 //!
-//! Configuration is by environment variables and an optional `.env` file; see
-//! [`config`] for the table and `config.example.env` for a commented copy.
+//! # More control
 //!
-//! # As a library
+//! [`Server`] is a builder for the common knobs: configuration from
+//! somewhere other than the environment ([`Server::from_vars`]), the built-in
+//! routes moved or turned off, a shutdown future of your own. An application
+//! that owns its runtime opens the listener first with [`Server::listen`]
+//! (synchronously, before the runtime: it says why), then serves it inside
+//! the runtime with [`Listening::serve`]. One that wants only the socket takes
+//! [`Listening::into_listener`], a [`Listener`] that `axum::serve` accepts.
 //!
-//! The binary is a thin `main.rs` over this crate, and the pieces can be used
-//! on their own:
+//! The built-in routes answer first at their exact paths (`/health`,
+//! `/info`); to serve your own `/health`, move them with
+//! [`Server::builtin_routes_at`] or turn them off.
 //!
-//! ```no_run
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use portkeeper::{config::{Config, Environment}, listener, server};
-//! let config = Config::from_env(&Environment::new([], std::env::vars_os()))?;
-//! # #[cfg(unix)]
-//! let bound = listener::open(None, &config.listen_fd_name, &config.bind)?;
-//! # #[cfg(not(unix))]
-//! # let bound = listener::open(&config.listen_fd_name, &config.bind)?;
-//! let tcp = tokio::net::TcpListener::from_std(bound.listener)?;
-//! let state = std::sync::Arc::new(server::AppState {
-//!     listener: bound.info,
-//!     started: std::time::Instant::now(),
-//!     auth: config.auth.clone(),
-//!     debug: config.debug,
-//! });
-//! let options = server::ServeOptions {
-//!     shutdown_timeout: config.shutdown_timeout,
-//!     limits: config.limits,
-//! };
-//! server::serve(tcp, server::app(state), std::future::pending(), options).await;
-//! # Ok(())
-//! # }
-//! ```
+//! Configuration is by environment variables (and `.env`); `config.example.env`
+//! documents every one.
 
-pub mod announce;
+mod announce;
+#[doc(hidden)]
 pub mod auth;
+#[doc(hidden)]
 pub mod config;
-pub mod debug_routes;
-pub mod lifecycle;
+mod debug_routes;
+mod error;
+mod lifecycle;
+#[doc(hidden)]
 pub mod listener;
+#[doc(hidden)]
 pub mod logging;
+#[doc(hidden)]
 pub mod notify;
-pub mod server;
+mod routes;
+mod serve;
+mod server;
+mod startup;
+#[doc(hidden)]
 pub mod upgrade;
+
+pub use error::Error;
+pub use listener::Listener;
+pub use server::{Listening, Server};
+
+/// Serves `app` with everything portkeeper does, configured by the
+/// environment and `.env`; returns the exit status for `main`.
+///
+/// The same as `Server::from_env().run(app)`; see [`Server`] for the knobs.
+///
+/// ```no_run
+/// use axum::{routing::get, Router};
+///
+/// fn main() -> std::process::ExitCode {
+///     let app = Router::new().route("/", get(|| async { "hello" }));
+///     portkeeper::run(app)
+/// }
+/// ```
+pub fn run(app: axum::Router) -> std::process::ExitCode {
+    Server::from_env().run(app)
+}

@@ -1,37 +1,57 @@
-//! From a bound listener to a clean exit: announce, tell systemd, serve, stop on a signal
+//! From an open listener to a clean exit: announce, tell systemd, serve, stop on a signal
 //! or hand over to a new executable.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::Router;
+use tokio::sync::watch;
+
 use crate::announce;
 use crate::config::Config;
+use crate::error::Error;
 use crate::listener::Bound;
 use crate::notify::{self, Notifier};
-use crate::server::{self, AppState, ServeOptions, Stopped};
+use crate::routes::{self, AppState, Builtins, RouteSettings};
+use crate::serve::{self, ServeOptions, Stopped};
 use crate::upgrade::{Succession, Upgrader};
 
 /// What the process learned about its manager before the runtime started.
 #[derive(Debug, Default)]
-pub struct Supervision {
+pub(crate) struct Supervision {
     /// The `NOTIFY_SOCKET` connection, under systemd's `Type=notify`.
-    pub notifier: Option<Notifier>,
+    pub(crate) notifier: Option<Notifier>,
     /// How often to send `WATCHDOG=1`, when `WatchdogSec=` is set.
-    pub watchdog_interval: Option<Duration>,
+    pub(crate) watchdog_interval: Option<Duration>,
 }
 
-/// Serves until SIGINT or SIGTERM, or until a binary upgrade (SIGHUP, `RELOAD`)
-/// has handed the listener to a new process; then drains. Must run inside a
-/// tokio runtime.
-pub async fn run(
-    config: Config,
-    bound: Bound,
-    supervision: Supervision,
-    succession: Succession,
-) -> std::io::Result<Stopped> {
+/// Everything prepared before the runtime, to be served inside it.
+pub(crate) struct Plan {
+    pub(crate) config: Config,
+    pub(crate) bound: Bound,
+    pub(crate) supervision: Supervision,
+    pub(crate) succession: Succession,
+    pub(crate) builtins: Builtins,
+    pub(crate) shutdown: Option<Pin<Box<dyn Future<Output = ()> + Send + 'static>>>,
+}
+
+/// Serves until SIGINT or SIGTERM (or the user's shutdown future), or until a
+/// binary upgrade has handed the listener to a new process; then drains.
+/// Must run inside a tokio runtime.
+pub(crate) async fn run(plan: Plan, app: Router) -> Result<(), Error> {
+    let Plan {
+        config,
+        bound,
+        supervision,
+        succession,
+        builtins,
+        shutdown: user_shutdown,
+    } = plan;
     // Signal handlers first: a signal that comes right after READY=1 must
     // find them installed, not the default action (terminate).
-    let stop_signal = stop_signal();
+    let stop_requests = StopSignals::install();
     let notifier = supervision.notifier.map(Arc::new);
     let upgrader = Upgrader::new(
         succession.plan,
@@ -39,14 +59,13 @@ pub async fn run(
         &config.listen_fd_name,
         notifier.clone(),
     );
-    let listener = tokio::net::TcpListener::from_std(bound.listener)?;
+    let listener = tokio::net::TcpListener::from_std(bound.listener)
+        .map_err(|err| Error::system("cannot register the listener with tokio", err))?;
     let urls = announce::urls_for(bound.info.address);
     announce::log_serving(&bound.info, &urls);
     let state = Arc::new(AppState {
         listener: bound.info,
         started: Instant::now(),
-        auth: config.auth.clone(),
-        debug: config.debug,
     });
     let url = urls.first().map(String::as_str).unwrap_or_default();
     let ready = notify::ready_message(&format!(
@@ -68,17 +87,24 @@ pub async fn run(
         )))
     });
 
-    // Boxed, as is the whole of `run` in main: at 2.7 KB inline it made the
-    // serve future twice as large, and each move of it touched fresh stack.
-    let shutdown = Box::pin({
+    let mut first_stop = stop_requests.clone();
+    let shutdown = {
         let notifier = notifier.clone();
         async move {
-            tokio::select! {
-                signal = stop_signal => {
-                    tracing::info!(signal, "stop requested");
-                    if let Some(notifier) = &notifier {
-                        notifier.notify(&notify::stopping_message("finishing open requests"));
-                    }
+            let user_shutdown = async {
+                match user_shutdown {
+                    Some(signal) => signal.await,
+                    None => std::future::pending().await,
+                }
+            };
+            let stopping = tokio::select! {
+                signal = first_stop.nth(1) => {
+                    tracing::info!(signal = signal.name, "stop requested");
+                    true
+                }
+                () = user_shutdown => {
+                    tracing::info!("stop requested by the application");
+                    true
                 }
                 successor = upgrader.until_handed_over() => {
                     // No STOPPING=1: the service goes on, in the successor,
@@ -88,24 +114,63 @@ pub async fn run(
                         watchdog.abort();
                     }
                     tracing::info!(successor, "handed the listener over; finishing open requests");
+                    false
+                }
+            };
+            if stopping {
+                if let Some(notifier) = &notifier {
+                    notifier.notify(&notify::stopping_message("finishing open requests"));
                 }
             }
         }
-    });
+    };
+    let mut second_stop = stop_requests.clone();
+    let forced = Arc::new(std::sync::Mutex::new(None));
+    let force = {
+        let forced = Arc::clone(&forced);
+        async move {
+            let signal = second_stop.nth(2).await;
+            tracing::warn!(
+                signal = signal.name,
+                "second stop request; stopping at once without waiting for open connections"
+            );
+            *forced.lock().unwrap_or_else(|e| e.into_inner()) = Some(signal);
+        }
+    };
+
+    let settings = RouteSettings {
+        builtins,
+        auth: config.auth.clone(),
+        debug: config.debug,
+    };
+    let service = routes::service(routes::router(app, state, &settings), config.limits);
     let options = ServeOptions {
         shutdown_timeout: config.shutdown_timeout,
         limits: config.limits,
     };
-    let stopped = server::serve(listener, server::app(state), shutdown, options).await;
-    match &stopped {
-        Stopped::Drained => tracing::info!("stopped"),
-        Stopped::TimedOut { open } => tracing::warn!(
-            open,
-            timeout_seconds = config.shutdown_timeout.as_secs(),
-            "SHUTDOWN_TIMEOUT passed; closing the connections still open"
-        ),
+    let stopped = serve::serve(listener, service, shutdown, force, options).await;
+    match stopped {
+        Stopped::Drained => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Stopped::TimedOut { open } => {
+            tracing::warn!(
+                open,
+                timeout_seconds = config.shutdown_timeout.as_secs(),
+                "SHUTDOWN_TIMEOUT passed; closing the connections still open"
+            );
+            Ok(())
+        }
+        Stopped::Forced { open } => {
+            let signal = forced
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .unwrap_or(StopSignal::TERM);
+            Err(Error::forced(signal.name, signal.number, open))
+        }
     }
-    Ok(stopped)
 }
 
 /// Sends `WATCHDOG=1` while the runtime is alive: a hung runtime stops the
@@ -118,32 +183,77 @@ async fn keep_watchdog_fed(notifier: Arc<Notifier>, interval: Duration) {
     }
 }
 
-/// Installs the SIGINT and SIGTERM handlers now; the future waits for one
-/// and returns its name.
-fn stop_signal() -> impl std::future::Future<Output = &'static str> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let handlers = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        );
-        async move {
-            match handlers {
-                (Ok(mut term), Ok(mut int)) => tokio::select! {
-                    _ = term.recv() => "SIGTERM",
-                    _ = int.recv() => "SIGINT",
-                },
-                _ => {
-                    tracing::error!("cannot install signal handlers; stop with SIGKILL");
-                    std::future::pending().await
+/// A stop signal as received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StopSignal {
+    name: &'static str,
+    number: i32,
+}
+
+impl StopSignal {
+    const TERM: StopSignal = StopSignal {
+        name: "SIGTERM",
+        number: 15,
+    };
+    const INT: StopSignal = StopSignal {
+        name: "SIGINT",
+        number: 2,
+    };
+}
+
+/// The stop signals received so far, counted: the first begins the drain,
+/// the second cuts it short.
+#[derive(Clone)]
+struct StopSignals {
+    received: watch::Receiver<(u32, StopSignal)>,
+}
+
+impl StopSignals {
+    /// Installs the SIGINT and SIGTERM handlers now, and counts what arrives.
+    fn install() -> Self {
+        let (count, received) = watch::channel((0, StopSignal::TERM));
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::spawn(async move {
+                        loop {
+                            let signal = tokio::select! {
+                                Some(()) = term.recv() => StopSignal::TERM,
+                                Some(()) = int.recv() => StopSignal::INT,
+                                else => break,
+                            };
+                            count.send_modify(|(n, last)| {
+                                *n += 1;
+                                *last = signal;
+                            });
+                        }
+                    });
                 }
+                _ => tracing::error!("cannot install signal handlers; stop with SIGKILL"),
             }
         }
+        #[cfg(not(unix))]
+        tokio::spawn(async move {
+            while tokio::signal::ctrl_c().await.is_ok() {
+                count.send_modify(|(n, last)| {
+                    *n += 1;
+                    *last = StopSignal::INT;
+                });
+            }
+        });
+        StopSignals { received }
     }
-    #[cfg(not(unix))]
-    async {
-        let _ = tokio::signal::ctrl_c().await;
-        "ctrl-c"
+
+    /// Completes once the `n`th stop signal has arrived, with that signal.
+    async fn nth(&mut self, n: u32) -> StopSignal {
+        match self.received.wait_for(|(count, _)| *count >= n).await {
+            Ok(seen) => seen.1,
+            Err(_) => std::future::pending().await,
+        }
     }
 }

@@ -6,6 +6,7 @@
 //! path, the result is one [`Bound`] listener that is already listening, plus
 //! a [`ListenerInfo`] describing where it came from.
 
+mod axum_serve;
 mod bind;
 #[cfg(unix)]
 pub mod handover;
@@ -21,6 +22,8 @@ use std::ops::RangeInclusive;
 use serde::Serialize;
 
 use crate::config::BindPlan;
+
+pub use axum_serve::Listener;
 
 /// Where the listener came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -40,15 +43,22 @@ pub enum Source {
     Searched,
 }
 
-impl std::fmt::Display for Source {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl Source {
+    /// The name shown in logs and `/info`.
+    pub fn as_str(self) -> &'static str {
+        match self {
             Source::Systemd => "systemd",
             Source::Systemfd => "systemfd",
             Source::Handoff => "handoff",
             Source::Fixed => "fixed",
             Source::Searched => "searched",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -1,0 +1,365 @@
+//! The routes portkeeper answers itself, and the stack every request passes through.
+//!
+//! The built-in routes are `/health` (liveness: always 200 while the process
+//! serves) and `/info` (pid, version, uptime, the listener), plus the
+//! [`crate::debug_routes`] with `DEBUG=true`. They answer first at their exact
+//! paths; every other request goes to the application's router. A user route
+//! at `/health` therefore never panics at start, it is simply not reached:
+//! move the built-ins with `Server::builtin_routes_at` or turn them off with
+//! `Server::without_builtin_routes` to serve your own.
+//!
+//! In front of both sit the limits and the token check, wrapped once around
+//! the whole router rather than around each route:
+//! tower-http's `RequestBodyLimit` (`MAX_BODY_BYTES`: 413 for a declared or
+//! streamed body above it; axum's own 2 MiB extractor default is turned off
+//! so that this is the one limit) and `Timeout` (`REQUEST_TIMEOUT`: 503).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use hyper::body::Incoming;
+use serde::Serialize;
+use tower::ServiceBuilder;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::auth::Auth;
+use crate::config::Limits;
+use crate::listener::ListenerInfo;
+
+/// Where the built-in routes are mounted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Builtins {
+    /// Under this prefix (`""` for the root: `/health`, `/info`).
+    At(String),
+    /// Not at all.
+    Off,
+}
+
+impl Builtins {
+    /// The built-in health path, answered without a token under `AUTH_REQUIRED`.
+    pub(crate) fn health_path(&self) -> Option<String> {
+        match self {
+            Builtins::At(prefix) => Some(format!("{prefix}/health")),
+            Builtins::Off => None,
+        }
+    }
+}
+
+/// What the built-in handlers can see.
+#[derive(Debug)]
+pub(crate) struct AppState {
+    /// The listener this process serves from.
+    pub(crate) listener: ListenerInfo,
+    /// When the process started serving.
+    pub(crate) started: Instant,
+}
+
+/// The settings that shape the router, as `Config` has them.
+#[derive(Debug, Clone)]
+pub(crate) struct RouteSettings {
+    pub(crate) builtins: Builtins,
+    pub(crate) auth: Auth,
+    pub(crate) debug: bool,
+}
+
+/// The application's router with the built-in routes in front and the token
+/// check around both: what [`service`] wraps in the limits.
+pub(crate) fn router(app: Router, state: Arc<AppState>, settings: &RouteSettings) -> Router {
+    let routes = match &settings.builtins {
+        Builtins::Off => app,
+        Builtins::At(prefix) => {
+            let mut builtins = Router::new()
+                .route("/health", get(health))
+                .route("/info", get(info))
+                .with_state(state);
+            if settings.debug {
+                builtins = builtins.merge(crate::debug_routes::routes());
+            }
+            let mounted = if prefix.is_empty() {
+                builtins
+            } else {
+                Router::new().nest(prefix, builtins)
+            };
+            mounted.fallback_service(app)
+        }
+    };
+    let public: Vec<String> = settings.builtins.health_path().into_iter().collect();
+    crate::auth::protect(routes, &settings.auth, public)
+}
+
+/// The whole stack for one request: the body limit and the request timeout
+/// around `router`. Cloned for every connection.
+pub(crate) fn service(
+    router: Router,
+    limits: Limits,
+) -> impl tower::Service<
+    Request<Incoming>,
+    Response = Response<
+        impl axum::body::HttpBody<Data = axum::body::Bytes, Error: Into<axum::BoxError>>
+        + Send
+        + 'static,
+    >,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Clone
++ Send
++ 'static {
+    ServiceBuilder::new()
+        .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            limits.request_timeout,
+        ))
+        .layer(DefaultBodyLimit::disable())
+        .service(router)
+}
+
+/// `/health`'s answer never changes, so it is a constant.
+async fn health() -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        r#"{"status":"ok"}"#,
+    )
+}
+
+#[derive(Serialize)]
+struct InfoBody<'a> {
+    name: &'static str,
+    version: &'static str,
+    pid: u32,
+    uptime_seconds: f64,
+    listener: &'a ListenerInfo,
+}
+
+async fn info(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    Json(InfoBody {
+        name: env!("CARGO_PKG_NAME"),
+        version: env!("CARGO_PKG_VERSION"),
+        pid: std::process::id(),
+        uptime_seconds: state.started.elapsed().as_secs_f64(),
+        listener: &state.listener,
+    })
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::listener::Source;
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use std::time::Duration;
+    use tower::ServiceExt;
+
+    fn state() -> Arc<AppState> {
+        Arc::new(AppState {
+            listener: ListenerInfo {
+                source: Source::Searched,
+                address: "127.0.0.1:5053".parse().unwrap(),
+                fd: None,
+                fd_name: None,
+                busy_ports: vec![5050, 5051, 5052],
+            },
+            started: Instant::now(),
+        })
+    }
+
+    fn settings(builtins: Builtins, auth: Auth) -> RouteSettings {
+        RouteSettings {
+            builtins,
+            auth,
+            debug: false,
+        }
+    }
+
+    fn root() -> Builtins {
+        Builtins::At(String::new())
+    }
+
+    fn get_req(path: &str) -> axum::http::Request<Body> {
+        axum::http::Request::get(path).body(Body::empty()).unwrap()
+    }
+
+    async fn send(router: Router, request: axum::http::Request<Body>) -> Response {
+        router.oneshot(request).await.unwrap()
+    }
+
+    async fn body_text(response: Response) -> String {
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[tokio::test]
+    async fn health_is_ok_with_a_json_content_type() {
+        let app = router(Router::new(), state(), &settings(root(), Auth::Open));
+        let response = send(app, get_req("/health")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers().get(header::CONTENT_TYPE),
+            Some(&HeaderValue::from_static("application/json"))
+        );
+        let body: serde_json::Value = serde_json::from_str(&body_text(response).await).unwrap();
+        assert_eq!(body, serde_json::json!({ "status": "ok" }));
+    }
+
+    #[tokio::test]
+    async fn info_reports_the_listener() {
+        let app = router(Router::new(), state(), &settings(root(), Auth::Open));
+        let response = send(app, get_req("/info")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: serde_json::Value = serde_json::from_str(&body_text(response).await).unwrap();
+        assert_eq!(body["pid"], std::process::id());
+        assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(body["listener"]["source"], "searched");
+        assert_eq!(body["listener"]["address"], "127.0.0.1:5053");
+        assert_eq!(
+            body["listener"]["busy_ports"],
+            serde_json::json!([5050, 5051, 5052])
+        );
+    }
+
+    #[tokio::test]
+    async fn builtins_answer_first_the_app_gets_the_rest_and_a_user_health_does_not_panic() {
+        let user = Router::new()
+            .route("/health", get(|| async { "user health" }))
+            .route("/hello", get(|| async { "hello" }));
+        let app = router(user.clone(), state(), &settings(root(), Auth::Open));
+        assert_eq!(
+            body_text(send(app.clone(), get_req("/health")).await).await,
+            r#"{"status":"ok"}"#
+        );
+        assert_eq!(
+            body_text(send(app.clone(), get_req("/hello")).await).await,
+            "hello"
+        );
+        assert_eq!(
+            send(app, get_req("/nope")).await.status(),
+            StatusCode::NOT_FOUND
+        );
+
+        let moved = router(
+            user.clone(),
+            state(),
+            &settings(Builtins::At("/_pk".into()), Auth::Open),
+        );
+        assert_eq!(
+            body_text(send(moved.clone(), get_req("/health")).await).await,
+            "user health"
+        );
+        assert_eq!(
+            send(moved, get_req("/_pk/info")).await.status(),
+            StatusCode::OK
+        );
+
+        let off = router(user, state(), &settings(Builtins::Off, Auth::Open));
+        assert_eq!(
+            send(off, get_req("/info")).await.status(),
+            StatusCode::NOT_FOUND
+        );
+    }
+
+    const TOKEN: &str = "unit-test-token-0123456789";
+
+    fn bearer() -> Auth {
+        crate::auth::load(crate::auth::TokenSettings {
+            required: true,
+            api_token: Some(TOKEN),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn with_auth_only_health_is_open_and_the_app_is_protected() {
+        let user = Router::new().route("/hello", get(|| async { "hello" }));
+        let app = router(user, state(), &settings(root(), bearer()));
+        assert_eq!(
+            send(app.clone(), get_req("/health")).await.status(),
+            StatusCode::OK
+        );
+        for path in ["/info", "/hello", "/nope", "/health/"] {
+            let refused = send(app.clone(), get_req(path)).await;
+            assert_eq!(refused.status(), StatusCode::UNAUTHORIZED, "{path}");
+        }
+        let right = axum::http::Request::get("/hello")
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(send(app, right).await.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn debug_routes_exist_only_with_debug() {
+        let plain = router(Router::new(), state(), &settings(root(), Auth::Open));
+        assert_eq!(
+            send(plain, get_req("/debug/sleep?ms=0")).await.status(),
+            StatusCode::NOT_FOUND
+        );
+        let mut debug = settings(root(), Auth::Open);
+        debug.debug = true;
+        let app = router(Router::new(), state(), &debug);
+        assert_eq!(
+            send(app, get_req("/debug/sleep?ms=0")).await.status(),
+            StatusCode::OK
+        );
+    }
+
+    #[tokio::test]
+    async fn slow_requests_are_cut_at_the_request_timeout() {
+        let limits = Limits {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_millis(100),
+            max_body_bytes: 64,
+        };
+        let slow = Router::new().route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                "late"
+            }),
+        );
+        let started = Instant::now();
+        let status = call(service(slow, limits), get_req("/slow")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    /// Drives the stack with a body from a real hyper connection, as `serve` does.
+    async fn call<S, B>(service: S, request: axum::http::Request<Body>) -> StatusCode
+    where
+        S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        use hyper_util::rt::TokioIo;
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let service = service.clone();
+                async move { service.oneshot(request).await }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(server), service)
+                .await;
+        });
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(client))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        sender.send_request(request).await.unwrap().status()
+    }
+}

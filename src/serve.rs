@@ -1,0 +1,631 @@
+//! The serving core: accept connections, serve HTTP/1.1 and HTTP/2 on them, and drain.
+//!
+//! Each connection is served by hyper-util's auto builder (HTTP/1.1, HTTP/2
+//! with prior knowledge, and upgrades such as WebSocket). The accept loop and
+//! the drain are ours, for two documented behaviours no serving crate has:
+//!
+//! - **The idle grace.** hyper's and axum's graceful shutdown close a
+//!   connection that was accepted, or finished a response, a moment before the
+//!   stop, even though its next request is usually already on the wire: the
+//!   client gets an empty reply. Here an idle connection gets [`IDLE_GRACE`] for
+//!   a request to arrive; that request is answered, then the connection closes.
+//! - **`Connection: close` once a stop begins** (HTTP/1), so a client never
+//!   sends another request on a connection that is about to close. HTTP/2
+//!   connections get a GOAWAY from hyper's graceful shutdown instead.
+//!
+//! A connection counts as busy while a request is in flight, including while
+//! its response body streams, so a download or a server-sent event stream is
+//! never cut by the idle timeout. A connection handed to an upgrade (a
+//! WebSocket) stays counted until the upgraded stream is dropped, so a drain
+//! waits for it too, bounded by `SHUTDOWN_TIMEOUT`.
+//!
+//! This module never binds: it is handed a listener.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::BoxError;
+use axum::body::Bytes;
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderValue, Request, Response, Version, header};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+use tower::ServiceExt as _;
+use tower::util::Oneshot;
+
+use crate::config::Limits;
+
+/// How long, once a stop begins, an idle connection may take to send its next request.
+///
+/// A client that connected (or finished a request) a moment before the stop
+/// is usually about to send; closing under it is what makes "empty reply"
+/// errors. Half a second covers a busy client and adds little to a restart
+/// when browsers hold idle keep-alive connections.
+pub(crate) const IDLE_GRACE: Duration = Duration::from_millis(500);
+
+/// The first pause after an accept error such as EMFILE, doubled while the
+/// error lasts, up to [`ACCEPT_BACKOFF_MAX`]: short, so the server answers
+/// again as soon as descriptors are free.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(1);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(100);
+
+/// Settings for [`serve`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ServeOptions {
+    /// How long open connections may take to finish once the stop begins.
+    pub(crate) shutdown_timeout: Duration,
+    /// Time and size bounds for each connection and request.
+    pub(crate) limits: Limits,
+}
+
+/// How serving ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Stopped {
+    /// Every connection finished within the shutdown timeout.
+    Drained,
+    /// The timeout passed with this many connections still open; they are dropped.
+    TimedOut { open: usize },
+    /// A second stop request came during the drain; these connections are dropped.
+    Forced { open: usize },
+}
+
+/// Serves `service` on `listener` until `shutdown` completes, then stops
+/// accepting and lets open connections finish, bounded by
+/// `options.shutdown_timeout`, or cut short when `force` completes.
+///
+/// The listener is dropped (closed) as soon as the stop begins, never shut
+/// down: when it was inherited, systemd or systemfd keep their copy open and
+/// new connections queue there for the next process.
+pub(crate) async fn serve<S, B>(
+    listener: TcpListener,
+    service: S,
+    shutdown: impl Future<Output = ()>,
+    force: impl Future<Output = ()>,
+    options: ServeOptions,
+) -> Stopped
+where
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let stop = Arc::new(Stop::default());
+    let connections = TaskTracker::new();
+    let idle_grace = IDLE_GRACE.min(options.shutdown_timeout);
+    let mut backoff = AcceptBackoff::default();
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff.succeeded();
+                let connection = Connection {
+                    stream: TrackedIo {
+                        io: stream,
+                        _open: connections.token(),
+                    },
+                    peer,
+                    stop: Arc::clone(&stop),
+                    idle_grace,
+                    limits: options.limits,
+                };
+                tokio::spawn(connection.serve(service.clone()));
+            }
+            Err(err) if is_connection_error(&err) => {}
+            Err(err) => {
+                let pause = backoff.failed(&err);
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+    }
+    drop(listener);
+    stop.begin();
+    connections.close();
+    tracing::info!(
+        open = connections.len(),
+        "stopped accepting; finishing open connections"
+    );
+    tokio::select! {
+        () = connections.wait() => Stopped::Drained,
+        () = tokio::time::sleep(options.shutdown_timeout) => Stopped::TimedOut { open: connections.len() },
+        () = force => Stopped::Forced { open: connections.len() },
+    }
+}
+
+/// Errors that concern one connection only, as `axum::serve` classifies them.
+fn is_connection_error(err: &std::io::Error) -> bool {
+    matches!(
+        err.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
+}
+
+/// The pause after accept errors (EMFILE and friends): growing while they
+/// last, with one log line when a spell of errors begins and one when it ends.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    errors: u64,
+    pause: Duration,
+    since: Option<std::time::Instant>,
+}
+
+impl AcceptBackoff {
+    fn failed(&mut self, err: &std::io::Error) -> Duration {
+        if self.errors == 0 {
+            tracing::error!(error = %err, "accept failed; retrying with a short backoff until it succeeds");
+            self.since = Some(std::time::Instant::now());
+            self.pause = ACCEPT_BACKOFF_MIN;
+        } else {
+            self.pause = (self.pause * 2).min(ACCEPT_BACKOFF_MAX);
+        }
+        self.errors += 1;
+        self.pause
+    }
+
+    fn succeeded(&mut self) {
+        if self.errors > 0 {
+            let lasted_ms = self.since.map_or(0, |since| since.elapsed().as_millis());
+            tracing::warn!(
+                errors = self.errors,
+                lasted_ms = u64::try_from(lasted_ms).unwrap_or(u64::MAX),
+                "accepting connections again"
+            );
+            *self = AcceptBackoff::default();
+        }
+    }
+}
+
+/// The server's stop, as its connections see it: one atomic load per response.
+#[derive(Debug, Default)]
+struct Stop {
+    begun: AtomicBool,
+    announced: Notify,
+}
+
+impl Stop {
+    fn begin(&self) {
+        self.begun.store(true, Ordering::Release);
+        self.announced.notify_waiters();
+    }
+
+    fn has_begun(&self) -> bool {
+        self.begun.load(Ordering::Acquire)
+    }
+
+    /// Completes once the stop has begun.
+    async fn begun(&self) {
+        notified_until(&self.announced, || self.has_begun()).await;
+    }
+}
+
+/// Completes once `holds()` is true, checking it again each time `notify`
+/// wakes us. The wake-up is registered before each check, so a change made
+/// (and notified) between the check and the wait is never missed.
+async fn notified_until(notify: &Notify, holds: impl Fn() -> bool) {
+    loop {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if holds() {
+            return;
+        }
+        notified.await;
+    }
+}
+
+/// A connection's stream, counted as open by the drain until it is dropped:
+/// also after an upgrade hands it to a WebSocket handler.
+struct TrackedIo {
+    io: TcpStream,
+    _open: TaskTrackerToken,
+}
+
+impl AsyncRead for TrackedIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TrackedIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// What ended a connection's normal service.
+enum Watched {
+    StopBegun,
+    Idle,
+}
+
+/// Counts requests on one connection, so a stop can tell idle from busy.
+#[derive(Debug)]
+struct Activity {
+    /// Requests whose response has not been sent whole yet.
+    in_flight: AtomicUsize,
+    /// Requests begun so far, and a wake-up for the stop path when one begins.
+    started: AtomicU64,
+    request_began: Notify,
+    /// When the connection was accepted, the origin of `idle_since_nanos`.
+    /// tokio's clock, so tests can pause it.
+    born: tokio::time::Instant,
+    /// When the connection last became idle (accepted, or its last response
+    /// sent whole), in nanoseconds after `born`.
+    idle_since_nanos: AtomicU64,
+    /// The server's stop, checked as each response leaves.
+    stop: Arc<Stop>,
+}
+
+/// Marks one request as in flight until dropped: when its response body has
+/// been sent whole, or dropped (also on cancellation).
+#[derive(Debug)]
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let now = u64::try_from(self.0.born.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.0.idle_since_nanos.store(now, Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Activity {
+    fn new(stop: Arc<Stop>) -> Self {
+        Activity {
+            stop,
+            in_flight: AtomicUsize::new(0),
+            started: AtomicU64::new(0),
+            request_began: Notify::new(),
+            born: tokio::time::Instant::now(),
+            idle_since_nanos: AtomicU64::new(0),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.started.fetch_add(1, Ordering::AcqRel);
+        self.request_began.notify_one();
+        InFlight(Arc::clone(self))
+    }
+
+    /// Since when the connection has been idle, if it is (no request in flight).
+    fn idle_since(&self) -> Option<tokio::time::Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let nanos = self.idle_since_nanos.load(Ordering::Acquire);
+        Some(self.born + Duration::from_nanos(nanos))
+    }
+
+    /// Completes once the connection has been idle for `timeout`: since it
+    /// was accepted, or since its last response was sent whole. This is the
+    /// header-read timeout (a slow-loris head counts as idle, since no request
+    /// has begun) and the idle keep-alive timeout, for HTTP/1 and HTTP/2 alike.
+    async fn idle_for(&self, timeout: Duration) {
+        loop {
+            let deadline = match self.idle_since() {
+                Some(since) if since.elapsed() >= timeout => return,
+                Some(since) => since + timeout,
+                // Busy: the end of the request restarts the clock; look again later.
+                None => tokio::time::Instant::now() + timeout,
+            };
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+
+    /// Completes once more than `seen` requests have begun.
+    async fn began_after(&self, seen: u64) {
+        notified_until(&self.request_began, || {
+            self.started.load(Ordering::Acquire) > seen
+        })
+        .await;
+    }
+}
+
+/// One accepted connection and what serving it needs.
+struct Connection {
+    stream: TrackedIo,
+    peer: SocketAddr,
+    stop: Arc<Stop>,
+    idle_grace: Duration,
+    limits: Limits,
+}
+
+impl Connection {
+    async fn serve<S, B>(self, service: S)
+    where
+        S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        // Small answers should leave at once, not wait for Nagle.
+        let _ = self.stream.io.set_nodelay(true);
+        let activity = Arc::new(Activity::new(self.stop));
+        let per_request = PerRequest {
+            service,
+            activity: Arc::clone(&activity),
+            peer: self.peer,
+        };
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // The header-read timeout is `Activity::idle_for`, for both protocols;
+        // hyper's own is turned off explicitly since it needs a timer.
+        builder.http1().header_read_timeout(None);
+        // RFC 8441: WebSockets over HTTP/2, as axum::serve allows.
+        builder.http2().enable_connect_protocol();
+        let connection =
+            builder.serve_connection_with_upgrades(TokioIo::new(self.stream), per_request);
+        tokio::pin!(connection);
+
+        let header_timeout = self.limits.header_read_timeout;
+        tokio::select! {
+            result = connection.as_mut() => {
+                log_connection_end(result);
+                return;
+            }
+            watched = async {
+                tokio::select! {
+                    () = activity.stop.begun() => Watched::StopBegun,
+                    () = activity.idle_for(header_timeout) => Watched::Idle,
+                }
+            } => {
+                if let Watched::Idle = watched {
+                    // Slow-loris headers or an idle keep-alive connection:
+                    // dropping the connection closes it without a response.
+                    tracing::debug!("closing a connection idle for HEADER_READ_TIMEOUT");
+                    return;
+                }
+            }
+        }
+        if activity.in_flight.load(Ordering::Acquire) == 0 {
+            // Idle: a request may be on the wire already. Wait briefly for it
+            // so it is answered rather than cut off.
+            let seen = activity.started.load(Ordering::Acquire);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    log_connection_end(result);
+                    return;
+                }
+                () = activity.began_after(seen) => {}
+                () = tokio::time::sleep(self.idle_grace) => {}
+            }
+        }
+        // HTTP/1: finishes the request in flight (answered with Connection:
+        // close), then closes. HTTP/2: sends GOAWAY and finishes open streams.
+        connection.as_mut().graceful_shutdown();
+        tokio::select! {
+            result = connection.as_mut() => log_connection_end(result),
+            // A slow-loris head is still cut at the header timeout while stopping.
+            () = activity.idle_for(header_timeout) => {}
+        }
+    }
+}
+
+fn log_connection_end(result: Result<(), BoxError>) {
+    if let Err(err) = result {
+        tracing::debug!(error = %err, "connection ended with an error");
+    }
+}
+
+/// The hyper service of one connection: each request gets the peer's
+/// address (`ConnectInfo<SocketAddr>`) and is counted as in flight until its
+/// response has been sent whole.
+#[derive(Clone)]
+struct PerRequest<S> {
+    service: S,
+    activity: Arc<Activity>,
+    peer: SocketAddr,
+}
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for PerRequest<S>
+where
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone,
+{
+    type Response = Response<TrackedBody<B>>;
+    type Error = Infallible;
+    type Future = Respond<S>;
+
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        request.extensions_mut().insert(ConnectInfo(self.peer));
+        let http1 = request.version() < Version::HTTP_2;
+        Respond {
+            in_flight: Some(self.activity.begin()),
+            http1,
+            answer: self.service.clone().oneshot(request),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// One request's answer, counted as in flight.
+    struct Respond<S: tower::Service<Request<Incoming>>> {
+        #[pin]
+        answer: Oneshot<S, Request<Incoming>>,
+        in_flight: Option<InFlight>,
+        http1: bool,
+    }
+}
+
+impl<S, B> Future for Respond<S>
+where
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
+{
+    type Output = Result<Response<TrackedBody<B>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(mut response) = std::task::ready!(this.answer.poll(cx));
+        let in_flight = this.in_flight.take();
+        if *this.http1 && in_flight.as_ref().is_some_and(|f| f.0.stop.has_begun()) {
+            say_closing(&mut response);
+        }
+        Poll::Ready(Ok(response.map(|body| TrackedBody { body, in_flight })))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request in flight until it has been
+    /// sent whole, so streaming responses are never taken for idleness.
+    pub(crate) struct TrackedBody<B> {
+        #[pin]
+        body: B,
+        in_flight: Option<InFlight>,
+    }
+}
+
+impl<B> Body for TrackedBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.body.poll_frame(cx));
+        if frame.is_none() {
+            this.in_flight.take();
+        }
+        Poll::Ready(frame.map(|frame| frame.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Marks a response as the connection's last, once a stop has begun.
+///
+/// hyper can answer a request, write the response and go back to reading in
+/// a single poll, before this connection's task sees the stop. Had that
+/// response said keep-alive, closing the connection afterwards would cut off
+/// the client's next request. With `Connection: close` the client knows to
+/// reconnect, and hyper closes the connection right after writing it.
+fn say_closing<B>(response: &mut Response<B>) {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_a_timeout_after_the_last_response_never_during_a_request() {
+        let timeout = Duration::from_secs(10);
+        let activity = Arc::new(Activity::new(Arc::default()));
+        let in_flight = activity.begin();
+        // A request in flight for three timeouts is not idleness.
+        let busy = tokio::time::timeout(timeout * 3, activity.idle_for(timeout)).await;
+        assert!(busy.is_err(), "idle while a request was in flight");
+        drop(in_flight);
+        let started = tokio::time::Instant::now();
+        tokio::time::timeout(timeout * 2, activity.idle_for(timeout))
+            .await
+            .expect("idle within two timeouts of the response");
+        let waited = started.elapsed();
+        assert!(
+            waited >= timeout && waited < timeout + Duration::from_secs(1),
+            "idle after {waited:?}, expected {timeout:?} after the response"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_stop_path_wakes_for_a_new_request_only() {
+        let activity = Arc::new(Activity::new(Arc::default()));
+        // A request that began and ended before the stop leaves a wake-up
+        // behind; it must not count as the one the stop path waits for.
+        drop(activity.begin());
+        let seen = activity.started.load(Ordering::Acquire);
+        let quiet = tokio::time::timeout(Duration::from_millis(50), activity.began_after(seen));
+        assert!(quiet.await.is_err(), "woke without a new request");
+
+        let waiter = tokio::spawn({
+            let activity = Arc::clone(&activity);
+            async move { activity.began_after(seen).await }
+        });
+        let _request = activity.begin();
+        tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("a new request wakes the stop path")
+            .unwrap();
+        assert_eq!(activity.in_flight.load(Ordering::Acquire), 1);
+    }
+
+    #[test]
+    fn accept_backoff_grows_to_its_cap_and_resets() {
+        let mut backoff = AcceptBackoff::default();
+        let err = std::io::Error::from_raw_os_error(24); // EMFILE
+        let pauses: Vec<Duration> = (0..10).map(|_| backoff.failed(&err)).collect();
+        assert_eq!(pauses[0], ACCEPT_BACKOFF_MIN);
+        assert_eq!(pauses[1], ACCEPT_BACKOFF_MIN * 2);
+        assert!(pauses.windows(2).all(|w| w[0] <= w[1]), "{pauses:?}");
+        assert_eq!(*pauses.last().unwrap(), ACCEPT_BACKOFF_MAX);
+        backoff.succeeded();
+        assert_eq!(backoff.failed(&err), ACCEPT_BACKOFF_MIN);
+    }
+}

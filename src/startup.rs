@@ -1,0 +1,174 @@
+//! Everything done before the runtime exists: the listener chain, the handoff
+//! variables, and what the process learns about its manager.
+//!
+//! These steps read (and, for the `LISTEN_*` variables, change) the process
+//! environment. Changing the environment while another thread may read it is
+//! undefined behaviour, so they run in synchronous code before tokio starts
+//! its threads; [`Server::listen`](crate::Server::listen) documents the order.
+
+use crate::config::Config;
+use crate::lifecycle::Supervision;
+use crate::listener::{self, ListenError, Source};
+use crate::notify;
+use crate::upgrade::{self, Succession, UpgradePlan};
+
+/// A variable of a process protocol (`LISTEN_*`, `NOTIFY_SOCKET`,
+/// `WATCHDOG_*`, the handoff's readiness socket): always from the real
+/// environment, never from `.env` or configuration given in code.
+pub(crate) fn protocol_var(name: &str) -> Option<String> {
+    // Lossy on purpose: a non-UTF-8 LISTEN_FDS then fails to parse and is
+    // reported by name, instead of being taken for "not set".
+    std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
+}
+
+/// Opens the listener by the chain. `from_predecessor`: a binary upgrade
+/// started us, so a socket handed to our pid is reported as `handoff`.
+#[cfg(unix)]
+pub(crate) fn open_listener(
+    config: &Config,
+    from_predecessor: bool,
+) -> Result<listener::Bound, ListenError> {
+    use listener::inherit::{self, Handoff, HandoffVars};
+    let vars = HandoffVars::from_lookup(protocol_var);
+    let result = inherit::plan(&vars, std::process::id()).and_then(|handoff| {
+        let offer = match handoff {
+            Handoff::Offered(mut offer) => {
+                if from_predecessor && offer.source == Source::Systemd {
+                    offer.source = Source::Handoff;
+                }
+                Some(offer)
+            }
+            Handoff::ForAnotherProcess { pid } => {
+                tracing::info!(
+                    listen_pid = pid,
+                    "LISTEN_FDS is meant for another process; ignoring it"
+                );
+                None
+            }
+            Handoff::None => None,
+        };
+        listener::open(offer.as_ref(), &config.listen_fd_name, &config.bind)
+    });
+    forget_handoff(
+        HandoffVars::NAMES
+            .iter()
+            .chain([&upgrade::HANDOFF_NOTIFY_VAR]),
+    );
+    result
+}
+
+#[cfg(not(unix))]
+pub(crate) fn open_listener(
+    config: &Config,
+    _from_predecessor: bool,
+) -> Result<listener::Bound, ListenError> {
+    listener::open(&config.listen_fd_name, &config.bind)
+}
+
+/// Removes the handoff variables (LISTEN_*, and a predecessor's readiness
+/// socket) so that no child process mistakes them for its own (the fds
+/// themselves are close-on-exec).
+///
+/// Only while this is the process's one thread: an application that opened
+/// its listener after starting threads keeps the variables, which is
+/// harmless (the successor of an upgrade gets its own set explicitly) where
+/// removing them could race with a reader.
+#[cfg(unix)]
+#[allow(unsafe_code)]
+fn forget_handoff<'a>(names: impl IntoIterator<Item = &'a &'a str>) {
+    if !is_single_threaded() {
+        tracing::debug!("other threads exist; leaving the LISTEN_* variables in the environment");
+        return;
+    }
+    for name in names {
+        if std::env::var_os(name).is_some() {
+            // SAFETY: `is_single_threaded` just saw this thread alone in the
+            // process, so no other thread can read the environment meanwhile.
+            unsafe { std::env::remove_var(name) };
+        }
+    }
+}
+
+/// True when the kernel lists one thread in this process.
+#[cfg(unix)]
+fn is_single_threaded() -> bool {
+    std::fs::read_dir("/proc/self/task").is_ok_and(|tasks| tasks.count() == 1)
+}
+
+/// DEBUG=true is meant for a developer's machine: say so loudly when the
+/// socket (whatever its source) is reachable from other hosts.
+pub(crate) fn warn_if_debug_is_exposed(debug: bool, address: std::net::SocketAddr) {
+    if debug && !address.ip().is_loopback() {
+        tracing::warn!(
+            %address,
+            "DEBUG=true on an address other hosts can reach; use HOST=127.0.0.1 (or ::1) for development, DEBUG=false elsewhere"
+        );
+    }
+}
+
+/// The service manager's sockets and watchdog, from the real environment.
+pub(crate) fn supervision() -> Supervision {
+    let notifier = match notify::Notifier::connect(protocol_var("NOTIFY_SOCKET").as_deref()) {
+        Ok(notifier) => notifier,
+        Err(err) => {
+            // Readiness is advice to the manager; serving matters more.
+            tracing::warn!(error = %format!("{err:#}"), "cannot notify the service manager");
+            None
+        }
+    };
+    Supervision {
+        watchdog_interval: notify::watchdog_interval(
+            protocol_var("WATCHDOG_USEC").as_deref(),
+            protocol_var("WATCHDOG_PID").as_deref(),
+            std::process::id(),
+        ),
+        notifier,
+    }
+}
+
+/// How to start a successor, and the predecessor waiting for our READY=1.
+pub(crate) fn succession(
+    config: &Config,
+    bound: &listener::Bound,
+    executable: std::io::Result<std::path::PathBuf>,
+    handoff_notify: Option<&str>,
+) -> Succession {
+    let plan = match executable {
+        Ok(executable) => Some(UpgradePlan {
+            executable,
+            args: std::env::args_os().skip(1).collect(),
+            watch_executable: config.reload,
+        }),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot tell the executable's path");
+            None
+        }
+    };
+    let predecessor = match handoff_notify {
+        // Only a process that really took the socket over may report ready:
+        // one that bound a port of its own would move the service elsewhere.
+        Some(value) if bound.info.source == Source::Handoff => {
+            notify::Notifier::connect(Some(value)).unwrap_or_else(|err| {
+                let cause = std::error::Error::source(&err).map(ToString::to_string);
+                tracing::warn!(
+                    value,
+                    error = cause.unwrap_or_default(),
+                    "{} cannot be reached; the process that started us will time out",
+                    upgrade::HANDOFF_NOTIFY_VAR
+                );
+                None
+            })
+        }
+        Some(value) => {
+            tracing::warn!(
+                value,
+                source = %bound.info.source,
+                "{} is set but no socket was handed to us; not reporting to it",
+                upgrade::HANDOFF_NOTIFY_VAR
+            );
+            None
+        }
+        None => None,
+    };
+    Succession { plan, predecessor }
+}
