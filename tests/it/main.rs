@@ -3,6 +3,7 @@
 //! One test binary (see Cargo.toml's `[[test]]`), one module per concern.
 //! The second tier (`peers`, `systemd`) drives the real systemd and systemfd tools.
 
+mod app;
 mod configuration;
 mod listener_chain;
 mod peers;
