@@ -165,36 +165,62 @@ fn is_connection_error(err: &std::io::Error) -> bool {
 }
 
 /// The pause after accept errors (EMFILE and friends): growing while they
-/// last, with one log line when a spell of errors begins and one when it ends.
+/// last, with one log line when a spell of errors begins and one when it is
+/// over. A spell is over at the first success [`ACCEPT_SPELL_QUIET`] after its
+/// last error: while descriptors trickle free, successes and errors alternate.
 #[derive(Debug, Default)]
 struct AcceptBackoff {
-    errors: u64,
+    /// Zero after a success, so the next error pauses the least.
     pause: Duration,
-    since: Option<std::time::Instant>,
+    spell: Option<ErrorSpell>,
 }
+
+#[derive(Debug)]
+struct ErrorSpell {
+    began: std::time::Instant,
+    last_error: std::time::Instant,
+    errors: u64,
+}
+
+/// How long accepts must go without an error for a spell of errors to be over.
+const ACCEPT_SPELL_QUIET: Duration = Duration::from_secs(1);
 
 impl AcceptBackoff {
     fn failed(&mut self, err: &std::io::Error) -> Duration {
-        if self.errors == 0 {
-            tracing::error!(error = %err, "accept failed; retrying with a short backoff until it succeeds");
-            self.since = Some(std::time::Instant::now());
-            self.pause = ACCEPT_BACKOFF_MIN;
-        } else {
-            self.pause = (self.pause * 2).min(ACCEPT_BACKOFF_MAX);
+        let now = std::time::Instant::now();
+        match &mut self.spell {
+            Some(spell) => {
+                spell.errors += 1;
+                spell.last_error = now;
+            }
+            None => {
+                tracing::error!(error = %err, "accept failed; retrying with a short backoff until it succeeds");
+                self.spell = Some(ErrorSpell {
+                    began: now,
+                    last_error: now,
+                    errors: 1,
+                });
+            }
         }
-        self.errors += 1;
+        self.pause = if self.pause.is_zero() {
+            ACCEPT_BACKOFF_MIN
+        } else {
+            (self.pause * 2).min(ACCEPT_BACKOFF_MAX)
+        };
         self.pause
     }
 
     fn succeeded(&mut self) {
-        if self.errors > 0 {
-            let lasted_ms = self.since.map_or(0, |since| since.elapsed().as_millis());
+        self.pause = Duration::ZERO;
+        let Some(spell) = &self.spell else { return };
+        if spell.last_error.elapsed() >= ACCEPT_SPELL_QUIET {
+            let lasted_ms = spell.last_error.duration_since(spell.began).as_millis();
             tracing::warn!(
-                errors = self.errors,
+                errors = spell.errors,
                 lasted_ms = u64::try_from(lasted_ms).unwrap_or(u64::MAX),
                 "accepting connections again"
             );
-            *self = AcceptBackoff::default();
+            self.spell = None;
         }
     }
 }
@@ -627,5 +653,7 @@ mod tests {
         assert_eq!(*pauses.last().unwrap(), ACCEPT_BACKOFF_MAX);
         backoff.succeeded();
         assert_eq!(backoff.failed(&err), ACCEPT_BACKOFF_MIN);
+        // Within a spell, a success resets the pause but not the spell.
+        assert_eq!(backoff.spell.as_ref().map(|s| s.errors), Some(11));
     }
 }

@@ -8,6 +8,7 @@ mod configuration;
 mod listener_chain;
 mod peers;
 mod reload;
+mod robustness;
 mod support;
 mod systemd;
 mod trust;
