@@ -42,7 +42,8 @@ fn run() -> anyhow::Result<()> {
     let dotenv = Environment::read_dotenv(Path::new(".env"))?;
     let env = Environment::new(dotenv, std::env::vars_os());
     let config = Config::from_env(&env)?;
-    logging::init(&config.log_filter, env.get("JOURNAL_STREAM").is_some());
+    logging::init(&config.log);
+    env.warn_ignored();
     tracing::debug!(?config, "configuration");
 
     auth::log_policy(&config.auth);

@@ -5,6 +5,7 @@
 
 mod configuration;
 mod listener_chain;
+mod logging;
 mod peers;
 mod reload;
 mod support;
