@@ -937,6 +937,72 @@ mod tests {
         assert_eq!(format!("{from_file:?}"), format!("{defaults:?}"));
     }
 
+    /// The lines of `doc` from the heading `section` to the next heading of its level.
+    fn section<'a>(doc: &'a str, section: &str) -> Vec<&'a str> {
+        let level = section.split(' ').next().unwrap();
+        doc.lines()
+            .skip_while(|line| *line != section)
+            .skip(1)
+            .take_while(|line| !line.starts_with(&format!("{level} ")))
+            .collect()
+    }
+
+    /// The `(name, default)` rows of a table whose first cell is one `VARIABLE`.
+    fn table_rows<'a>(lines: &[&'a str]) -> Vec<(&'a str, &'a str)> {
+        lines
+            .iter()
+            .filter_map(|line| {
+                let mut cells = line.strip_prefix('|')?.split('|').map(str::trim);
+                let name = cells.next()?.strip_prefix('`')?.strip_suffix('`')?;
+                let is_name = name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_');
+                is_name.then(|| (name, cells.next().unwrap_or_default()))
+            })
+            .collect()
+    }
+
+    /// README's table and docs/configuration.md's list every variable the
+    /// code reads, and nothing else, with config.example.env's defaults.
+    #[test]
+    fn docs_are_in_step_with_the_code_and_the_example() {
+        let example = include_str!("../config.example.env");
+        let default_of = |name: &str| {
+            example.lines().find_map(|line| {
+                let value = line.strip_prefix(name)?.strip_prefix('=')?;
+                Some(format!("`{value}`"))
+            })
+        };
+        let docs = [
+            (
+                "README.md",
+                section(include_str!("../README.md"), "## Configuration"),
+            ),
+            (
+                "docs/configuration.md",
+                section(include_str!("../docs/configuration.md"), "## Variables"),
+            ),
+        ];
+        for (doc, lines) in docs {
+            let rows = table_rows(&lines);
+            let names: Vec<&str> = rows.iter().map(|(name, _)| *name).collect();
+            assert_eq!(names, VARIABLES, "{doc}'s table lists other variables");
+            for (name, default) in rows {
+                let expected = default_of(name).unwrap_or_else(|| "unset".to_owned());
+                assert_eq!(default, expected, "{doc}: the default of {name}");
+            }
+        }
+        let protocol = section(
+            include_str!("../docs/configuration.md"),
+            "## Protocol variables",
+        )
+        .join("\n");
+        for name in PROTOCOL_VARIABLES {
+            assert!(
+                protocol.contains(&format!("`{name}`")),
+                "docs/configuration.md does not list the protocol variable {name}"
+            );
+        }
+    }
+
     #[test]
     fn each_variable_is_read_by_its_exact_name() {
         let values = VARIABLES
