@@ -79,7 +79,7 @@ pub fn protocol_var(name: &str) -> Option<String> {
 
 /// The environment as it was given: every variable optional, every value a
 /// string. Field `api_port` holds `API_PORT`, and so on.
-#[derive(Default, Clone, serde::Deserialize)]
+#[derive(Debug, Default, Clone, serde::Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
 pub struct RawConfig {
     /// `HOST`: the address to bind.
@@ -105,7 +105,7 @@ pub struct RawConfig {
     /// `AUTH_REQUIRED`: require a bearer token.
     pub auth_required: Option<String>,
     /// `API_TOKEN`: accepted bearer tokens, comma-separated. A secret.
-    pub api_token: Option<String>,
+    pub api_token: Option<Secret>,
     /// `API_TOKEN_FILE`: a file of accepted bearer tokens, one per line.
     pub api_token_file: Option<String>,
     /// `CREDENTIALS_DIRECTORY`: systemd's directory of credentials (`api-token`).
@@ -122,30 +122,22 @@ pub struct RawConfig {
     pub listen_fd_name: Option<String>,
 }
 
-/// Shows every variable; the value of the secret (`API_TOKEN`) is redacted.
-impl std::fmt::Debug for RawConfig {
+/// A secret's value (`API_TOKEN`): `Debug` shows `<redacted>`, never the value.
+#[derive(Clone, serde::Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value, for the code that needs it (token parsing).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RawConfig")
-            .field("host", &self.host)
-            .field("api_port", &self.api_port)
-            .field("auto_find_port", &self.auto_find_port)
-            .field("port_range_start", &self.port_range_start)
-            .field("port_range_end", &self.port_range_end)
-            .field("log_level", &self.log_level)
-            .field("log_format", &self.log_format)
-            .field("rust_log", &self.rust_log)
-            .field("debug", &self.debug)
-            .field("reload", &self.reload)
-            .field("auth_required", &self.auth_required)
-            .field("api_token", &self.api_token.as_ref().map(|_| "<redacted>"))
-            .field("api_token_file", &self.api_token_file)
-            .field("credentials_directory", &self.credentials_directory)
-            .field("header_read_timeout", &self.header_read_timeout)
-            .field("request_timeout", &self.request_timeout)
-            .field("max_body_bytes", &self.max_body_bytes)
-            .field("shutdown_timeout", &self.shutdown_timeout)
-            .field("listen_fd_name", &self.listen_fd_name)
-            .finish()
+        f.write_str("<redacted>")
     }
 }
 
@@ -378,7 +370,10 @@ impl RawConfig {
             debug: s("DEBUG", &self.debug),
             reload: s("RELOAD", &self.reload),
             auth_required: s("AUTH_REQUIRED", &self.auth_required),
-            api_token: s("API_TOKEN", &self.api_token),
+            api_token: Setting {
+                name: "API_TOKEN",
+                value: self.api_token.as_ref().map(Secret::expose),
+            },
             api_token_file: s("API_TOKEN_FILE", &self.api_token_file),
             credentials_directory: s("CREDENTIALS_DIRECTORY", &self.credentials_directory),
             header_read_timeout: s("HEADER_READ_TIMEOUT", &self.header_read_timeout),
@@ -844,7 +839,7 @@ mod tests {
             "{shown}"
         );
         let raw = RawConfig {
-            api_token: Some(TOKEN.to_owned()),
+            api_token: Some(Secret(TOKEN.to_owned())),
             ..RawConfig::default()
         };
         let shown = format!("{raw:?}");
