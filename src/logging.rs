@@ -158,9 +158,16 @@ fn filter(settings: &LogSettings) -> (EnvFilter, Vec<(String, String)>) {
         }
     }
     // The default directive applies only when no directive is valid.
-    let filter = EnvFilter::builder()
+    let mut filter = EnvFilter::builder()
         .with_default_directive(settings.level.into())
         .parse_lossy(valid.join(","));
+    if !rejected.is_empty() {
+        // The warnings about the typo must be seen even when the valid
+        // directives name other crates only.
+        if let Ok(ours) = format!("{}=warn", module_path!()).parse::<Directive>() {
+            filter = filter.add_directive(ours);
+        }
+    }
     (filter, rejected)
 }
 
@@ -221,11 +228,21 @@ mod tests {
         let (built, rejected) = filter(&settings(LevelFilter::DEBUG, None));
         assert_eq!(built.to_string(), "debug");
         assert!(rejected.is_empty());
-        let (built, rejected) = filter(&settings(LevelFilter::WARN, Some("portkeeper=loud")));
-        assert_eq!(built.to_string(), "warn");
+        let (built, rejected) = filter(&settings(LevelFilter::ERROR, Some("portkeeper=loud")));
+        assert_eq!(built.to_string(), "portkeeper::logging=warn,error");
         assert_eq!(rejected.len(), 1);
         let (built, _) = filter(&settings(LevelFilter::WARN, Some("portkeeper=trace")));
         assert_eq!(built.to_string(), "portkeeper=trace");
+    }
+
+    #[test]
+    fn the_warning_about_a_typo_is_let_through() {
+        let (built, rejected) =
+            filter(&settings(LevelFilter::INFO, Some("hyper=debug,tower=trce")));
+        assert_eq!(rejected.len(), 1);
+        let shown = built.to_string();
+        assert!(shown.contains("hyper=debug"), "{shown}");
+        assert!(shown.contains("portkeeper::logging=warn"), "{shown}");
     }
 
     /// A program that embeds portkeeper and set up its own logging keeps it.

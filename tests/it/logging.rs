@@ -26,6 +26,14 @@ fn a_rust_log_typo_is_a_warning_and_the_server_starts() {
     assert!(line.contains("WARN") && line.contains("RUST_LOG"), "{line}");
     // The directive before the typo still holds: nothing below warn.
     assert!(!server.stderr().contains(" INFO "), "{}", server.stderr());
+
+    // Directives that name other crates only still let the warning through.
+    let (mut cmd, addr) = handed_over(&dir);
+    cmd.env("RUST_LOG", "hyper=debug,tower=trce");
+    let mut server = Running::spawn(cmd, "rust-log-others").unwrap();
+    assert_eq!(get_json(addr, "/health").unwrap()["status"], "ok");
+    let line = server.wait_for_line("tower=trce", DEADLINE).unwrap();
+    assert!(line.contains("WARN"), "{line}");
 }
 
 #[test]
