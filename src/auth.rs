@@ -40,7 +40,7 @@ pub const MIN_TOKEN_LEN: usize = 16;
 /// same fixed number of bytes, so its time says nothing about the length.
 pub const MAX_TOKEN_LEN: usize = 512;
 
-/// A token file larger than this is not a token file (e.g. `/dev/zero`).
+/// A token file larger than this is not a token file.
 const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
 
 /// What is expected of a token, for error messages.
@@ -321,7 +321,8 @@ fn read_token_file(name: &'static str, path: &Path) -> Result<String, TokenError
         path: path.display().to_string(),
         source,
     };
-    let file = std::fs::File::open(path).map_err(unreadable)?;
+    // A regular file only: a FIFO would hang the start, a device never ends.
+    let file = crate::config::open_regular_file(path).map_err(unreadable)?;
     let mut text = String::new();
     // Read one byte past the bound to tell "exactly at the limit" from "beyond".
     file.take(MAX_TOKEN_FILE_BYTES + 1)

@@ -1,37 +1,21 @@
 //! Configuration: the environment (and `.env`) turned into a validated [`Config`].
 //!
 //! Parsing happens in two layers. [`RawConfig`] mirrors the environment: every
-//! variable is an optional string, looked up by its exact name. [`Config::try_from`]
-//! then turns those strings into domain types and refuses bad values with a
-//! [`ConfigError`] that names the variable, the value and what was expected.
+//! variable is an optional string, deserialized by `envy` from the variables
+//! whose names are exactly ours (upper case: `api_port` is someone else's
+//! variable). [`Config::try_from`] then turns those strings into domain types
+//! and refuses bad values with a [`ConfigError`] that names the variable, the
+//! value and what was expected.
 //!
-//! This module never reads the process environment itself: `main.rs` collects
-//! the variables (see [`Environment`]) and hands them in, which keeps the code
-//! testable without `set_var`.
+//! This module never reads the process environment for configuration:
+//! `main.rs` collects the variables (see [`Environment`]) and hands them in,
+//! which keeps the code testable without `set_var`. The one exception is
+//! [`protocol_var`]: the variables of the service-manager protocols
+//! ([`PROTOCOL_VARIABLES`]) come only from the real environment, never from `.env`.
 //!
-//! | variable | default | meaning |
-//! |---|---|---|
-//! | `HOST` | `0.0.0.0` | address to bind: an IPv4 or IPv6 literal, or `localhost` (= 127.0.0.1) |
-//! | `API_PORT` | `5050` | port to bind first; `0` asks the kernel for any free port |
-//! | `AUTO_FIND_PORT` | `false` | when `API_PORT` is busy, search `PORT_RANGE_START..=PORT_RANGE_END` |
-//! | `PORT_RANGE_START` | `5050` | first port of the search range |
-//! | `PORT_RANGE_END` | `5100` | last port of the search range (included) |
-//! | `LOG_LEVEL` | `INFO` | trace, debug, info, warn or error, any case; `RUST_LOG` wins when set |
-//! | `DEBUG` | `false` | development diagnostics: debug logging and error detail |
-//! | `RELOAD` | `false` | hot reload: hand the socket to a replaced executable |
-//! | `AUTH_REQUIRED` | `false` | require a bearer token on every route but health checks |
-//! | `API_TOKEN` | unset | the accepted bearer token(s), separated by commas for rotation |
-//! | `API_TOKEN_FILE` | unset | a file of accepted tokens, one per line (instead of `API_TOKEN`) |
-//! | `CREDENTIALS_DIRECTORY` | set by systemd | where the `api-token` credential is read when neither of the above is set |
-//! | `HEADER_READ_TIMEOUT` | `10` | seconds a client gets to send a request's headers, and an idle connection to start the next request |
-//! | `REQUEST_TIMEOUT` | `30` | seconds a request may take from its headers to its response (503 after) |
-//! | `MAX_BODY_BYTES` | `1048576` | the largest request body accepted (413 above) |
-//! | `SHUTDOWN_TIMEOUT` | `30` | seconds in-flight requests get to finish after SIGTERM/SIGINT |
-//! | `LISTEN_FD_NAME` | `http` | which inherited socket to serve when several are passed (LISTEN_FDNAMES) |
-//! | `RUST_LOG` | unset | `target=level` directives, comma-separated; overrides `LOG_LEVEL` |
-//!
-//! Booleans accept `true/false/1/0/yes/no/on/off` in any case. `config.example.env`
-//! documents the same variables; a test keeps the two in step.
+//! [`VARIABLES`] lists every variable; `docs/configuration.md` describes each
+//! one and `config.example.env` is a commented copy with the defaults. A test
+//! keeps the three (and README's table) in step.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -40,93 +24,133 @@ use std::ops::RangeInclusive;
 use std::path::Path;
 use std::time::Duration;
 
+use tracing::level_filters::LevelFilter;
+
 use crate::auth::{self, Auth};
+use crate::logging::{LogFormat, LogSettings};
 
-/// Declares [`RawConfig`] and [`VARIABLES`] together, so each variable's name is
-/// written exactly once: the lookup, and its spelling in messages, come from
-/// the same token.
-macro_rules! raw_config {
-    ($($(#[doc = $doc:literal])* $field:ident => $var:ident,)*) => {
-        /// The environment as it was given: every variable optional, every value a string.
-        #[derive(Default, Clone)]
-        pub struct RawConfig {
-            $($(#[doc = $doc])* pub $field: Option<String>,)*
-        }
+/// Every variable portkeeper reads, spelled as in the environment: the
+/// upper-case form of a [`RawConfig`] field (a test keeps the two in step).
+pub const VARIABLES: &[&str] = &[
+    "HOST",
+    "API_PORT",
+    "AUTO_FIND_PORT",
+    "PORT_RANGE_START",
+    "PORT_RANGE_END",
+    "LOG_LEVEL",
+    "LOG_FORMAT",
+    "RUST_LOG",
+    "DEBUG",
+    "RELOAD",
+    "AUTH_REQUIRED",
+    "API_TOKEN",
+    "API_TOKEN_FILE",
+    "CREDENTIALS_DIRECTORY",
+    "HEADER_READ_TIMEOUT",
+    "REQUEST_TIMEOUT",
+    "MAX_BODY_BYTES",
+    "SHUTDOWN_TIMEOUT",
+    "LISTEN_FD_NAME",
+];
 
-        /// Shows every variable; the values of secrets (`API_TOKEN`) are redacted.
-        impl std::fmt::Debug for RawConfig {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                let mut shown = f.debug_struct("RawConfig");
-                $(
-                    let value = self.$field.as_deref();
-                    if SECRETS.contains(&stringify!($var)) {
-                        shown.field(stringify!($field), &value.map(|_| "<redacted>"));
-                    } else {
-                        shown.field(stringify!($field), &value);
-                    }
-                )*
-                shown.finish()
-            }
-        }
+/// The variables of the service-manager protocols (socket activation,
+/// sd_notify, the watchdog, the journal, our own upgrade handoff). They
+/// describe this very process, so they come only from the real environment:
+/// one found in `.env` is ignored with a warning.
+pub const PROTOCOL_VARIABLES: &[&str] = &[
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "LISTEN_FDS_FIRST_FD",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "JOURNAL_STREAM",
+    crate::upgrade::HANDOFF_NOTIFY_VAR,
+];
 
-        /// Every variable portkeeper reads, spelled as in the environment.
-        pub const VARIABLES: &[&str] = &[$(stringify!($var)),*];
-
-        impl RawConfig {
-            /// Each variable's value in `env`, by its exact (upper-case) name.
-            pub fn from_environment(env: &Environment) -> Self {
-                RawConfig { $($field: env.get(stringify!($var)).map(str::to_owned),)* }
-            }
-
-            /// Pairs each variable's name with its raw value, for validation messages.
-            fn settings(&self) -> Settings<'_> {
-                Settings { $($field: Setting { name: stringify!($var), value: self.$field.as_deref() },)* }
-            }
-        }
-
-        struct Settings<'a> {
-            $($field: Setting<'a>,)*
-        }
-    };
+/// The value of a protocol variable ([`PROTOCOL_VARIABLES`]) in the real
+/// process environment, never in `.env`. A non-UTF-8 value is converted
+/// lossily, so it fails to parse by name instead of passing for "unset".
+pub fn protocol_var(name: &str) -> Option<String> {
+    debug_assert!(PROTOCOL_VARIABLES.contains(&name), "{name}");
+    std::env::var_os(name).map(|value| value.to_string_lossy().into_owned())
 }
 
-raw_config! {
+/// The environment as it was given: every variable optional, every value a
+/// string. Field `api_port` holds `API_PORT`, and so on.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+pub struct RawConfig {
     /// `HOST`: the address to bind.
-    host => HOST,
+    pub host: Option<String>,
     /// `API_PORT`: the port to bind first.
-    api_port => API_PORT,
+    pub api_port: Option<String>,
     /// `AUTO_FIND_PORT`: search the range when `API_PORT` is busy.
-    auto_find_port => AUTO_FIND_PORT,
+    pub auto_find_port: Option<String>,
     /// `PORT_RANGE_START`: first port of the search range.
-    port_range_start => PORT_RANGE_START,
+    pub port_range_start: Option<String>,
     /// `PORT_RANGE_END`: last port of the search range.
-    port_range_end => PORT_RANGE_END,
+    pub port_range_end: Option<String>,
     /// `LOG_LEVEL`: the default log level.
-    log_level => LOG_LEVEL,
+    pub log_level: Option<String>,
+    /// `LOG_FORMAT`: `text` or `json` lines on stderr.
+    pub log_format: Option<String>,
+    /// `RUST_LOG`: an `EnvFilter` that overrides `LOG_LEVEL`.
+    pub rust_log: Option<String>,
     /// `DEBUG`: development diagnostics.
-    debug => DEBUG,
+    pub debug: Option<String>,
     /// `RELOAD`: hand the socket over when the executable is replaced.
-    reload => RELOAD,
+    pub reload: Option<String>,
     /// `AUTH_REQUIRED`: require a bearer token.
-    auth_required => AUTH_REQUIRED,
-    /// `SHUTDOWN_TIMEOUT`: seconds to let in-flight requests finish.
-    shutdown_timeout => SHUTDOWN_TIMEOUT,
-    /// `LISTEN_FD_NAME`: which inherited socket to serve.
-    listen_fd_name => LISTEN_FD_NAME,
-    /// `RUST_LOG`: a `tracing` filter that overrides `LOG_LEVEL`.
-    rust_log => RUST_LOG,
+    pub auth_required: Option<String>,
     /// `API_TOKEN`: accepted bearer tokens, comma-separated. A secret.
-    api_token => API_TOKEN,
+    pub api_token: Option<Secret>,
     /// `API_TOKEN_FILE`: a file of accepted bearer tokens, one per line.
-    api_token_file => API_TOKEN_FILE,
+    pub api_token_file: Option<String>,
     /// `CREDENTIALS_DIRECTORY`: systemd's directory of credentials (`api-token`).
-    credentials_directory => CREDENTIALS_DIRECTORY,
+    pub credentials_directory: Option<String>,
     /// `HEADER_READ_TIMEOUT`: seconds to receive a request's headers.
-    header_read_timeout => HEADER_READ_TIMEOUT,
+    pub header_read_timeout: Option<String>,
     /// `REQUEST_TIMEOUT`: seconds from a request's headers to its response.
-    request_timeout => REQUEST_TIMEOUT,
+    pub request_timeout: Option<String>,
     /// `MAX_BODY_BYTES`: the largest request body accepted.
-    max_body_bytes => MAX_BODY_BYTES,
+    pub max_body_bytes: Option<String>,
+    /// `SHUTDOWN_TIMEOUT`: seconds to let in-flight requests finish.
+    pub shutdown_timeout: Option<String>,
+    /// `LISTEN_FD_NAME`: which inherited socket to serve.
+    pub listen_fd_name: Option<String>,
+}
+
+/// A secret's value (`API_TOKEN`): `Debug` shows `<redacted>`, never the value.
+#[derive(Clone, serde::Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value, for the code that needs it (token parsing).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl RawConfig {
+    /// Each variable's value in `env`, by its exact (upper-case) name.
+    pub fn from_environment(env: &Environment) -> Result<Self, ConfigError> {
+        // envy lower-cases names to match fields; giving it only our exact
+        // names keeps `api_port=1` from setting API_PORT.
+        let ours = VARIABLES
+            .iter()
+            .filter_map(|&name| Some((name.to_owned(), env.get(name)?.to_owned())));
+        envy::from_iter(ours).map_err(ConfigError::Environment)
+    }
 }
 
 /// Variables whose values are secrets: never shown in `Debug` or in errors.
@@ -136,11 +160,13 @@ const SECRETS: &[&str] = &["API_TOKEN"];
 ///
 /// Only variables with UTF-8 names and values are kept; a non-UTF-8 value for
 /// one of [`VARIABLES`] is remembered so it can be refused by name instead of
-/// being silently ignored.
+/// being silently ignored. [`PROTOCOL_VARIABLES`] found in `.env` are left
+/// out and remembered, for [`Environment::warn_ignored`].
 #[derive(Debug, Default, Clone)]
 pub struct Environment {
     vars: BTreeMap<String, String>,
     not_utf8: Vec<String>,
+    ignored: Vec<String>,
 }
 
 impl Environment {
@@ -149,10 +175,14 @@ impl Environment {
         dotenv: impl IntoIterator<Item = (String, String)>,
         real: impl IntoIterator<Item = (OsString, OsString)>,
     ) -> Self {
-        let mut env = Environment {
-            vars: dotenv.into_iter().collect(),
-            not_utf8: Vec::new(),
-        };
+        let mut env = Environment::default();
+        for (name, value) in dotenv {
+            if PROTOCOL_VARIABLES.contains(&name.as_str()) {
+                env.ignored.push(name);
+            } else {
+                env.vars.insert(name, value);
+            }
+        }
         for (name, value) in real {
             match (name.into_string(), value.into_string()) {
                 (Ok(name), Ok(value)) => {
@@ -168,22 +198,74 @@ impl Environment {
 
     /// Reads `.env` from `path` if it exists. A missing file is not an error;
     /// an unreadable or malformed one is, since silently ignoring it would
-    /// start the server with settings the user did not choose.
+    /// start the server with settings the user did not choose. So is
+    /// anything but a regular file: reading a FIFO would hang the start.
     pub fn read_dotenv(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
-        let iter = match dotenvy::from_path_iter(path) {
-            Ok(iter) => iter,
-            Err(dotenvy::Error::Io(err)) if err.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Vec::new());
-            }
-            Err(err) => return Err(ConfigError::dotenv(path, err)),
+        let file = match open_regular_file(path) {
+            Ok(file) => file,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(err) => return Err(ConfigError::dotenv(path, dotenvy::Error::Io(err))),
         };
-        iter.collect::<Result<Vec<_>, _>>()
+        dotenvy::from_read_iter(file)
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|err| ConfigError::dotenv(path, err))
     }
 
-    /// The value of one variable, if set.
+    /// The value of one variable, if set. Never a [`PROTOCOL_VARIABLES`]
+    /// value from `.env`.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.vars.get(name).map(String::as_str)
+    }
+
+    /// The [`PROTOCOL_VARIABLES`] that `.env` set and that were ignored.
+    pub fn ignored(&self) -> &[String] {
+        &self.ignored
+    }
+
+    /// Logs a warning for each protocol variable `.env` set: call it once
+    /// logging is set up.
+    pub fn warn_ignored(&self) {
+        for name in &self.ignored {
+            tracing::warn!(
+                variable = name,
+                "{name} in .env is ignored: it describes this process, so only the real environment may set it"
+            );
+        }
+    }
+}
+
+/// Opens `path` for reading if it is a regular file (symbolic links
+/// followed). Anything else is refused before `open`, which would block on
+/// a FIFO with no writer; the error says what the file is.
+pub(crate) fn open_regular_file(path: &Path) -> std::io::Result<std::fs::File> {
+    let kind = std::fs::metadata(path)?.file_type();
+    if !kind.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("it is {}, not a regular file", describe_file_type(kind)),
+        ));
+    }
+    std::fs::File::open(path)
+}
+
+fn describe_file_type(kind: std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "a named pipe (FIFO)";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+        if kind.is_char_device() || kind.is_block_device() {
+            return "a device";
+        }
+    }
+    if kind.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
     }
 }
 
@@ -203,8 +285,8 @@ pub struct BindPlan {
 pub struct Config {
     /// How to bind when no socket is inherited.
     pub bind: BindPlan,
-    /// The log filter: `RUST_LOG` if set, else `LOG_LEVEL` lowercased.
-    pub log_filter: String,
+    /// What to log and how: `LOG_LEVEL` (or `DEBUG`), `RUST_LOG`, `LOG_FORMAT`.
+    pub log: LogSettings,
     /// Development diagnostics.
     pub debug: bool,
     /// Hot reload of a replaced executable.
@@ -238,6 +320,7 @@ mod defaults {
     pub(super) const PORT_RANGE_START: u16 = 5050;
     pub(super) const PORT_RANGE_END: u16 = 5100;
     pub(super) const LOG_LEVEL: &str = "info";
+    pub(super) const LOG_FORMAT: &str = "text";
     pub(super) const SHUTDOWN_TIMEOUT_SECS: u64 = 30;
     pub(super) const LISTEN_FD_NAME: &str = "http";
     pub(super) const HEADER_READ_TIMEOUT_SECS: u64 = 10;
@@ -262,8 +345,67 @@ impl Config {
         if let Some(name) = env.not_utf8.first() {
             return Err(ConfigError::NotUtf8 { name: name.clone() });
         }
-        Config::try_from(RawConfig::from_environment(env))
+        Config::try_from(RawConfig::from_environment(env)?)
     }
+}
+
+impl RawConfig {
+    /// Pairs each variable's name with its raw value, for validation messages.
+    fn settings(&self) -> Settings<'_> {
+        fn s<'a>(name: &'static str, value: &'a Option<String>) -> Setting<'a> {
+            Setting {
+                name,
+                value: value.as_deref(),
+            }
+        }
+        Settings {
+            host: s("HOST", &self.host),
+            api_port: s("API_PORT", &self.api_port),
+            auto_find_port: s("AUTO_FIND_PORT", &self.auto_find_port),
+            port_range_start: s("PORT_RANGE_START", &self.port_range_start),
+            port_range_end: s("PORT_RANGE_END", &self.port_range_end),
+            log_level: s("LOG_LEVEL", &self.log_level),
+            log_format: s("LOG_FORMAT", &self.log_format),
+            rust_log: s("RUST_LOG", &self.rust_log),
+            debug: s("DEBUG", &self.debug),
+            reload: s("RELOAD", &self.reload),
+            auth_required: s("AUTH_REQUIRED", &self.auth_required),
+            api_token: Setting {
+                name: "API_TOKEN",
+                value: self.api_token.as_ref().map(Secret::expose),
+            },
+            api_token_file: s("API_TOKEN_FILE", &self.api_token_file),
+            credentials_directory: s("CREDENTIALS_DIRECTORY", &self.credentials_directory),
+            header_read_timeout: s("HEADER_READ_TIMEOUT", &self.header_read_timeout),
+            request_timeout: s("REQUEST_TIMEOUT", &self.request_timeout),
+            max_body_bytes: s("MAX_BODY_BYTES", &self.max_body_bytes),
+            shutdown_timeout: s("SHUTDOWN_TIMEOUT", &self.shutdown_timeout),
+            listen_fd_name: s("LISTEN_FD_NAME", &self.listen_fd_name),
+        }
+    }
+}
+
+/// [`RawConfig`]'s values, each with its variable's name.
+struct Settings<'a> {
+    host: Setting<'a>,
+    api_port: Setting<'a>,
+    auto_find_port: Setting<'a>,
+    port_range_start: Setting<'a>,
+    port_range_end: Setting<'a>,
+    log_level: Setting<'a>,
+    log_format: Setting<'a>,
+    rust_log: Setting<'a>,
+    debug: Setting<'a>,
+    reload: Setting<'a>,
+    auth_required: Setting<'a>,
+    api_token: Setting<'a>,
+    api_token_file: Setting<'a>,
+    credentials_directory: Setting<'a>,
+    header_read_timeout: Setting<'a>,
+    request_timeout: Setting<'a>,
+    max_body_bytes: Setting<'a>,
+    shutdown_timeout: Setting<'a>,
+    listen_fd_name: Setting<'a>,
 }
 
 impl TryFrom<RawConfig> for Config {
@@ -296,10 +438,18 @@ impl TryFrom<RawConfig> for Config {
         let debug = s.debug.parse_or("false", parse_bool)?;
         // DEBUG=true means more logging unless LOG_LEVEL says otherwise.
         let default_level = if debug { "debug" } else { defaults::LOG_LEVEL };
-        let log_level = s.log_level.parse_or(default_level, parse_log_level)?;
-        let rust_log = match s.rust_log.value {
-            Some(value) if !value.trim().is_empty() => Some(s.rust_log.parse_or("", parse_filter)?),
-            _ => None,
+        let log = LogSettings {
+            level: s.log_level.parse_or(default_level, parse_log_level)?,
+            // Not validated here: a directive that does not parse costs a
+            // warning once logging is set up (`logging::init`), never the start.
+            directives: s
+                .rust_log
+                .value
+                .filter(|value| !value.trim().is_empty())
+                .map(str::to_owned),
+            format: s
+                .log_format
+                .parse_or(defaults::LOG_FORMAT, parse_log_format)?,
         };
         let listen_fd_name = s
             .listen_fd_name
@@ -334,7 +484,7 @@ impl TryFrom<RawConfig> for Config {
                 port,
                 search: auto_find_port.then_some(range_start..=range_end),
             },
-            log_filter: rust_log.unwrap_or(log_level),
+            log,
             debug,
             reload: s.reload.parse_or("false", parse_bool)?,
             auth,
@@ -399,40 +549,25 @@ fn parse_bool(value: &str) -> Result<bool, String> {
     }
 }
 
-fn parse_log_level(value: &str) -> Result<String, String> {
-    let level = value.to_ascii_lowercase();
-    match level.as_str() {
-        "trace" | "debug" | "info" | "warn" | "error" => Ok(level),
-        // Python's logging names, which the seed's users will have in their .env.
-        "warning" => Ok("warn".to_owned()),
-        "critical" => Ok("error".to_owned()),
+fn parse_log_level(value: &str) -> Result<LevelFilter, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "trace" => Ok(LevelFilter::TRACE),
+        "debug" => Ok(LevelFilter::DEBUG),
+        "info" => Ok(LevelFilter::INFO),
+        // "warning" and "critical" are Python's logging names, which the
+        // seed's users will have in their .env.
+        "warn" | "warning" => Ok(LevelFilter::WARN),
+        "error" | "critical" => Ok(LevelFilter::ERROR),
         _ => Err("one of trace, debug, info, warn, error".to_owned()),
     }
 }
 
-/// `RUST_LOG` in the syntax of `tracing-subscriber`'s `Targets`: a level,
-/// `target=level` directives, or both, comma-separated.
-///
-/// Not `EnvFilter`: its span filters have nothing to match in a server that
-/// records no spans, and its regex engine was a sixth of the executable's
-/// code (353 KiB of 2.0 MiB), which every start-up paid for in relocations
-/// and page faults. A span filter is refused rather than silently taken for
-/// a target name.
-fn parse_filter(value: &str) -> Result<String, String> {
-    const EXPECTED: &str = "target=level directives such as info or portkeeper=debug,tower=warn";
-    let names_a_span = value.split(',').any(|directive| {
-        let target = directive.split('=').next().unwrap_or_default();
-        target.replace("[{", "").contains('[')
-    });
-    if names_a_span {
-        return Err(format!(
-            "{EXPECTED}; span filters in [brackets] are not supported, portkeeper records no spans"
-        ));
+fn parse_log_format(value: &str) -> Result<LogFormat, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err("text or json".to_owned()),
     }
-    value
-        .parse::<tracing_subscriber::filter::Targets>()
-        .map(|_| value.to_owned())
-        .map_err(|_| EXPECTED.to_owned())
 }
 
 fn parse_shutdown_secs(value: &str) -> Result<u64, String> {
@@ -502,6 +637,10 @@ pub enum ConfigError {
         /// What went wrong, with the line where dotenvy reports it.
         reason: String,
     },
+    /// The environment could not be deserialized (not expected: every
+    /// variable is read as a string).
+    #[error("cannot read the environment")]
+    Environment(#[source] envy::Error),
     /// A token setting is wrong; the message never contains a token.
     #[error(transparent)]
     Token(#[from] auth::TokenError),
@@ -551,7 +690,7 @@ mod tests {
         assert_eq!(cfg.bind.ip, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         assert_eq!(cfg.bind.port, 5050);
         assert_eq!(cfg.bind.search, None);
-        assert_eq!(cfg.log_filter, "info");
+        assert_eq!(cfg.log, LogSettings::default());
         assert!(!cfg.debug && !cfg.reload && !cfg.auth.is_required());
         assert_eq!(
             cfg.limits,
@@ -618,31 +757,35 @@ mod tests {
     }
 
     #[test]
-    fn log_level_in_any_case_and_rust_log_wins() {
+    fn log_level_in_any_case_and_rust_log_kept_for_the_filter() {
+        let level = |pairs: &[(&str, &str)]| config(pairs).unwrap().log.level;
+        assert_eq!(level(&[("LOG_LEVEL", "DEBUG")]), LevelFilter::DEBUG);
+        assert_eq!(level(&[("LOG_LEVEL", "Warning")]), LevelFilter::WARN);
+        assert_eq!(level(&[("LOG_LEVEL", "critical")]), LevelFilter::ERROR);
+        assert_eq!(level(&[("DEBUG", "true")]), LevelFilter::DEBUG);
         assert_eq!(
-            config(&[("LOG_LEVEL", "DEBUG")]).unwrap().log_filter,
-            "debug"
+            level(&[("DEBUG", "true"), ("LOG_LEVEL", "warn")]),
+            LevelFilter::WARN
         );
-        assert_eq!(
-            config(&[("LOG_LEVEL", "Warning")]).unwrap().log_filter,
-            "warn"
-        );
-        let cfg = config(&[("LOG_LEVEL", "error"), ("RUST_LOG", "portkeeper=trace")]).unwrap();
-        assert_eq!(cfg.log_filter, "portkeeper=trace");
         assert!(error(&[("LOG_LEVEL", "loud")]).starts_with("LOG_LEVEL: \"loud\""));
-        assert!(error(&[("RUST_LOG", "portkeeper=loud")]).starts_with("RUST_LOG"));
-        let with_fields = config(&[("RUST_LOG", "warn,portkeeper[{port}]=debug,hyper=info")]);
+        // RUST_LOG is EnvFilter's to judge, at logging set-up, as a warning.
+        let cfg = config(&[("RUST_LOG", "warn,tower=trce,portkeeper[conn]=debug")]).unwrap();
         assert_eq!(
-            with_fields.unwrap().log_filter,
-            "warn,portkeeper[{port}]=debug,hyper=info"
+            cfg.log.directives.as_deref(),
+            Some("warn,tower=trce,portkeeper[conn]=debug")
         );
-        let span_filter = error(&[("RUST_LOG", "info,[request{path=/a}]=debug")]);
-        assert!(span_filter.starts_with("RUST_LOG"), "{span_filter}");
-        assert!(span_filter.contains("span filters"), "{span_filter}");
-        assert!(error(&[("RUST_LOG", "portkeeper[accept]=debug")]).contains("span filters"));
-        assert_eq!(config(&[("DEBUG", "true")]).unwrap().log_filter, "debug");
-        let quiet = config(&[("DEBUG", "true"), ("LOG_LEVEL", "warn")]).unwrap();
-        assert_eq!(quiet.log_filter, "warn");
+        assert_eq!(config(&[("RUST_LOG", " ")]).unwrap().log.directives, None);
+    }
+
+    #[test]
+    fn log_format_is_text_or_json() {
+        let format = |value| config(&[("LOG_FORMAT", value)]).unwrap().log.format;
+        assert_eq!(format("text"), LogFormat::Text);
+        assert_eq!(format("JSON"), LogFormat::Json);
+        assert_eq!(
+            error(&[("LOG_FORMAT", "yaml")]),
+            "LOG_FORMAT: \"yaml\" is not valid (expected text or json)"
+        );
     }
 
     #[test]
@@ -696,7 +839,7 @@ mod tests {
             "{shown}"
         );
         let raw = RawConfig {
-            api_token: Some(TOKEN.to_owned()),
+            api_token: Some(Secret(TOKEN.to_owned())),
             ..RawConfig::default()
         };
         let shown = format!("{raw:?}");
@@ -789,22 +932,141 @@ mod tests {
         assert_eq!(format!("{from_file:?}"), format!("{defaults:?}"));
     }
 
+    /// The lines of `doc` from the heading `section` to the next heading of its level.
+    fn section<'a>(doc: &'a str, section: &str) -> Vec<&'a str> {
+        let level = section.split(' ').next().unwrap();
+        doc.lines()
+            .skip_while(|line| *line != section)
+            .skip(1)
+            .take_while(|line| !line.starts_with(&format!("{level} ")))
+            .collect()
+    }
+
+    /// The `(name, default)` rows of a table whose first cell is one `VARIABLE`.
+    fn table_rows<'a>(lines: &[&'a str]) -> Vec<(&'a str, &'a str)> {
+        lines
+            .iter()
+            .filter_map(|line| {
+                let mut cells = line.strip_prefix('|')?.split('|').map(str::trim);
+                let name = cells.next()?.strip_prefix('`')?.strip_suffix('`')?;
+                let is_name = name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_');
+                is_name.then(|| (name, cells.next().unwrap_or_default()))
+            })
+            .collect()
+    }
+
+    /// README's table and docs/configuration.md's list every variable the
+    /// code reads, and nothing else, with config.example.env's defaults.
+    #[test]
+    fn docs_are_in_step_with_the_code_and_the_example() {
+        let example = include_str!("../config.example.env");
+        let default_of = |name: &str| {
+            example.lines().find_map(|line| {
+                let value = line.strip_prefix(name)?.strip_prefix('=')?;
+                Some(format!("`{value}`"))
+            })
+        };
+        let docs = [
+            (
+                "README.md",
+                section(include_str!("../README.md"), "## Configuration"),
+            ),
+            (
+                "docs/configuration.md",
+                section(include_str!("../docs/configuration.md"), "## Variables"),
+            ),
+        ];
+        for (doc, lines) in docs {
+            let rows = table_rows(&lines);
+            let names: Vec<&str> = rows.iter().map(|(name, _)| *name).collect();
+            assert_eq!(names, VARIABLES, "{doc}'s table lists other variables");
+            for (name, default) in rows {
+                let expected = default_of(name).unwrap_or_else(|| "unset".to_owned());
+                assert_eq!(default, expected, "{doc}: the default of {name}");
+            }
+        }
+        let protocol = section(
+            include_str!("../docs/configuration.md"),
+            "## Protocol variables",
+        )
+        .join("\n");
+        for name in PROTOCOL_VARIABLES {
+            assert!(
+                protocol.contains(&format!("`{name}`")),
+                "docs/configuration.md does not list the protocol variable {name}"
+            );
+        }
+    }
+
     #[test]
     fn each_variable_is_read_by_its_exact_name() {
         let values = VARIABLES
             .iter()
             .map(|name| (name.to_string(), format!("value of {name}")));
-        let raw = RawConfig::from_environment(&Environment::new(values, []));
-        let settings = raw.settings();
-        assert_eq!(settings.api_port.value, Some("value of API_PORT"));
-        assert_eq!(
-            settings.listen_fd_name.value,
-            Some("value of LISTEN_FD_NAME")
-        );
-        assert_eq!(settings.rust_log.value, Some("value of RUST_LOG"));
-
+        let raw = RawConfig::from_environment(&Environment::new(values, [])).unwrap();
+        // Every field of RawConfig is one of VARIABLES, lower-cased, and holds its value.
+        let fields = serde_json::to_value(&raw).unwrap();
+        let fields = fields.as_object().unwrap();
+        assert_eq!(fields.len(), VARIABLES.len(), "{fields:?}");
+        for name in VARIABLES {
+            let field = name.to_ascii_lowercase();
+            assert_eq!(
+                fields[&field],
+                serde_json::json!(format!("value of {name}")),
+                "{field}"
+            );
+        }
         // Names are exact: a lower-case spelling is someone else's variable.
         let lower = Environment::new([("api_port".to_owned(), "1".to_owned())], []);
-        assert_eq!(RawConfig::from_environment(&lower).api_port, None);
+        assert_eq!(RawConfig::from_environment(&lower).unwrap().api_port, None);
+    }
+
+    /// Each validation message names the variable whose value it refuses
+    /// (the names in `settings()` are spelled as in VARIABLES).
+    #[test]
+    fn errors_name_the_variable_they_refuse() {
+        for name in VARIABLES {
+            // RUST_LOG is never refused; CREDENTIALS_DIRECTORY is a path
+            // that may be provisioned without being used.
+            if ["RUST_LOG", "CREDENTIALS_DIRECTORY"].contains(name) {
+                continue;
+            }
+            let message = error(&[(name, "bad value")]);
+            assert!(message.starts_with(name), "{name}: {message}");
+        }
+    }
+
+    #[test]
+    fn protocol_variables_in_dotenv_are_ignored_and_remembered() {
+        let env = Environment::new(
+            [
+                ("NOTIFY_SOCKET".to_owned(), "/run/x".to_owned()),
+                ("LISTEN_FDS".to_owned(), "1".to_owned()),
+                ("HOST".to_owned(), "::1".to_owned()),
+            ],
+            [(OsString::from("WATCHDOG_USEC"), OsString::from("1000"))],
+        );
+        assert_eq!(env.get("NOTIFY_SOCKET"), None);
+        assert_eq!(env.get("LISTEN_FDS"), None);
+        assert_eq!(env.get("WATCHDOG_USEC"), Some("1000"));
+        assert_eq!(env.get("HOST"), Some("::1"));
+        assert_eq!(env.ignored(), ["NOTIFY_SOCKET", "LISTEN_FDS"]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_dotenv_that_is_not_a_regular_file_is_refused() {
+        let dir = std::env::temp_dir().join(format!("portkeeper-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let message = Environment::read_dotenv(&dir).unwrap_err().to_string();
+        std::fs::remove_dir(&dir).unwrap();
+        assert!(
+            message.contains("it is a directory, not a regular file"),
+            "{message}"
+        );
+        assert!(
+            Environment::read_dotenv(&dir).unwrap().is_empty(),
+            "missing is fine"
+        );
     }
 }

@@ -1,68 +1,273 @@
-//! Logging: journald when systemd started us and the journal is reachable, else stderr.
+//! Logging: journald when stderr is the journal, else lines (text or JSON) on stderr.
 //!
-//! Under systemd (`JOURNAL_STREAM` set) events go to journald's native socket
-//! through `tracing-journald`, one journal entry per event: the message is
-//! `MESSAGE`, the level is `PRIORITY` (ERROR 3, WARN 4, INFO 5 "notice",
-//! DEBUG 6, TRACE 7: the crate's default mapping), `SYSLOG_IDENTIFIER` is the
+//! Under systemd, `JOURNAL_STREAM` holds the `device:inode` of the stream
+//! that connects stderr to the journal. When it matches what fd 2 really is
+//! (systemd.exec(5) asks programs to compare: stderr may have been
+//! redirected since), events go to journald's native socket through
+//! `tracing-journald`, one journal entry per event: the message is `MESSAGE`,
+//! the level is `PRIORITY` (ERROR 3, WARN 4, INFO 5 "notice", DEBUG 6,
+//! TRACE 7: the crate's default mapping), `SYSLOG_IDENTIFIER` is the
 //! executable's name, and every event field becomes a journal field named in
-//! upper case with an `F_` prefix. So the start-up event's `source`, `address`,
-//! `port`, `pid`, `fd` and `fd_name` arrive as `F_SOURCE`, `F_ADDRESS`, ...,
-//! and `journalctl -u portkeeper F_SOURCE=systemd` finds them. The prefix keeps
-//! our names from colliding with journald's own fields (`PRIORITY`, `MESSAGE`).
+//! upper case with an `F_` prefix. So the start-up event's `source`,
+//! `address`, `port`, `pid`, `fd` and `fd_name` arrive as `F_SOURCE`,
+//! `F_ADDRESS`, ..., and `journalctl -u portkeeper F_SOURCE=systemd` finds
+//! them. The prefix keeps our names from colliding with journald's own fields
+//! (`PRIORITY`, `MESSAGE`).
 //!
-//! Anywhere else, and whenever the journal cannot be reached, plain lines go
-//! to stderr (which systemd would also collect, as text), written by
-//! `logging::lines` in the format of `tracing-subscriber`'s `fmt`.
+//! Anywhere else, and whenever the journal cannot be reached, `tracing-subscriber`'s
+//! `fmt` layer writes to stderr: readable lines by default (`LOG_FORMAT=text`),
+//! one JSON object per line with `LOG_FORMAT=json`.
+//!
+//! The filter is `tracing-subscriber`'s `EnvFilter`, so `RUST_LOG` has the
+//! syntax every Rust user knows, span filters included. Logging is advice: a
+//! directive that does not parse is left out with a warning, never a reason
+//! to stop, and a program that embeds portkeeper and has installed its own
+//! global subscriber keeps it.
 
 use std::io::IsTerminal;
 
-use lines::StderrLines;
-
-use tracing_subscriber::filter::Targets;
+use tracing::level_filters::LevelFilter;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Directive;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-mod lines;
+/// How log lines on stderr are written (`LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Readable lines: time, level, target, message, `key=value` fields.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
 
-/// Where log lines went.
+/// What to log and how: the validated `LOG_LEVEL`, `RUST_LOG` and `LOG_FORMAT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    /// The level from `LOG_LEVEL` (or `DEBUG=true`), used when `RUST_LOG`
+    /// is unset or holds no directive that parses.
+    pub level: LevelFilter,
+    /// `RUST_LOG` as given, in `EnvFilter` syntax; it wins over `level`.
+    pub directives: Option<String>,
+    /// How lines on stderr are written.
+    pub format: LogFormat,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            level: LevelFilter::INFO,
+            directives: None,
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Where log events go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogTarget {
     /// Structured entries in the systemd journal.
     Journald,
-    /// Text lines on stderr.
+    /// Lines on stderr, in the configured [`LogFormat`].
     Stderr,
+    /// A global subscriber was already installed (by a program that embeds
+    /// portkeeper); it was kept, and receives portkeeper's events.
+    Existing,
 }
 
-/// Installs the global subscriber with `filter` (already validated by `config`).
+/// Installs the global subscriber and returns where events go.
 ///
-/// `under_systemd` is true when `JOURNAL_STREAM` is set. The journal's socket
-/// is missing in containers and CI even then, and a missing journal must
-/// never stop the server, so that case falls back to stderr with a warning.
-pub fn init(filter: &str, under_systemd: bool) -> LogTarget {
-    let filter: Targets = filter
-        .parse()
-        .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
-    let journald = if under_systemd {
-        Some(tracing_journald::layer())
-    } else {
-        None
+/// Reads `JOURNAL_STREAM` from the real process environment. The journal's
+/// socket is missing in containers and CI even under systemd, and a missing
+/// journal must never stop the server, so that case falls back to stderr
+/// with a warning.
+pub fn init(settings: &LogSettings) -> LogTarget {
+    let (filter, rejected) = filter(settings);
+    let journal_stream = crate::config::protocol_var("JOURNAL_STREAM");
+    let stderr_is_journal = journal_stream
+        .as_deref()
+        .is_some_and(stderr_is_journal_stream);
+    let (journald, journal_error) = match stderr_is_journal.then(tracing_journald::layer) {
+        Some(Ok(layer)) => (Some(layer), None),
+        Some(Err(err)) => (None, Some(err)),
+        None => (None, None),
     };
-    match journald {
-        Some(Ok(layer)) => {
-            tracing_subscriber::registry()
-                .with(filter)
-                .with(layer)
-                .init();
-            LogTarget::Journald
+    let registry = tracing_subscriber::registry().with(filter);
+    let installed = match (journald, settings.format) {
+        (Some(layer), _) => registry
+            .with(layer)
+            .try_init()
+            .map(|()| LogTarget::Journald),
+        (None, LogFormat::Json) => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .try_init()
+            .map(|()| LogTarget::Stderr),
+        (None, LogFormat::Text) => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::stderr().is_terminal()),
+            )
+            .try_init()
+            .map(|()| LogTarget::Stderr),
+    };
+    let target = installed.unwrap_or_else(|_| {
+        tracing::debug!("a global subscriber is already installed; portkeeper logs through it");
+        LogTarget::Existing
+    });
+    if let Some(err) = journal_error {
+        tracing::warn!(error = %err, "journald is not reachable; logging to stderr");
+    } else if let Some(value) = journal_stream.filter(|_| !stderr_is_journal) {
+        tracing::debug!(
+            JOURNAL_STREAM = value,
+            "stderr is not the stream JOURNAL_STREAM names (it was redirected); logging to stderr"
+        );
+    }
+    for (directive, error) in rejected {
+        tracing::warn!(
+            directive,
+            error,
+            "RUST_LOG: ignoring a directive that does not parse (expected EnvFilter syntax such as info,portkeeper=debug,tower=warn)"
+        );
+    }
+    target
+}
+
+/// The `EnvFilter` for `settings`, and the `RUST_LOG` directives left out
+/// because they do not parse (each with the parser's reason).
+///
+/// `RUST_LOG` is split on commas as `EnvFilter` itself splits it; the
+/// directives are parsed one by one so that a typo costs that directive only.
+fn filter(settings: &LogSettings) -> (EnvFilter, Vec<(String, String)>) {
+    let mut valid = Vec::new();
+    let mut rejected = Vec::new();
+    let directives = settings.directives.as_deref().unwrap_or_default();
+    for text in directives
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        match text.parse::<Directive>() {
+            Ok(_) => valid.push(text),
+            Err(err) => rejected.push((text.to_owned(), err.to_string())),
         }
-        fallback => {
-            StderrLines::new(std::io::stderr().is_terminal())
-                .with(filter)
-                .init();
-            if let Some(Err(err)) = fallback {
-                tracing::warn!(error = %err, "journald is not reachable; logging to stderr");
-            }
-            LogTarget::Stderr
+    }
+    // The default directive applies only when no directive is valid.
+    let mut filter = EnvFilter::builder()
+        .with_default_directive(settings.level.into())
+        .parse_lossy(valid.join(","));
+    if !rejected.is_empty() {
+        // The warnings about the typo must be seen even when the valid
+        // directives name other crates only.
+        if let Ok(ours) = format!("{}=warn", module_path!()).parse::<Directive>() {
+            filter = filter.add_directive(ours);
         }
+    }
+    (filter, rejected)
+}
+
+/// Whether fd 2 is the stream `JOURNAL_STREAM` (`device:inode`, in decimal) names.
+#[cfg(unix)]
+fn stderr_is_journal_stream(value: &str) -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let Some((device, inode)) = value.split_once(':') else {
+        return false;
+    };
+    let (Ok(device), Ok(inode)) = (device.parse::<u64>(), inode.parse::<u64>()) else {
+        return false;
+    };
+    // fstat of a duplicate of fd 2: std has no fstat on a borrowed fd, and
+    // /proc may not be mounted.
+    let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    std::fs::File::from(fd)
+        .metadata()
+        .is_ok_and(|meta| meta.dev() == device && meta.ino() == inode)
+}
+
+#[cfg(not(unix))]
+fn stderr_is_journal_stream(_: &str) -> bool {
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(level: LevelFilter, directives: Option<&str>) -> LogSettings {
+        LogSettings {
+            level,
+            directives: directives.map(str::to_owned),
+            format: LogFormat::Text,
+        }
+    }
+
+    #[test]
+    fn a_bad_directive_is_left_out_and_the_rest_kept() {
+        let (built, rejected) = filter(&settings(
+            LevelFilter::ERROR,
+            Some("warn,tower=trce,portkeeper[conn]=debug"),
+        ));
+        let shown = built.to_string();
+        assert!(shown.contains("portkeeper[conn]=debug"), "{shown}");
+        assert!(shown.contains("warn"), "{shown}");
+        assert!(!shown.contains("tower"), "{shown}");
+        assert_eq!(rejected.len(), 1, "{rejected:?}");
+        assert_eq!(rejected[0].0, "tower=trce");
+    }
+
+    #[test]
+    fn the_level_applies_when_rust_log_is_unset_or_all_wrong() {
+        let (built, rejected) = filter(&settings(LevelFilter::DEBUG, None));
+        assert_eq!(built.to_string(), "debug");
+        assert!(rejected.is_empty());
+        let (built, rejected) = filter(&settings(LevelFilter::ERROR, Some("portkeeper=loud")));
+        assert_eq!(built.to_string(), "portkeeper::logging=warn,error");
+        assert_eq!(rejected.len(), 1);
+        let (built, _) = filter(&settings(LevelFilter::WARN, Some("portkeeper=trace")));
+        assert_eq!(built.to_string(), "portkeeper=trace");
+    }
+
+    #[test]
+    fn the_warning_about_a_typo_is_let_through() {
+        let (built, rejected) =
+            filter(&settings(LevelFilter::INFO, Some("hyper=debug,tower=trce")));
+        assert_eq!(rejected.len(), 1);
+        let shown = built.to_string();
+        assert!(shown.contains("hyper=debug"), "{shown}");
+        assert!(shown.contains("portkeeper::logging=warn"), "{shown}");
+    }
+
+    /// A program that embeds portkeeper and set up its own logging keeps it.
+    #[test]
+    fn an_installed_global_subscriber_is_kept_without_a_panic() {
+        // The only test in this binary that installs a global subscriber.
+        tracing_subscriber::registry()
+            .try_init()
+            .expect("no global subscriber yet");
+        assert_eq!(init(&LogSettings::default()), LogTarget::Existing);
+        // And again, as a second `portkeeper::run` in the same process would.
+        assert_eq!(init(&LogSettings::default()), LogTarget::Existing);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn journal_stream_must_name_stderr() {
+        assert!(!stderr_is_journal_stream("1:1"));
+        assert!(!stderr_is_journal_stream("garbage"));
+        assert!(!stderr_is_journal_stream(""));
+        use std::os::fd::AsFd;
+        use std::os::unix::fs::MetadataExt;
+        let fd = std::io::stderr().as_fd().try_clone_to_owned().unwrap();
+        let meta = std::fs::File::from(fd).metadata().unwrap();
+        let value = format!("{}:{}", meta.dev(), meta.ino());
+        assert!(stderr_is_journal_stream(&value), "{value}");
     }
 }

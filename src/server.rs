@@ -220,17 +220,15 @@ impl Server {
         };
         let config = Config::from_env(&env)?;
         check_prefix(&self.builtins)?;
-        logging::init(
-            &config.log_filter,
-            startup::protocol_var("JOURNAL_STREAM").is_some(),
-        );
+        logging::init(&config.log);
+        env.warn_ignored();
         tracing::debug!(?config, "configuration");
         auth::log_policy(&config.auth);
 
         // Read before anything may replace the file: afterwards /proc/self/exe
         // names the deleted inode, and this path the new executable.
         let executable = std::env::current_exe();
-        let handoff_notify = startup::protocol_var(upgrade::HANDOFF_NOTIFY_VAR);
+        let handoff_notify = crate::config::protocol_var(upgrade::HANDOFF_NOTIFY_VAR);
         let bound = startup::open_listener(&config, handoff_notify.is_some())?;
         startup::warn_if_debug_is_exposed(config.debug, bound.info.address);
         let supervision = startup::supervision();

@@ -6,20 +6,11 @@
 //! undefined behaviour, so they run in synchronous code before tokio starts
 //! its threads; [`Server::listen`](crate::Server::listen) documents the order.
 
-use crate::config::Config;
+use crate::config::{Config, protocol_var};
 use crate::lifecycle::Supervision;
 use crate::listener::{self, ListenError, Source};
 use crate::notify;
 use crate::upgrade::{self, Succession, UpgradePlan};
-
-/// A variable of a process protocol (`LISTEN_*`, `NOTIFY_SOCKET`,
-/// `WATCHDOG_*`, the handoff's readiness socket): always from the real
-/// environment, never from `.env` or configuration given in code.
-pub(crate) fn protocol_var(name: &str) -> Option<String> {
-    // Lossy on purpose: a non-UTF-8 LISTEN_FDS then fails to parse and is
-    // reported by name, instead of being taken for "not set".
-    std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
-}
 
 /// Opens the listener by the chain. `from_predecessor`: a binary upgrade
 /// started us, so a socket handed to our pid is reported as `handoff`.

@@ -82,11 +82,7 @@ const BAD_VALUES: &[BadCase] = &[
         "6000",
     ),
     (&[("LOG_LEVEL", "verbose")], "LOG_LEVEL", "verbose"),
-    (
-        &[("RUST_LOG", "portkeeper=shout")],
-        "RUST_LOG",
-        "portkeeper=shout",
-    ),
+    (&[("LOG_FORMAT", "yaml")], "LOG_FORMAT", "yaml"),
     (&[("DEBUG", "2")], "DEBUG", "2"),
     (&[("RELOAD", "y")], "RELOAD", "y"),
     (&[("AUTH_REQUIRED", "perhaps")], "AUTH_REQUIRED", "perhaps"),

@@ -6,6 +6,7 @@
 mod app;
 mod configuration;
 mod listener_chain;
+mod logging;
 mod peers;
 mod reload;
 mod robustness;

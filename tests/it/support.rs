@@ -109,12 +109,43 @@ pub(crate) struct Running {
 
 impl Running {
     /// Spawns `cmd` with piped output. `label` prefixes its echoed lines.
-    pub(crate) fn spawn(mut cmd: Command, label: &str) -> Result<Self> {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    pub(crate) fn spawn(cmd: Command, label: &str) -> Result<Self> {
+        Self::spawn_with_stderr(cmd, label, None)
+    }
+
+    /// Spawns `cmd` the way systemd starts a service whose stderr is the
+    /// journal: stderr is a Unix stream socket, and `JOURNAL_STREAM` holds
+    /// its `device:inode`. The test reads the other end, as journald would.
+    pub(crate) fn spawn_on_journal_stream(mut cmd: Command, label: &str) -> Result<Self> {
+        use std::os::fd::OwnedFd;
+        use std::os::unix::fs::MetadataExt;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        let meta = std::fs::File::from(OwnedFd::from(theirs.try_clone()?)).metadata()?;
+        cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+            .stderr(Stdio::from(OwnedFd::from(theirs)));
+        Self::spawn_with_stderr(cmd, label, Some(Box::new(ours)))
+    }
+
+    /// Spawns `cmd`; its stderr is read from `stderr` when given (the caller
+    /// set the child's end), else from a pipe.
+    fn spawn_with_stderr(
+        mut cmd: Command,
+        label: &str,
+        stderr: Option<Box<dyn Read + Send>>,
+    ) -> Result<Self> {
+        cmd.stdout(Stdio::piped());
+        if stderr.is_none() {
+            cmd.stderr(Stdio::piped());
+        }
         let mut child = cmd.spawn().with_context(|| format!("spawn {cmd:?}"))?;
+        // Closes our copy of the child's end, so the reader sees end of file.
+        drop(cmd);
         let transcript = Arc::new(Transcript::default());
         let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = child.stderr.take().expect("piped stderr");
+        let stderr: Box<dyn Read + Send> = match stderr {
+            Some(stream) => stream,
+            None => Box::new(child.stderr.take().expect("piped stderr")),
+        };
         let readers = vec![
             collect(
                 stdout,

@@ -395,10 +395,10 @@ fn without_journald_logs_fall_back_to_stderr_and_the_server_serves() {
     let listener = loopback_listener();
     let addr = listener.local_addr().unwrap();
     let mut cmd = portkeeper(dir.path());
-    // As systemd sets it when stderr is the journal: "device:inode".
-    cmd.env("JOURNAL_STREAM", "9:12345").env("LISTEN_FDS", "1");
+    cmd.env("LISTEN_FDS", "1");
     hand_over(&mut cmd, vec![listener.into()]);
-    let mut server = Running::spawn(cmd, "no-journald").unwrap();
+    // stderr is the journal stream, as systemd sets it up, but no journald answers.
+    let mut server = Running::spawn_on_journal_stream(cmd, "no-journald").unwrap();
     assert_eq!(get_json(addr, "/health").unwrap()["status"], "ok");
     if Path::new(JOURNAL_SOCKET).exists() {
         eprintln!(
@@ -474,8 +474,7 @@ fn the_serving_event_arrives_in_the_journal_with_its_fields() {
     let dir = TempDir::new();
     let mut cmd = clean_command("unshare");
     // unshare and sh exec in place: the pid stays the server's.
-    cmd.env("JOURNAL_STREAM", "9:12345")
-        .env("LISTEN_FDS", "1")
+    cmd.env("LISTEN_FDS", "1")
         .current_dir(dir.path())
         .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
         .arg(
@@ -486,7 +485,8 @@ fn the_serving_event_arrives_in_the_journal_with_its_fields() {
         .arg(journal_dir.path())
         .arg(binary());
     hand_over(&mut cmd, vec![listener.into()]);
-    let server = Running::spawn(cmd, "journald").unwrap();
+    // JOURNAL_STREAM names the server's stderr, as under systemd.
+    let server = Running::spawn_on_journal_stream(cmd, "journald").unwrap();
     let pid = server.pid();
     assert_eq!(get_json(addr, "/health").unwrap()["status"], "ok");
 
@@ -722,7 +722,6 @@ fn every_system_call_made_is_allowed_by_the_service_filter() {
         .env("LISTEN_FDNAMES", "http")
         .env("NOTIFY_SOCKET", &notify.value)
         .env("WATCHDOG_USEC", "200000")
-        .env("JOURNAL_STREAM", "9:12345")
         .current_dir(dir.path())
         .arg("-f")
         .arg("-o")
@@ -730,7 +729,8 @@ fn every_system_call_made_is_allowed_by_the_service_filter() {
         .arg("--")
         .arg(binary());
     hand_over(&mut cmd, vec![listener.into()]);
-    let mut traced = Running::spawn(cmd, "strace").unwrap();
+    // stderr is the journal stream, so the server probes journald's socket.
+    let mut traced = Running::spawn_on_journal_stream(cmd, "strace").unwrap();
     notify.receive_until(|m| m.contains("READY=1"), DEADLINE);
     assert_eq!(get_json(addr, "/health").unwrap()["status"], "ok");
     let info = get_json(addr, "/info").unwrap();
