@@ -24,21 +24,21 @@ use axum::{Json, Router};
 use subtle::{Choice, ConstantTimeEq};
 
 /// The realm named in `WWW-Authenticate` challenges.
-pub const REALM: &str = "portkeeper";
+pub(crate) const REALM: &str = "portkeeper";
 
 /// The systemd credential (`LoadCredential=api-token:...`) read when neither
 /// `API_TOKEN` nor `API_TOKEN_FILE` is set.
-pub const CREDENTIAL_NAME: &str = "api-token";
+pub(crate) const CREDENTIAL_NAME: &str = "api-token";
 
 /// Paths answered without a token, so that health checks need no secret.
-pub const PUBLIC_PATHS: &[&str] = &["/health"];
+pub(crate) const PUBLIC_PATHS: &[&str] = &["/health"];
 
 /// The shortest token accepted: 16 characters of a random token are ~96 bits.
-pub const MIN_TOKEN_LEN: usize = 16;
+pub(crate) const MIN_TOKEN_LEN: usize = 16;
 
 /// The longest token accepted. The bound lets every comparison run over the
 /// same fixed number of bytes, so its time says nothing about the length.
-pub const MAX_TOKEN_LEN: usize = 512;
+pub(crate) const MAX_TOKEN_LEN: usize = 512;
 
 /// A token file larger than this is not a token file.
 const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
@@ -72,7 +72,7 @@ impl Token {
 
 /// The accepted tokens. Cheap to clone; `Debug` shows only how many there are.
 #[derive(Clone)]
-pub struct Tokens(Arc<[Token]>);
+pub(crate) struct Tokens(Arc<[Token]>);
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -82,19 +82,14 @@ impl std::fmt::Debug for Tokens {
 
 impl Tokens {
     /// How many tokens are accepted.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.0.len()
-    }
-
-    /// Whether there are none (never the case for a loaded set).
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 
     /// Whether `presented` is one of the tokens. Every token is compared, in
     /// full, whatever matches: the time taken depends only on how many tokens
     /// there are.
-    pub fn accepts(&self, presented: &[u8]) -> bool {
+    pub(crate) fn accepts(&self, presented: &[u8]) -> bool {
         let presented = Token::new(presented);
         let mut any = Choice::from(0);
         for token in self.0.iter() {
@@ -106,7 +101,7 @@ impl Tokens {
 
 /// Whether requests need a token.
 #[derive(Debug, Clone)]
-pub enum Auth {
+pub(crate) enum Auth {
     /// `AUTH_REQUIRED=false`: every route is open.
     Open,
     /// `AUTH_REQUIRED=true`: every route but [`PUBLIC_PATHS`] needs one of these tokens.
@@ -118,16 +113,17 @@ pub enum Auth {
     },
 }
 
+#[cfg(test)]
 impl Auth {
     /// Whether a token is required.
-    pub fn is_required(&self) -> bool {
+    pub(crate) fn is_required(&self) -> bool {
         matches!(self, Auth::Bearer { .. })
     }
 }
 
 /// Where the tokens were read from. Holds paths, never values.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Origin {
+pub(crate) enum Origin {
     /// The `API_TOKEN` variable.
     Variable,
     /// The file named by `API_TOKEN_FILE`.
@@ -148,21 +144,21 @@ impl std::fmt::Display for Origin {
 
 /// The raw token settings, as `config` found them.
 #[derive(Clone, Copy, Default)]
-pub struct TokenSettings<'a> {
+pub(crate) struct TokenSettings<'a> {
     /// `AUTH_REQUIRED`, already parsed.
-    pub required: bool,
+    pub(crate) required: bool,
     /// `API_TOKEN`, as given.
-    pub api_token: Option<&'a str>,
+    pub(crate) api_token: Option<&'a str>,
     /// `API_TOKEN_FILE`, as given.
-    pub api_token_file: Option<&'a str>,
+    pub(crate) api_token_file: Option<&'a str>,
     /// `CREDENTIALS_DIRECTORY`, set by systemd when the unit has credentials.
-    pub credentials_directory: Option<&'a str>,
+    pub(crate) credentials_directory: Option<&'a str>,
 }
 
 /// A token setting that cannot be used. The message never contains a token.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum TokenError {
+pub(crate) enum TokenError {
     /// `AUTH_REQUIRED=true` and no source of tokens.
     #[error(
         "AUTH_REQUIRED: \"true\" but no token is configured (set API_TOKEN, API_TOKEN_FILE, or the systemd credential {CREDENTIAL_NAME})"
@@ -249,7 +245,7 @@ impl Layout {
 
 /// Decides whether requests need a token and loads the tokens, reading a
 /// token file or the systemd credential if that is where they are.
-pub fn load(settings: TokenSettings<'_>) -> Result<Auth, TokenError> {
+pub(crate) fn load(settings: TokenSettings<'_>) -> Result<Auth, TokenError> {
     let TokenSettings {
         required,
         api_token,
@@ -438,7 +434,7 @@ fn split_scheme(value: &[u8]) -> Option<(&[u8], &[u8])> {
 
 /// Logs, once at start, whether tokens are required and where they came from
 /// (how many, never which).
-pub fn log_policy(auth: &Auth) {
+pub(crate) fn log_policy(auth: &Auth) {
     match auth {
         Auth::Open => tracing::debug!("AUTH_REQUIRED=false: every route is open"),
         Auth::Bearer { tokens, origin } => tracing::info!(
@@ -452,7 +448,7 @@ pub fn log_policy(auth: &Auth) {
 
 /// Adds the token check to `router` when `auth` requires one; the `public`
 /// paths (the built-in health check, wherever it is mounted) need no token.
-pub fn protect(router: Router, auth: &Auth, public: Vec<String>) -> Router {
+pub(crate) fn protect(router: Router, auth: &Auth, public: Vec<String>) -> Router {
     match auth {
         Auth::Open => router,
         Auth::Bearer { tokens, .. } => router.layer(axum::middleware::from_fn_with_state(

@@ -31,7 +31,7 @@ use crate::logging::{LogFormat, LogSettings};
 
 /// Every variable portkeeper reads, spelled as in the environment: the
 /// upper-case form of a [`RawConfig`] field (a test keeps the two in step).
-pub const VARIABLES: &[&str] = &[
+pub(crate) const VARIABLES: &[&str] = &[
     "HOST",
     "API_PORT",
     "AUTO_FIND_PORT",
@@ -57,7 +57,7 @@ pub const VARIABLES: &[&str] = &[
 /// sd_notify, the watchdog, the journal, our own upgrade handoff). They
 /// describe this very process, so they come only from the real environment:
 /// one found in `.env` is ignored with a warning.
-pub const PROTOCOL_VARIABLES: &[&str] = &[
+pub(crate) const PROTOCOL_VARIABLES: &[&str] = &[
     "LISTEN_FDS",
     "LISTEN_PID",
     "LISTEN_FDNAMES",
@@ -72,7 +72,7 @@ pub const PROTOCOL_VARIABLES: &[&str] = &[
 /// The value of a protocol variable ([`PROTOCOL_VARIABLES`]) in the real
 /// process environment, never in `.env`. A non-UTF-8 value is converted
 /// lossily, so it fails to parse by name instead of passing for "unset".
-pub fn protocol_var(name: &str) -> Option<String> {
+pub(crate) fn protocol_var(name: &str) -> Option<String> {
     debug_assert!(PROTOCOL_VARIABLES.contains(&name), "{name}");
     std::env::var_os(name).map(|value| value.to_string_lossy().into_owned())
 }
@@ -81,56 +81,56 @@ pub fn protocol_var(name: &str) -> Option<String> {
 /// string. Field `api_port` holds `API_PORT`, and so on.
 #[derive(Debug, Default, Clone, serde::Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
-pub struct RawConfig {
+pub(crate) struct RawConfig {
     /// `HOST`: the address to bind.
-    pub host: Option<String>,
+    pub(crate) host: Option<String>,
     /// `API_PORT`: the port to bind first.
-    pub api_port: Option<String>,
+    pub(crate) api_port: Option<String>,
     /// `AUTO_FIND_PORT`: search the range when `API_PORT` is busy.
-    pub auto_find_port: Option<String>,
+    pub(crate) auto_find_port: Option<String>,
     /// `PORT_RANGE_START`: first port of the search range.
-    pub port_range_start: Option<String>,
+    pub(crate) port_range_start: Option<String>,
     /// `PORT_RANGE_END`: last port of the search range.
-    pub port_range_end: Option<String>,
+    pub(crate) port_range_end: Option<String>,
     /// `LOG_LEVEL`: the default log level.
-    pub log_level: Option<String>,
+    pub(crate) log_level: Option<String>,
     /// `LOG_FORMAT`: `text` or `json` lines on stderr.
-    pub log_format: Option<String>,
+    pub(crate) log_format: Option<String>,
     /// `RUST_LOG`: an `EnvFilter` that overrides `LOG_LEVEL`.
-    pub rust_log: Option<String>,
+    pub(crate) rust_log: Option<String>,
     /// `DEBUG`: development diagnostics.
-    pub debug: Option<String>,
+    pub(crate) debug: Option<String>,
     /// `RELOAD`: hand the socket over when the executable is replaced.
-    pub reload: Option<String>,
+    pub(crate) reload: Option<String>,
     /// `AUTH_REQUIRED`: require a bearer token.
-    pub auth_required: Option<String>,
+    pub(crate) auth_required: Option<String>,
     /// `API_TOKEN`: accepted bearer tokens, comma-separated. A secret.
-    pub api_token: Option<Secret>,
+    pub(crate) api_token: Option<Secret>,
     /// `API_TOKEN_FILE`: a file of accepted bearer tokens, one per line.
-    pub api_token_file: Option<String>,
+    pub(crate) api_token_file: Option<String>,
     /// `CREDENTIALS_DIRECTORY`: systemd's directory of credentials (`api-token`).
-    pub credentials_directory: Option<String>,
+    pub(crate) credentials_directory: Option<String>,
     /// `HEADER_READ_TIMEOUT`: seconds to receive a request's headers.
-    pub header_read_timeout: Option<String>,
+    pub(crate) header_read_timeout: Option<String>,
     /// `REQUEST_TIMEOUT`: seconds from a request's headers to its response.
-    pub request_timeout: Option<String>,
+    pub(crate) request_timeout: Option<String>,
     /// `MAX_BODY_BYTES`: the largest request body accepted.
-    pub max_body_bytes: Option<String>,
+    pub(crate) max_body_bytes: Option<String>,
     /// `SHUTDOWN_TIMEOUT`: seconds to let in-flight requests finish.
-    pub shutdown_timeout: Option<String>,
+    pub(crate) shutdown_timeout: Option<String>,
     /// `LISTEN_FD_NAME`: which inherited socket to serve.
-    pub listen_fd_name: Option<String>,
+    pub(crate) listen_fd_name: Option<String>,
 }
 
 /// A secret's value (`API_TOKEN`): `Debug` shows `<redacted>`, never the value.
 #[derive(Clone, serde::Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
 #[serde(transparent)]
-pub struct Secret(String);
+pub(crate) struct Secret(String);
 
 impl Secret {
     /// The value, for the code that needs it (token parsing).
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -143,7 +143,7 @@ impl std::fmt::Debug for Secret {
 
 impl RawConfig {
     /// Each variable's value in `env`, by its exact (upper-case) name.
-    pub fn from_environment(env: &Environment) -> Result<Self, ConfigError> {
+    pub(crate) fn from_environment(env: &Environment) -> Result<Self, ConfigError> {
         // envy lower-cases names to match fields; giving it only our exact
         // names keeps `api_port=1` from setting API_PORT.
         let ours = VARIABLES
@@ -163,7 +163,7 @@ const SECRETS: &[&str] = &["API_TOKEN"];
 /// being silently ignored. [`PROTOCOL_VARIABLES`] found in `.env` are left
 /// out and remembered, for [`Environment::warn_ignored`].
 #[derive(Debug, Default, Clone)]
-pub struct Environment {
+pub(crate) struct Environment {
     vars: BTreeMap<String, String>,
     not_utf8: Vec<String>,
     ignored: Vec<String>,
@@ -171,7 +171,7 @@ pub struct Environment {
 
 impl Environment {
     /// Builds the environment from `.env` pairs (lower precedence) and real variables.
-    pub fn new(
+    pub(crate) fn new(
         dotenv: impl IntoIterator<Item = (String, String)>,
         real: impl IntoIterator<Item = (OsString, OsString)>,
     ) -> Self {
@@ -200,7 +200,7 @@ impl Environment {
     /// an unreadable or malformed one is, since silently ignoring it would
     /// start the server with settings the user did not choose. So is
     /// anything but a regular file: reading a FIFO would hang the start.
-    pub fn read_dotenv(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
+    pub(crate) fn read_dotenv(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
         let file = match open_regular_file(path) {
             Ok(file) => file,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -213,18 +213,19 @@ impl Environment {
 
     /// The value of one variable, if set. Never a [`PROTOCOL_VARIABLES`]
     /// value from `.env`.
-    pub fn get(&self, name: &str) -> Option<&str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.vars.get(name).map(String::as_str)
     }
 
     /// The [`PROTOCOL_VARIABLES`] that `.env` set and that were ignored.
-    pub fn ignored(&self) -> &[String] {
+    #[cfg(test)]
+    pub(crate) fn ignored(&self) -> &[String] {
         &self.ignored
     }
 
     /// Logs a warning for each protocol variable `.env` set: call it once
     /// logging is set up.
-    pub fn warn_ignored(&self) {
+    pub(crate) fn warn_ignored(&self) {
         for name in &self.ignored {
             tracing::warn!(
                 variable = name,
@@ -271,46 +272,46 @@ fn describe_file_type(kind: std::fs::FileType) -> &'static str {
 
 /// Where the server should get its socket from when nothing is inherited.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BindPlan {
+pub(crate) struct BindPlan {
     /// The address to bind.
-    pub ip: IpAddr,
+    pub(crate) ip: IpAddr,
     /// The port tried first (`0` = the kernel's choice).
-    pub port: u16,
+    pub(crate) port: u16,
     /// With `AUTO_FIND_PORT=true`, the ports to try after `port`, in order.
-    pub search: Option<RangeInclusive<u16>>,
+    pub(crate) search: Option<RangeInclusive<u16>>,
 }
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
-pub struct Config {
+pub(crate) struct Config {
     /// How to bind when no socket is inherited.
-    pub bind: BindPlan,
+    pub(crate) bind: BindPlan,
     /// What to log and how: `LOG_LEVEL` (or `DEBUG`), `RUST_LOG`, `LOG_FORMAT`.
-    pub log: LogSettings,
+    pub(crate) log: LogSettings,
     /// Development diagnostics.
-    pub debug: bool,
+    pub(crate) debug: bool,
     /// Hot reload of a replaced executable.
-    pub reload: bool,
+    pub(crate) reload: bool,
     /// Whether requests need a bearer token, and which tokens are accepted.
-    pub auth: Auth,
+    pub(crate) auth: Auth,
     /// Bounds on what one client may cost: time for headers and requests, body size.
-    pub limits: Limits,
+    pub(crate) limits: Limits,
     /// How long in-flight requests may take to finish after a stop signal.
-    pub shutdown_timeout: Duration,
+    pub(crate) shutdown_timeout: Duration,
     /// Which inherited socket to serve, by its LISTEN_FDNAMES entry.
-    pub listen_fd_name: String,
+    pub(crate) listen_fd_name: String,
 }
 
 /// Bounds that keep one client from holding the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Time to receive a request's headers, counted from when the connection
     /// starts waiting for them: it also closes idle keep-alive connections.
-    pub header_read_timeout: Duration,
+    pub(crate) header_read_timeout: Duration,
     /// Time from a request's headers to its response.
-    pub request_timeout: Duration,
+    pub(crate) request_timeout: Duration,
     /// The largest request body accepted.
-    pub max_body_bytes: usize,
+    pub(crate) max_body_bytes: usize,
 }
 
 /// Default values, in one place; `config.example.env` repeats them for people.
@@ -341,7 +342,7 @@ const MAX_SHUTDOWN_TIMEOUT_SECS: u64 = 86_400;
 
 impl Config {
     /// Reads and validates the configuration from a collected environment.
-    pub fn from_env(env: &Environment) -> Result<Self, ConfigError> {
+    pub(crate) fn from_env(env: &Environment) -> Result<Self, ConfigError> {
         if let Some(name) = env.not_utf8.first() {
             return Err(ConfigError::NotUtf8 { name: name.clone() });
         }
@@ -612,7 +613,7 @@ fn parse_fd_name(value: &str) -> Result<String, String> {
 /// A configuration that cannot be used. Exit status 78 (EX_CONFIG).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     /// A variable has a value outside what it accepts.
     #[error("{name}: {value:?} is not valid (expected {expected})")]
     Invalid {

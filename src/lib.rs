@@ -57,25 +57,21 @@
 //! documents every one.
 
 mod announce;
-#[doc(hidden)]
-pub mod auth;
-#[doc(hidden)]
-pub mod config;
+mod auth;
+mod config;
 mod debug_routes;
 mod error;
 mod lifecycle;
-#[doc(hidden)]
-pub mod listener;
-#[doc(hidden)]
-pub mod logging;
-#[doc(hidden)]
-pub mod notify;
+mod listener;
+mod logging;
+#[allow(unreachable_pub)] // Until issue 13's upgrade work lands.
+mod notify;
 mod routes;
 mod serve;
 mod server;
 mod startup;
-#[doc(hidden)]
-pub mod upgrade;
+#[allow(unreachable_pub)] // Until issue 13's upgrade work lands.
+mod upgrade;
 
 pub use error::Error;
 pub use listener::Listener;

@@ -34,7 +34,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 /// How log lines on stderr are written (`LOG_FORMAT`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// Readable lines: time, level, target, message, `key=value` fields.
     #[default]
     Text,
@@ -44,14 +44,14 @@ pub enum LogFormat {
 
 /// What to log and how: the validated `LOG_LEVEL`, `RUST_LOG` and `LOG_FORMAT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogSettings {
+pub(crate) struct LogSettings {
     /// The level from `LOG_LEVEL` (or `DEBUG=true`), used when `RUST_LOG`
     /// is unset or holds no directive that parses.
-    pub level: LevelFilter,
+    pub(crate) level: LevelFilter,
     /// `RUST_LOG` as given, in `EnvFilter` syntax; it wins over `level`.
-    pub directives: Option<String>,
+    pub(crate) directives: Option<String>,
     /// How lines on stderr are written.
-    pub format: LogFormat,
+    pub(crate) format: LogFormat,
 }
 
 impl Default for LogSettings {
@@ -66,7 +66,7 @@ impl Default for LogSettings {
 
 /// Where log events go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogTarget {
+pub(crate) enum LogTarget {
     /// Structured entries in the systemd journal.
     Journald,
     /// Lines on stderr, in the configured [`LogFormat`].
@@ -82,7 +82,7 @@ pub enum LogTarget {
 /// socket is missing in containers and CI even under systemd, and a missing
 /// journal must never stop the server, so that case falls back to stderr
 /// with a warning.
-pub fn init(settings: &LogSettings) -> LogTarget {
+pub(crate) fn init(settings: &LogSettings) -> LogTarget {
     let (filter, rejected) = filter(settings);
     let journal_stream = crate::config::protocol_var("JOURNAL_STREAM");
     let stderr_is_journal = journal_stream

@@ -8,7 +8,7 @@ use super::ListenerInfo;
 
 /// A listening socket opened by portkeeper's listener chain (inherited from
 /// systemd or systemfd, or bound to a fixed or searched port), ready for
-/// [`axum::serve`].
+/// [`axum::serve()`].
 ///
 /// Get one from [`Listening::into_listener`](crate::Listening::into_listener)
 /// inside a tokio runtime. Serving it with `axum::serve` gives up portkeeper's

@@ -30,20 +30,20 @@ const MAX_FDS: usize = 4096;
 
 /// The LISTEN_* variables as found in the process environment.
 #[derive(Debug, Default, Clone)]
-pub struct HandoffVars {
+pub(crate) struct HandoffVars {
     /// `LISTEN_FDS`
-    pub listen_fds: Option<String>,
+    pub(crate) listen_fds: Option<String>,
     /// `LISTEN_PID`
-    pub listen_pid: Option<String>,
+    pub(crate) listen_pid: Option<String>,
     /// `LISTEN_FDNAMES`
-    pub listen_fdnames: Option<String>,
+    pub(crate) listen_fdnames: Option<String>,
     /// `LISTEN_FDS_FIRST_FD`
-    pub listen_fds_first_fd: Option<String>,
+    pub(crate) listen_fds_first_fd: Option<String>,
 }
 
 impl HandoffVars {
     /// The variable names, so `main.rs` can read and then remove them.
-    pub const NAMES: [&'static str; 4] = [
+    pub(crate) const NAMES: [&'static str; 4] = [
         "LISTEN_FDS",
         "LISTEN_PID",
         "LISTEN_FDNAMES",
@@ -51,7 +51,7 @@ impl HandoffVars {
     ];
 
     /// Builds the set from a lookup function (the process environment, or a test table).
-    pub fn from_lookup(mut lookup: impl FnMut(&str) -> Option<String>) -> Self {
+    pub(crate) fn from_lookup(mut lookup: impl FnMut(&str) -> Option<String>) -> Self {
         let [fds, pid, names, first] = Self::NAMES;
         HandoffVars {
             listen_fds: lookup(fds),
@@ -64,7 +64,7 @@ impl HandoffVars {
 
 /// What the LISTEN_* variables say about this process.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Handoff {
+pub(crate) enum Handoff {
     /// Nothing was handed over.
     None,
     /// Sockets were handed to another process (LISTEN_PID is not ours): ignore them.
@@ -78,18 +78,18 @@ pub enum Handoff {
 
 /// Sockets handed to this process, before any fd is touched.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Offer {
+pub(crate) struct Offer {
     /// systemd (LISTEN_PID = ours) or systemfd (no LISTEN_PID).
-    pub source: Source,
+    pub(crate) source: Source,
     /// The fd numbers, in order.
-    pub fds: Vec<i32>,
+    pub(crate) fds: Vec<i32>,
     /// One name per fd, when LISTEN_FDNAMES was set.
-    pub names: Option<Vec<String>>,
+    pub(crate) names: Option<Vec<String>>,
 }
 
 impl Offer {
     /// The index of the socket to serve: the one named `wanted`, else the first.
-    pub fn choose(&self, wanted: &str) -> usize {
+    pub(crate) fn choose(&self, wanted: &str) -> usize {
         self.names
             .as_ref()
             .and_then(|names| names.iter().position(|name| name == wanted))
@@ -103,7 +103,7 @@ impl Offer {
 
 /// Reads the LISTEN_* variables. Malformed values are errors, not "nothing
 /// inherited": a systemd unit that hands over garbage should say so loudly.
-pub fn plan(vars: &HandoffVars, our_pid: u32) -> Result<Handoff, ListenError> {
+pub(crate) fn plan(vars: &HandoffVars, our_pid: u32) -> Result<Handoff, ListenError> {
     let Some(count) = vars.listen_fds.as_deref() else {
         return Ok(Handoff::None);
     };
@@ -174,22 +174,22 @@ pub fn plan(vars: &HandoffVars, our_pid: u32) -> Result<Handoff, ListenError> {
 
 /// A handed-over socket that has been checked and is ready to serve.
 #[derive(Debug)]
-pub struct Adopted {
+pub(crate) struct Adopted {
     /// The listening socket, nonblocking and close-on-exec.
-    pub listener: TcpListener,
+    pub(crate) listener: TcpListener,
     /// Its local address.
-    pub address: SocketAddr,
+    pub(crate) address: SocketAddr,
     /// The fd number it arrived as.
-    pub fd: i32,
+    pub(crate) fd: i32,
     /// Its LISTEN_FDNAMES entry, if names were given.
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
 }
 
 /// Takes the socket chosen by `wanted` out of the environment's handoff.
 ///
 /// `listenfd` reads LISTEN_FDS/LISTEN_PID again and removes them from the
 /// environment, so this must run in the single-threaded part of `main`.
-pub fn adopt(offer: &Offer, wanted: &str) -> Result<Adopted, ListenError> {
+pub(crate) fn adopt(offer: &Offer, wanted: &str) -> Result<Adopted, ListenError> {
     let mut handed = ListenFd::from_env();
     if handed.len() != offer.fds.len() {
         // Only possible if the environment changed between plan and adopt.

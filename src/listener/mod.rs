@@ -9,11 +9,12 @@
 mod axum_serve;
 mod bind;
 #[cfg(unix)]
-pub mod handover;
+#[allow(unreachable_pub)] // Until issue 13's upgrade work lands.
+pub(crate) mod handover;
 #[cfg(target_os = "linux")]
 mod holder;
 #[cfg(unix)]
-pub mod inherit;
+pub(crate) mod inherit;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -28,7 +29,7 @@ pub use axum_serve::Listener;
 /// Where the listener came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Source {
+pub(crate) enum Source {
     /// Inherited with LISTEN_PID equal to our pid (systemd socket activation).
     Systemd,
     /// Inherited without LISTEN_PID (`systemfd --no-pid`).
@@ -45,7 +46,7 @@ pub enum Source {
 
 impl Source {
     /// The name shown in logs and `/info`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Source::Systemd => "systemd",
             Source::Systemfd => "systemfd",
@@ -64,31 +65,31 @@ impl std::fmt::Display for Source {
 
 /// What the running server knows and reports about its listener.
 #[derive(Debug, Clone, Serialize)]
-pub struct ListenerInfo {
+pub(crate) struct ListenerInfo {
     /// Where it came from.
-    pub source: Source,
+    pub(crate) source: Source,
     /// The local address it listens on.
-    pub address: SocketAddr,
+    pub(crate) address: SocketAddr,
     /// The inherited fd number, if inherited.
-    pub fd: Option<i32>,
+    pub(crate) fd: Option<i32>,
     /// The inherited fd's LISTEN_FDNAMES entry, if any.
-    pub fd_name: Option<String>,
+    pub(crate) fd_name: Option<String>,
     /// Ports found busy before this one, in the order tried (searches only).
-    pub busy_ports: Vec<u16>,
+    pub(crate) busy_ports: Vec<u16>,
 }
 
 /// A listening socket and its description.
 #[derive(Debug)]
-pub struct Bound {
+pub(crate) struct Bound {
     /// The socket, listening and nonblocking, ready for `tokio::net::TcpListener::from_std`.
-    pub listener: TcpListener,
+    pub(crate) listener: TcpListener,
     /// Where it came from.
-    pub info: ListenerInfo,
+    pub(crate) info: ListenerInfo,
 }
 
 /// Opens the listener by the chain: an adopted socket if one was handed over,
 /// else `HOST:API_PORT`, else (with a search range) the first free port.
-pub fn open(
+pub(crate) fn open(
     #[cfg(unix)] handoff: Option<&inherit::Offer>,
     fd_name: &str,
     plan: &BindPlan,
@@ -191,7 +192,7 @@ fn held_by(holder: &Option<String>) -> String {
 /// Why no listener could be had.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum ListenError {
+pub(crate) enum ListenError {
     /// A LISTEN_* variable is malformed.
     #[error("{name}: {value:?} is not valid (expected {expected})")]
     InvalidHandoff {
@@ -268,7 +269,7 @@ pub enum ListenError {
 impl ListenError {
     /// True when the error is a setting to fix (exit 78) rather than a busy
     /// port (69) or a system failure.
-    pub fn is_configuration(&self) -> bool {
+    pub(crate) fn is_configuration(&self) -> bool {
         matches!(
             self,
             ListenError::InvalidHandoff { .. }
@@ -278,7 +279,7 @@ impl ListenError {
     }
 
     /// True when the address or range is taken by others (exit 69).
-    pub fn is_unavailable(&self) -> bool {
+    pub(crate) fn is_unavailable(&self) -> bool {
         matches!(
             self,
             ListenError::PortBusy { .. } | ListenError::RangeExhausted { .. }
@@ -286,7 +287,7 @@ impl ListenError {
     }
 
     /// True when the system refused us the port for lack of privileges (exit 77).
-    pub fn is_permission(&self) -> bool {
+    pub(crate) fn is_permission(&self) -> bool {
         matches!(self, ListenError::PermissionDenied { .. })
     }
 
