@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::listener::Bound;
 use crate::notify::{self, Notifier};
 use crate::server::{self, AppState, ServeOptions, Stopped};
-use crate::upgrade::{Succession, Upgrader};
+use crate::upgrade::{Departure, Succession, Upgrader};
 
 /// What the process learned about its manager before the runtime started.
 #[derive(Debug, Default)]
@@ -20,8 +20,9 @@ pub struct Supervision {
     pub watchdog_interval: Option<Duration>,
 }
 
-/// Serves until SIGINT or SIGTERM, or until a binary upgrade (SIGHUP, `RELOAD`)
-/// has handed the listener to a new process; then drains. Must run inside a
+/// Serves until SIGINT, SIGTERM or a terminal's SIGHUP, or until a binary
+/// upgrade (SIGUSR2, a service's SIGHUP, `RELOAD`) has handed the listener to
+/// a new process; then drains. Must run inside a
 /// tokio runtime.
 pub async fn run(
     config: Config,
@@ -80,15 +81,23 @@ pub async fn run(
                         notifier.notify(&notify::stopping_message("finishing open requests"));
                     }
                 }
-                successor = upgrader.until_handed_over() => {
-                    // No STOPPING=1: the service goes on, in the successor,
-                    // which also feeds the watchdog from now on (systemd
-                    // would reject our pings: we are no longer MAINPID).
-                    if let Some(watchdog) = &watchdog {
-                        watchdog.abort();
+                departure = upgrader.until_handed_over() => match departure {
+                    Departure::HandedOver(successor) => {
+                        // No STOPPING=1: the service goes on, in the successor,
+                        // which also feeds the watchdog from now on (systemd
+                        // would reject our pings: we are no longer MAINPID).
+                        if let Some(watchdog) = &watchdog {
+                            watchdog.abort();
+                        }
+                        tracing::info!(successor, "handed the listener over; finishing open requests");
                     }
-                    tracing::info!(successor, "handed the listener over; finishing open requests");
-                }
+                    Departure::HungUp => {
+                        tracing::info!(signal = "SIGHUP", "terminal hung up; stopping");
+                        if let Some(notifier) = &notifier {
+                            notifier.notify(&notify::stopping_message("finishing open requests"));
+                        }
+                    }
+                },
             }
         }
     });

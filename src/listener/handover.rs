@@ -2,7 +2,7 @@
 //!
 //! [`inherit`](super::inherit) adopts a socket; this module passes one on, so
 //! a new executable can take over the port without it ever being closed (the
-//! binary upgrade of SIGHUP and `RELOAD=true`). The child receives:
+//! binary upgrade of SIGUSR2, SIGHUP and `RELOAD=true`). The child receives:
 //! - the socket at fd 3, without close-on-exec, via `command-fds` (which does
 //!   the `dup2` between fork and exec, so we need no `unsafe` of our own);
 //! - `LISTEN_FDS=1` and `LISTEN_FDNAMES=<name>`;

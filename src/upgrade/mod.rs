@@ -1,15 +1,27 @@
 //! Binary upgrades without a refused connection: hand the listener to a new executable, then drain.
 //!
-//! On SIGHUP, or with `RELOAD=true` when the executable file is replaced (see
-//! [`watch`]), the running server starts the executable at its own path as a
-//! child and hands it the listening socket by the LISTEN_FDS protocol
-//! ([`crate::listener::handover`]). Both processes accept from the same socket
-//! while the child starts, so the kernel's queue never stops taking
-//! connections. The child reports `READY=1` to a private datagram socket of
-//! ours, named in [`HANDOFF_NOTIFY_VAR`] (the `sd_notify` protocol, so the
-//! child's ordinary readiness code does the job). Only then do we stop
+//! On SIGUSR2, on SIGHUP when we have no controlling terminal (a service:
+//! `systemctl reload`), or with `RELOAD=true` when the executable file is
+//! replaced (see [`watch`]), the running server starts the executable at its
+//! own path as a child and hands it the listening socket by the LISTEN_FDS
+//! protocol ([`crate::listener::handover`]). Both processes accept from the
+//! same socket while the child starts, so the kernel's queue never stops
+//! taking connections. The child reports `READY=1` to a private datagram
+//! socket of ours, named in [`HANDOFF_NOTIFY_VAR`] (the `sd_notify` protocol,
+//! so the child's ordinary readiness code does the job). Only then do we stop
 //! accepting and drain. If the child exits, or is not ready within
 //! [`READY_TIMEOUT`], it is killed and we keep serving, with a log line why.
+//!
+//! The child runs in a process group of its own, and a failed upgrade kills
+//! the whole group: a wrapper script that forks (no `exec`) would otherwise
+//! leave its children alive holding the inherited socket, and once we stop,
+//! the port would accept connections that nobody answers.
+//!
+//! SIGHUP on a terminal is a hang-up (the terminal was closed: the kernel
+//! sends SIGHUP to its session), so there it means "stop", as for any
+//! program: an upgrade would leave an orphan holding the port with nobody to
+//! stop it. Whether we have a terminal is decided once, at start-up: after a
+//! hang-up the kernel has already taken the terminal away.
 //!
 //! Under systemd, `NOTIFY_SOCKET` keeps naming the manager in the child: the
 //! readiness of a handoff travels on its own variable, so no message ever
@@ -62,8 +74,8 @@ pub struct Succession {
 /// Why a handoff was attempted.
 #[derive(Debug, Clone, Copy)]
 pub enum Trigger {
-    /// SIGHUP.
-    Signal,
+    /// SIGUSR2, or SIGHUP without a controlling terminal; the signal's name.
+    Signal(&'static str),
     /// `RELOAD=true` saw a new executable file.
     ExecutableReplaced,
 }
@@ -71,10 +83,20 @@ pub enum Trigger {
 impl std::fmt::Display for Trigger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Trigger::Signal => "SIGHUP",
+            Trigger::Signal(name) => name,
             Trigger::ExecutableReplaced => "executable replaced",
         })
     }
+}
+
+/// Why this process stops serving, other than SIGTERM or SIGINT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    /// A new process (this pid) took the listener over; drain and exit.
+    HandedOver(u32),
+    /// SIGHUP with a controlling terminal: the terminal was closed. Stop as
+    /// on SIGTERM (`STOPPING=1`, drain), and start no successor.
+    HungUp,
 }
 
 /// Why a handoff did not happen; the old process keeps serving.
@@ -113,14 +135,14 @@ pub enum HandoffError {
 /// Hands the listener over on request; see the module docs.
 pub struct Upgrader {
     #[cfg(unix)]
-    inner: Option<imp::Upgrader>,
+    inner: imp::Upgrader,
 }
 
 impl Upgrader {
     /// Prepares for upgrades of `socket` (a duplicate is kept for the
-    /// children). Installs the SIGHUP handler at once, so a SIGHUP that comes
-    /// right after we report ready is an upgrade and not the default "terminate".
-    /// Must be called inside the tokio runtime.
+    /// children). Installs the SIGUSR2 and SIGHUP handlers at once, so a
+    /// signal that comes right after we report ready is handled and not the
+    /// default "terminate". Must be called inside the tokio runtime.
     pub fn new(
         plan: Option<UpgradePlan>,
         socket: &std::net::TcpListener,
@@ -140,14 +162,14 @@ impl Upgrader {
         }
     }
 
-    /// Waits for triggers and attempts a handoff for each; returns the new
-    /// process's pid once one has taken over. Never returns when upgrades are
-    /// impossible here. Dropping the future kills a child that is not ready yet.
-    pub async fn until_handed_over(self) -> u32 {
+    /// Waits for triggers and attempts a handoff for each; returns once a new
+    /// process has taken over, or when the terminal hung up. Never returns
+    /// when neither can happen here. Dropping the future kills a child that is
+    /// not ready yet, with everything it started.
+    pub async fn until_handed_over(self) -> Departure {
         #[cfg(unix)]
-        if let Some(inner) = self.inner {
-            return inner.until_handed_over().await;
-        }
+        return self.inner.until_handed_over().await;
+        #[cfg(not(unix))]
         std::future::pending().await
     }
 }
@@ -156,23 +178,99 @@ impl Upgrader {
 mod imp {
     use std::net::TcpListener;
     use std::os::unix::net::UnixDatagram;
+    use std::os::unix::process::CommandExt as _;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use tokio::signal::unix::{Signal, SignalKind, signal};
 
     use super::watch::ExecutableWatch;
-    use super::{HANDOFF_NOTIFY_VAR, HandoffError, READY_TIMEOUT, Trigger, UpgradePlan};
+    use super::{Departure, HANDOFF_NOTIFY_VAR, HandoffError, READY_TIMEOUT, Trigger, UpgradePlan};
     use crate::listener::handover;
     use crate::notify::Notifier;
 
     pub(super) struct Upgrader {
+        signals: Signals,
+        /// `None` when upgrades are off (the executable or the socket is unknown).
+        handoff: Option<Handoff>,
+        watch: Option<ExecutableWatch>,
+    }
+
+    /// What starting a successor needs.
+    struct Handoff {
         plan: UpgradePlan,
         socket: TcpListener,
         fd_name: String,
         manager: Option<Arc<Notifier>>,
+    }
+
+    /// The signals this module answers; a handler that cannot be installed is
+    /// `None` (and logged).
+    struct Signals {
+        usr2: Option<Signal>,
         hangup: Option<Signal>,
-        watch: Option<ExecutableWatch>,
+        /// We had a controlling terminal at start-up: SIGHUP is a hang-up.
+        terminal: bool,
+    }
+
+    /// What a signal asks for.
+    enum Request {
+        Upgrade(Trigger),
+        Stop,
+    }
+
+    impl Signals {
+        fn install() -> Self {
+            let install = |kind, name: &str| match signal(kind) {
+                Ok(signal) => Some(signal),
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot handle {name}; it keeps its default action");
+                    None
+                }
+            };
+            let terminal = has_controlling_terminal();
+            tracing::debug!(
+                terminal,
+                "SIGHUP means {}",
+                if terminal { "stop" } else { "upgrade" }
+            );
+            Signals {
+                usr2: install(SignalKind::user_defined2(), "SIGUSR2"),
+                hangup: install(SignalKind::hangup(), "SIGHUP"),
+                terminal,
+            }
+        }
+
+        async fn next(&mut self) -> Request {
+            tokio::select! {
+                Some(()) = recv(&mut self.usr2) => Request::Upgrade(Trigger::Signal("SIGUSR2")),
+                Some(()) = recv(&mut self.hangup) => {
+                    if self.terminal {
+                        Request::Stop
+                    } else {
+                        Request::Upgrade(Trigger::Signal("SIGHUP"))
+                    }
+                }
+                else => std::future::pending().await,
+            }
+        }
+
+        /// Completes on a terminal hang-up only (other signals are left queued).
+        async fn hung_up(&mut self) {
+            if !self.terminal {
+                return std::future::pending().await;
+            }
+            if recv(&mut self.hangup).await.is_none() {
+                std::future::pending().await
+            }
+        }
+    }
+
+    /// True when this process has a controlling terminal: opening `/dev/tty`
+    /// succeeds exactly then (ENXIO otherwise), and opening it does not
+    /// acquire one.
+    fn has_controlling_terminal() -> bool {
+        std::fs::File::open("/dev/tty").is_ok()
     }
 
     impl Upgrader {
@@ -181,60 +279,72 @@ mod imp {
             socket: &TcpListener,
             fd_name: &str,
             manager: Option<Arc<Notifier>>,
-        ) -> Option<Self> {
-            let hangup = match signal(SignalKind::hangup()) {
-                Ok(hangup) => Some(hangup),
-                Err(err) => {
-                    tracing::warn!(error = %err, "cannot handle SIGHUP; binary upgrades by signal are off");
+        ) -> Self {
+            let signals = Signals::install();
+            let handoff = match (plan, socket.try_clone()) {
+                (None, _) => {
+                    tracing::warn!(
+                        "the executable's path is unknown; binary upgrades (SIGUSR2, SIGHUP, RELOAD) are off"
+                    );
                     None
                 }
-            };
-            let Some(plan) = plan else {
-                tracing::warn!(
-                    "the executable's path is unknown; binary upgrades (SIGHUP, RELOAD) are off"
-                );
-                // tokio keeps the SIGHUP handler installed after `hangup` is
-                // dropped, so a stray SIGHUP still does not kill the server.
-                return None;
-            };
-            let socket = match socket.try_clone() {
-                Ok(socket) => socket,
-                Err(err) => {
+                (Some(_), Err(err)) => {
                     tracing::warn!(error = %err, "cannot keep a copy of the listener; binary upgrades are off");
-                    return None;
+                    None
                 }
+                (Some(plan), Ok(socket)) => Some(Handoff {
+                    plan,
+                    socket,
+                    fd_name: fd_name.to_owned(),
+                    manager,
+                }),
             };
-            let watch = plan.watch_executable.then(|| {
-                tracing::info!(executable = %plan.executable.display(), "RELOAD: watching the executable");
-                ExecutableWatch::new(plan.executable.clone())
-            });
-            Some(Upgrader {
-                plan,
-                socket,
-                fd_name: fd_name.to_owned(),
-                manager,
-                hangup,
+            let watch = handoff
+                .as_ref()
+                .filter(|h| h.plan.watch_executable)
+                .map(|h| {
+                    tracing::info!(executable = %h.plan.executable.display(), "RELOAD: watching the executable");
+                    ExecutableWatch::new(h.plan.executable.clone())
+                });
+            Upgrader {
+                signals,
+                handoff,
                 watch,
-            })
+            }
         }
 
-        pub(super) async fn until_handed_over(mut self) -> u32 {
+        pub(super) async fn until_handed_over(mut self) -> Departure {
             loop {
                 let trigger = tokio::select! {
-                    Some(()) = recv(&mut self.hangup) => Trigger::Signal,
+                    request = self.signals.next() => match request {
+                        Request::Upgrade(trigger) => trigger,
+                        Request::Stop => return Departure::HungUp,
+                    },
                     () = changed(&mut self.watch) => Trigger::ExecutableReplaced,
                 };
-                match self.hand_over(trigger).await {
-                    Ok(pid) => return pid,
+                let Some(handoff) = &self.handoff else {
+                    tracing::warn!(trigger = %trigger, "binary upgrades are off (see the warning at start-up); this process keeps serving");
+                    continue;
+                };
+                // A hang-up while the new process starts: give it up (its
+                // group is killed when the future is dropped) and stop.
+                let result = tokio::select! {
+                    result = handoff.hand_over(trigger) => result,
+                    () = self.signals.hung_up() => return Departure::HungUp,
+                };
+                match result {
+                    Ok(pid) => return Departure::HandedOver(pid),
                     Err(err) => tracing::error!(
                         error = %format!("{err:#}"),
                         trigger = %trigger,
-                        "binary upgrade failed; this process keeps serving"
+                        "binary upgrade failed; this process keeps serving (fix the new executable, then try again)"
                     ),
                 }
             }
         }
+    }
 
+    impl Handoff {
         async fn hand_over(&self, trigger: Trigger) -> Result<u32, HandoffError> {
             let executable = self.plan.executable.display().to_string();
             tracing::info!(trigger = %trigger, executable, "binary upgrade: starting the new executable");
@@ -251,17 +361,21 @@ mod imp {
             )
             .map_err(spawn_failed)?;
             cmd.env(HANDOFF_NOTIFY_VAR, &ready_name);
+            // A group of its own, led by the child (pgid = its pid), so that
+            // a failed upgrade can kill everything it started.
+            cmd.process_group(0);
             let child = tokio::process::Command::from(cmd)
                 .spawn()
                 .map_err(spawn_failed)?;
-            let mut candidate = Candidate(Some(child));
-            let pid = candidate.id();
-            let child = candidate.0.as_mut().expect("set above");
+            let mut candidate = Candidate::new(child);
+            let pid = candidate.pid;
+            let child = candidate.child.as_mut().expect("set above");
             tokio::select! {
                 result = wait_ready(&ready) => result.map_err(HandoffError::ReadySocket)?,
                 status = child.wait() => {
                     let status = status.map_err(spawn_failed)?;
-                    candidate.0 = None;
+                    candidate.child = None;
+                    // Dropping `candidate` kills what the child left behind.
                     return Err(HandoffError::Exited { pid, status });
                 }
                 () = tokio::time::sleep(READY_TIMEOUT) => {
@@ -269,7 +383,7 @@ mod imp {
                 }
             }
             // The child serves now; it must outlive us.
-            candidate.0 = None;
+            candidate.adopt();
             if let Some(manager) = &self.manager {
                 manager.notify(&format!(
                     "MAINPID={pid}\nSTATUS=handed the listener over to pid {pid}"
@@ -280,27 +394,63 @@ mod imp {
         }
     }
 
-    /// A child that has not said it is ready: killed if we give up on it,
-    /// including when the whole upgrade is cancelled by SIGTERM.
-    struct Candidate(Option<tokio::process::Child>);
+    /// A child that has not said it is ready: killed with its whole process
+    /// group if we give up on it, including when the whole upgrade is
+    /// cancelled by SIGTERM or a hang-up.
+    struct Candidate {
+        /// `None` once reaped (or adopted).
+        child: Option<tokio::process::Child>,
+        /// The child's pid, which is also its process group's id.
+        pid: u32,
+        adopted: bool,
+    }
 
     impl Candidate {
-        fn id(&self) -> u32 {
-            self.0.as_ref().and_then(|c| c.id()).unwrap_or_default()
+        fn new(child: tokio::process::Child) -> Self {
+            Candidate {
+                pid: child.id().unwrap_or_default(),
+                child: Some(child),
+                adopted: false,
+            }
+        }
+
+        fn adopt(&mut self) {
+            self.adopted = true;
+            self.child = None;
         }
     }
 
     impl Drop for Candidate {
         fn drop(&mut self) {
-            if let Some(child) = &mut self.0 {
-                // tokio reaps it in the background after the kill.
+            if self.adopted {
+                return;
+            }
+            use nix::sys::signal::{Signal, killpg};
+            use nix::unistd::Pid;
+            // The group outlives its leader while any member lives, and its
+            // id is not reused until then: killing it after the child exited
+            // reaches exactly what the child left behind. ESRCH: nothing left.
+            let group = i32::try_from(self.pid).unwrap_or_default();
+            if group > 0 {
+                match killpg(Pid::from_raw(group), Signal::SIGKILL) {
+                    Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+                    Err(err) => tracing::warn!(
+                        error = %err,
+                        pgid = group,
+                        "cannot kill the failed new process's group; kill it by hand (kill -KILL -- -{group})"
+                    ),
+                }
+            }
+            if let Some(child) = &mut self.child {
+                // Also the direct child, should the group kill have failed;
+                // tokio reaps it in the background.
                 let _ = child.start_kill();
             }
         }
     }
 
-    async fn recv(hangup: &mut Option<Signal>) -> Option<()> {
-        match hangup {
+    async fn recv(signal: &mut Option<Signal>) -> Option<()> {
+        match signal {
             Some(signal) => signal.recv().await,
             None => std::future::pending().await,
         }

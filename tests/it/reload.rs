@@ -1,9 +1,15 @@
-//! Restarts without a refused connection: graceful stop, SIGHUP upgrade, RELOAD=true.
+//! Restarts without a refused connection: graceful stop, SIGUSR2 and SIGHUP
+//! upgrades, RELOAD=true, and what a failed upgrade or a closed terminal leaves.
 //!
 //! A handoff leaves the new process orphaned (its parent exits), so tests kill
 //! it by pid through [`Successor`] rather than through `Running`. While a
 //! handoff is under way the tests keep asking `/info`, and every one of those
 //! requests must succeed: a refused or dropped request fails the test.
+//!
+//! SIGHUP means "upgrade" only without a controlling terminal. `cargo test`
+//! may run on a terminal, so a test that relies on that runs the server
+//! through `setsid` (a new session: no terminal) and checks /proc that it
+//! really has none.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -96,6 +102,127 @@ fn replace_file(path: &Path, contents: &[u8]) {
     std::fs::rename(&next, path).unwrap();
 }
 
+/// `cmd`'s program and arguments, run through `setsid`: a session of its
+/// own, so no controlling terminal (a spawned child is no process group
+/// leader, so `setsid` execs in place and the pid stays the server's).
+fn without_terminal(cmd: &Command) -> Command {
+    let mut detached = clean_command("setsid");
+    detached.arg(cmd.get_program()).args(cmd.get_args());
+    for (name, value) in cmd.get_envs() {
+        if let Some(value) = value {
+            detached.env(name, value);
+        }
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        detached.current_dir(dir);
+    }
+    detached
+}
+
+/// Fields of `/proc/<pid>/stat` after the command name: state, ppid, pgrp,
+/// session, tty_nr, ...; `None` once the process is gone.
+fn proc_stat(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// The controlling terminal's device number (0: none).
+fn controlling_terminal(pid: u32) -> u64 {
+    proc_stat(pid).expect("the process is running")[4]
+        .parse()
+        .unwrap()
+}
+
+/// True once `pid` has exited (gone, or a zombie nobody reaped yet).
+fn has_exited(pid: u32) -> bool {
+    proc_stat(pid).is_none_or(|fields| fields[0] == "Z" || fields[0] == "X")
+}
+
+/// Waits until `done` holds, for at most `deadline`.
+fn wait_until(deadline: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The inode of the socket listening on `addr` (IPv4), from /proc/net/tcp.
+fn listening_socket_inode(addr: SocketAddr) -> u64 {
+    let SocketAddr::V4(v4) = addr else {
+        panic!("IPv4 only: {addr}")
+    };
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(v4.ip().octets()),
+        v4.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        // sl local_address rem_address st ... inode (column 9); 0A = LISTEN.
+        .find(|fields| fields[1] == local && fields[3] == "0A")
+        .and_then(|fields| fields[9].parse().ok())
+        .unwrap_or_else(|| panic!("no listening socket for {addr} ({local}) in /proc/net/tcp"))
+}
+
+/// The pids of every process with the socket `inode` open.
+fn holders_of(inode: u64) -> Vec<u32> {
+    let target = format!("socket:[{inode}]");
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        if fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|link| link.as_os_str() == &*target))
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// A forking wrapper as the "new executable": it starts a background
+/// `sleep` (which inherits the listening socket at fd 3), writes that pid to
+/// `grandchild.pid` beside it, then runs `then`.
+fn forking_wrapper(dir: &Path, then: &str) -> Vec<u8> {
+    format!(
+        "#!/bin/sh\nsleep 300 &\necho $! > '{}'\necho 'wrapper: started a helper' >&2\n{then}\n",
+        dir.join("grandchild.pid").display()
+    )
+    .into_bytes()
+}
+
+/// The pid the wrapper wrote, once it is there.
+fn grandchild_pid(dir: &Path) -> u32 {
+    let path = dir.join("grandchild.pid");
+    let mut pid = None;
+    assert!(
+        wait_until(DEADLINE, || {
+            pid = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|text| text.trim().parse().ok());
+            pid.is_some()
+        }),
+        "the wrapper never wrote {}",
+        path.display()
+    );
+    pid.unwrap()
+}
+
 #[test]
 fn sigterm_lets_a_slow_in_flight_request_complete() {
     let dir = TempDir::new();
@@ -122,7 +249,7 @@ fn sigterm_lets_a_slow_in_flight_request_complete() {
 }
 
 #[test]
-fn sighup_hands_the_socket_to_a_new_pid_on_the_same_port() {
+fn sigusr2_hands_the_socket_to_a_new_pid_on_the_same_port() {
     let dir = TempDir::new();
     let mut cmd = portkeeper(dir.path());
     loopback(&mut cmd).env("DEBUG", "true");
@@ -134,7 +261,7 @@ fn sighup_hands_the_socket_to_a_new_pid_on_the_same_port() {
     // A request in flight on the old process must still be answered by it.
     let slow = start_slow_request(addr, 1000).unwrap();
     first.wait_for_line("debug: sleeping", DEADLINE).unwrap();
-    first.signal("HUP").unwrap();
+    first.signal("USR2").unwrap();
     let info = wait_for_successor(addr, old).unwrap();
     let second = Successor(pid_of(&info) as u32);
     assert_eq!(info["listener"]["source"], "handoff");
@@ -146,11 +273,11 @@ fn sighup_hands_the_socket_to_a_new_pid_on_the_same_port() {
     assert!(status.success(), "the old process exits 0, got {status}");
 
     // The successor can hand over in turn: nothing of the first handoff is left over.
-    let hup = Command::new("kill")
-        .args(["-HUP", &second.0.to_string()])
+    let usr2 = Command::new("kill")
+        .args(["-USR2", &second.0.to_string()])
         .status()
         .unwrap();
-    assert!(hup.success());
+    assert!(usr2.success());
     let info = wait_for_successor(addr, u64::from(second.0)).unwrap();
     let _third = Successor(pid_of(&info) as u32);
     assert_eq!(info["listener"]["source"], "handoff");
@@ -169,7 +296,7 @@ fn a_successor_that_fails_to_start_leaves_the_old_one_serving() {
         &executable,
         b"#!/bin/sh\necho 'broken build: refusing to start' >&2\nexit 1\n",
     );
-    server.signal("HUP").unwrap();
+    server.signal("USR2").unwrap();
     let line = server
         .wait_for_line("binary upgrade failed", DEADLINE)
         .unwrap();
@@ -285,7 +412,8 @@ fn busy_keep_alive_connections_are_closed_cleanly_on_stop() {
     assert!(server.wait_exit(DEADLINE).unwrap().success());
 }
 
-/// Under a service manager (here the test plays systemd's NOTIFY_SOCKET):
+/// Under a service manager (here the test plays systemd's NOTIFY_SOCKET),
+/// without a controlling terminal, SIGHUP (`systemctl reload`) upgrades:
 /// the old process announces the new main pid; the new process does not send
 /// READY=1 there again, yet reaches the manager afterwards (STOPPING=1).
 #[test]
@@ -302,9 +430,14 @@ fn sighup_under_a_manager_announces_the_new_mainpid() {
     };
     let mut cmd = portkeeper(dir.path());
     loopback(&mut cmd).env("NOTIFY_SOCKET", &socket_path);
-    let mut first = Running::spawn(cmd, "hup-managed").unwrap();
+    let mut first = Running::spawn(without_terminal(&cmd), "hup-managed").unwrap();
     let addr = first.serving_address().unwrap();
     assert!(next_message().starts_with("READY=1\n"));
+    assert_eq!(
+        controlling_terminal(first.pid()),
+        0,
+        "a service has no controlling terminal; SIGHUP means upgrade"
+    );
 
     first.signal("HUP").unwrap();
     let info = wait_for_successor(addr, u64::from(first.pid())).unwrap();
@@ -325,5 +458,124 @@ fn sighup_under_a_manager_announces_the_new_mainpid() {
     assert!(
         stopping.starts_with("STOPPING=1\n"),
         "the successor reaches the manager, and sent nothing else before: {stopping:?}"
+    );
+}
+
+/// A replacement that forks (a wrapper script without `exec`) and fails: its
+/// background child inherited the listening socket. The failed upgrade must
+/// kill it too; else, once the server stops, the port accepts connections
+/// that nobody answers.
+#[test]
+fn a_failed_upgrade_kills_everything_the_new_process_started() {
+    let dir = TempDir::new();
+    let (executable, cmd) = copy_of_binary(dir.path());
+    let mut server = Running::spawn(cmd, "forking-upgrade").unwrap();
+    let addr = server.serving_address().unwrap();
+    let inode = listening_socket_inode(addr);
+    assert_eq!(holders_of(inode), [server.pid()]);
+
+    replace_file(&executable, &forking_wrapper(dir.path(), "exit 1"));
+    server.signal("USR2").unwrap();
+    server
+        .wait_for_line("binary upgrade failed", DEADLINE)
+        .unwrap();
+    let grandchild = grandchild_pid(dir.path());
+    assert!(
+        wait_until(Duration::from_secs(5), || has_exited(grandchild)),
+        "the wrapper's background child {grandchild} is still running"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || holders_of(inode)
+            == [server.pid()]),
+        "only the server may hold the listening socket; held by {:?}",
+        holders_of(inode)
+    );
+    assert_eq!(http_get(addr, "/health").unwrap().0, 200);
+
+    server.signal("TERM").unwrap();
+    assert!(server.wait_exit(DEADLINE).unwrap().success());
+    assert!(
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err(),
+        "the port still accepts after the server stopped"
+    );
+}
+
+/// The same wrapper, never ready; the server is stopped while it waits for
+/// it. Everything the wrapper started goes with the server.
+#[test]
+fn a_stop_during_an_upgrade_kills_everything_the_new_process_started() {
+    let dir = TempDir::new();
+    let (executable, cmd) = copy_of_binary(dir.path());
+    let mut server = Running::spawn(cmd, "forking-pending").unwrap();
+    let addr = server.serving_address().unwrap();
+    let inode = listening_socket_inode(addr);
+
+    replace_file(&executable, &forking_wrapper(dir.path(), "wait"));
+    server.signal("USR2").unwrap();
+    let grandchild = grandchild_pid(dir.path());
+    assert!(holders_of(inode).contains(&grandchild));
+    server.signal("TERM").unwrap();
+    assert!(server.wait_exit(DEADLINE).unwrap().success());
+    assert!(
+        wait_until(Duration::from_secs(5), || has_exited(grandchild)),
+        "the wrapper's background child {grandchild} is still running"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || holders_of(inode).is_empty()),
+        "nobody may hold the listening socket; held by {:?}",
+        holders_of(inode)
+    );
+    assert!(
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err(),
+        "the port still accepts after the server stopped"
+    );
+}
+
+/// Closing the terminal a server runs in (here: `script` gives it a pty,
+/// then is killed, which hangs the pty up): the kernel sends SIGHUP, and on
+/// a terminal that means "stop". It used to mean "upgrade", leaving a
+/// successor holding the port that nobody could stop with the terminal.
+#[test]
+fn closing_the_terminal_stops_the_server_and_starts_no_successor() {
+    let Some(script) = peer_tool("script") else {
+        return;
+    };
+    let dir = TempDir::new();
+    let mut cmd = clean_command(&script);
+    cmd.current_dir(dir.path())
+        .args(["-qfc", binary(), "/dev/null"])
+        .env("HOST", "127.0.0.1")
+        .env("API_PORT", "0");
+    let mut terminal = Running::spawn(cmd, "terminal").unwrap();
+    // On a terminal the log is coloured: take the address from the message.
+    let line = terminal.wait_for_line(" serving ", DEADLINE).unwrap();
+    let addr: SocketAddr = line
+        .split(" serving ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let pid = pid_of(&get_json(addr, "/info").unwrap()) as u32;
+    let _cleanup = Successor(pid);
+    assert_ne!(
+        controlling_terminal(pid),
+        0,
+        "the server should run with the pty as its controlling terminal"
+    );
+    let inode = listening_socket_inode(addr);
+
+    terminal.signal("KILL").unwrap();
+    assert!(
+        wait_until(DEADLINE, || has_exited(pid)),
+        "the server {pid} still runs after its terminal hung up"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || holders_of(inode).is_empty()),
+        "a process still holds the port after the hang-up: {:?}",
+        holders_of(inode)
+    );
+    assert!(
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err(),
+        "the port still accepts after the hang-up"
     );
 }
