@@ -106,17 +106,48 @@ fn replace_file(path: &Path, contents: &[u8]) {
 /// own, so no controlling terminal (a spawned child is no process group
 /// leader, so `setsid` execs in place and the pid stays the server's).
 fn without_terminal(cmd: &Command) -> Command {
-    let mut detached = clean_command("setsid");
-    detached.arg(cmd.get_program()).args(cmd.get_args());
+    let mut detached = copy_settings(cmd, clean_command("setsid"));
+    detached.arg(cmd.get_program());
+    detached.args(cmd.get_args());
+    detached
+}
+
+/// `into` with `cmd`'s variables and directory (not its program or arguments).
+fn copy_settings(cmd: &Command, mut into: Command) -> Command {
     for (name, value) in cmd.get_envs() {
         if let Some(value) = value {
-            detached.env(name, value);
+            into.env(name, value);
         }
     }
     if let Some(dir) = cmd.get_current_dir() {
-        detached.current_dir(dir);
+        into.current_dir(dir);
     }
-    detached
+    into
+}
+
+/// Spawns a command whose program was just copied: while another test
+/// thread forks, its child briefly holds our write descriptor of the copy,
+/// and exec fails with ETXTBSY ("text file busy"). Retried for a while.
+fn spawn_fresh_copy(cmd: Command, label: &str) -> Running {
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut attempt = copy_settings(&cmd, clean_command(cmd.get_program()));
+        attempt.args(cmd.get_args());
+        match Running::spawn(attempt, label) {
+            Ok(running) => return running,
+            Err(err)
+                if Instant::now() < end
+                    && err
+                        .downcast_ref::<std::io::Error>()
+                        .and_then(std::io::Error::raw_os_error)
+                        == Some(26) =>
+            // ETXTBSY
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(err) => panic!("{err:#}"),
+        }
+    }
 }
 
 /// Fields of `/proc/<pid>/stat` after the command name: state, ppid, pgrp,
@@ -288,7 +319,7 @@ fn sigusr2_hands_the_socket_to_a_new_pid_on_the_same_port() {
 fn a_successor_that_fails_to_start_leaves_the_old_one_serving() {
     let dir = TempDir::new();
     let (executable, cmd) = copy_of_binary(dir.path());
-    let mut server = Running::spawn(cmd, "broken-upgrade").unwrap();
+    let mut server = spawn_fresh_copy(cmd, "broken-upgrade");
     let addr = server.serving_address().unwrap();
     let old = pid_of(&get_json(addr, "/info").unwrap());
 
@@ -315,7 +346,7 @@ fn reload_picks_up_a_replaced_executable() {
     let dir = TempDir::new();
     let (executable, mut cmd) = copy_of_binary(dir.path());
     cmd.env("RELOAD", "true");
-    let mut first = Running::spawn(cmd, "reload").unwrap();
+    let mut first = spawn_fresh_copy(cmd, "reload");
     let addr = first.serving_address().unwrap();
     first
         .wait_for_line("RELOAD: watching the executable", DEADLINE)
@@ -338,7 +369,7 @@ fn reload_picks_up_a_replaced_executable() {
 fn without_reload_a_replaced_executable_is_left_alone() {
     let dir = TempDir::new();
     let (executable, cmd) = copy_of_binary(dir.path());
-    let mut server = Running::spawn(cmd, "no-reload").unwrap();
+    let mut server = spawn_fresh_copy(cmd, "no-reload");
     let addr = server.serving_address().unwrap();
     let old = pid_of(&get_json(addr, "/info").unwrap());
     replace_file(&executable, &std::fs::read(binary()).unwrap());
@@ -469,7 +500,7 @@ fn sighup_under_a_manager_announces_the_new_mainpid() {
 fn a_failed_upgrade_kills_everything_the_new_process_started() {
     let dir = TempDir::new();
     let (executable, cmd) = copy_of_binary(dir.path());
-    let mut server = Running::spawn(cmd, "forking-upgrade").unwrap();
+    let mut server = spawn_fresh_copy(cmd, "forking-upgrade");
     let addr = server.serving_address().unwrap();
     let inode = listening_socket_inode(addr);
     assert_eq!(holders_of(inode), [server.pid()]);
@@ -506,7 +537,7 @@ fn a_failed_upgrade_kills_everything_the_new_process_started() {
 fn a_stop_during_an_upgrade_kills_everything_the_new_process_started() {
     let dir = TempDir::new();
     let (executable, cmd) = copy_of_binary(dir.path());
-    let mut server = Running::spawn(cmd, "forking-pending").unwrap();
+    let mut server = spawn_fresh_copy(cmd, "forking-pending");
     let addr = server.serving_address().unwrap();
     let inode = listening_socket_inode(addr);
 
