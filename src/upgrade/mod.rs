@@ -25,9 +25,16 @@
 //!
 //! Under systemd, `NOTIFY_SOCKET` keeps naming the manager in the child: the
 //! readiness of a handoff travels on its own variable, so no message ever
-//! goes to the wrong socket. Once the child is ready we send `MAINPID=<child>`,
-//! the manager follows the new process, and the child's later messages
-//! (watchdog, `STOPPING=1`, the next upgrade's `MAINPID=`) are accepted from it.
+//! goes to the wrong socket. Once the child is ready we send `MAINPID=<child>`
+//! with the child's own `STATUS=` (its URL, relayed from its `READY=1`), the
+//! manager follows the new process, and the child's later messages
+//! (watchdog, `STOPPING=1`, the next upgrade's `MAINPID=`) are accepted from
+//! it. With a manager, the new process is started orphaned, so that it is
+//! the manager's own child ([`handover::Parent::Reaper`](crate::listener::handover::Parent)):
+//! systemd 252 does not wait for a main process that is not its child
+//! ("alien") and would SIGKILL it on `systemctl stop` instead of letting it
+//! drain. Its pid then comes from the kernel with its `READY=1`
+//! (`SCM_CREDENTIALS`), and only a process of its group may report ready.
 
 #[cfg(unix)]
 pub mod watch;
@@ -124,6 +131,15 @@ pub enum HandoffError {
         /// How it exited.
         status: std::process::ExitStatus,
     },
+    /// The new process, started as an orphan under a service manager, and
+    /// all it started exited before it said it was ready.
+    #[error(
+        "the new process (group {group}) exited before it was ready (its error is logged above)"
+    )]
+    Vanished {
+        /// Its process group's id.
+        group: u32,
+    },
     /// The child did not say it was ready in time; it was killed.
     #[error("the new process {pid} was not ready within {}s and was killed", READY_TIMEOUT.as_secs())]
     TimedOut {
@@ -186,7 +202,7 @@ mod imp {
 
     use super::watch::ExecutableWatch;
     use super::{Departure, HANDOFF_NOTIFY_VAR, HandoffError, READY_TIMEOUT, Trigger, UpgradePlan};
-    use crate::listener::handover;
+    use crate::listener::handover::{self, Parent};
     use crate::notify::Notifier;
 
     pub(super) struct Upgrader {
@@ -353,45 +369,93 @@ mod imp {
                 executable: executable.clone(),
                 source,
             };
+            // Under a service manager the new process must be the manager's
+            // own child, or systemd will not wait for it to drain on stop
+            // (see `Parent::Reaper`). Elsewhere it is ours, for its exit status.
+            let parent = if self.manager.is_some() {
+                Parent::Reaper
+            } else {
+                Parent::Us
+            };
             let mut cmd = handover::command(
                 &self.plan.executable,
                 &self.plan.args,
                 &self.socket,
                 &self.fd_name,
+                parent,
             )
             .map_err(spawn_failed)?;
             cmd.env(HANDOFF_NOTIFY_VAR, &ready_name);
-            // A group of its own, led by the child (pgid = its pid), so that
-            // a failed upgrade can kill everything it started.
+            // A group of its own, led by the process we start (pgid = its
+            // pid), so that a failed upgrade can kill everything it started.
             cmd.process_group(0);
             let child = tokio::process::Command::from(cmd)
                 .spawn()
                 .map_err(spawn_failed)?;
             let mut candidate = Candidate::new(child);
-            let pid = candidate.pid;
+            let group = candidate.pid;
             let child = candidate.child.as_mut().expect("set above");
-            tokio::select! {
-                result = wait_ready(&ready) => result.map_err(HandoffError::ReadySocket)?,
-                status = child.wait() => {
+            let ready = tokio::select! {
+                result = wait_ready(&ready, group) => result.map_err(HandoffError::ReadySocket)?,
+                status = gone(child, parent, group) => {
                     let status = status.map_err(spawn_failed)?;
                     candidate.child = None;
                     // Dropping `candidate` kills what the child left behind.
-                    return Err(HandoffError::Exited { pid, status });
+                    return Err(match status {
+                        Some(status) => HandoffError::Exited { pid: group, status },
+                        None => HandoffError::Vanished { group },
+                    });
                 }
                 () = tokio::time::sleep(READY_TIMEOUT) => {
-                    return Err(HandoffError::TimedOut { pid });
+                    return Err(HandoffError::TimedOut { pid: group });
                 }
-            }
-            // The child serves now; it must outlive us.
+            };
+            // The new process serves now; it must outlive us.
             candidate.adopt();
+            let pid = ready.pid;
             if let Some(manager) = &self.manager {
-                manager.notify(&format!(
-                    "MAINPID={pid}\nSTATUS=handed the listener over to pid {pid}"
-                ));
+                // The new process's own STATUS= (its URL), relayed with the
+                // MAINPID= that lets the manager accept its messages.
+                let status = ready.status.unwrap_or_else(|| {
+                    format!("took the listener over from pid {}", std::process::id())
+                });
+                manager.notify(&format!("MAINPID={pid}\nSTATUS={status}"));
             }
             tracing::info!(successor = pid, "binary upgrade: the new process is ready");
             Ok(pid)
         }
+    }
+
+    /// Completes when the new process is gone. Our own child: with its exit
+    /// status. An orphan: once the starting shell has exited and the process
+    /// group is empty (nothing to read an exit status from).
+    async fn gone(
+        child: &mut tokio::process::Child,
+        parent: Parent,
+        group: u32,
+    ) -> std::io::Result<Option<std::process::ExitStatus>> {
+        let status = child.wait().await?;
+        if parent == Parent::Us {
+            return Ok(Some(status));
+        }
+        while group_alive(group) {
+            tokio::time::sleep(GROUP_POLL).await;
+        }
+        Ok(None)
+    }
+
+    /// How often an orphaned new process's group is checked for life.
+    const GROUP_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+    /// True while the process group `group` has members (zombies included).
+    fn group_alive(group: u32) -> bool {
+        let Ok(group) = i32::try_from(group) else {
+            return false;
+        };
+        !matches!(
+            nix::sys::signal::killpg(nix::unistd::Pid::from_raw(group), None),
+            Err(nix::errno::Errno::ESRCH)
+        )
     }
 
     /// A child that has not said it is ready: killed with its whole process
@@ -475,6 +539,8 @@ mod imp {
         );
         let socket = bind_named(&name)?;
         socket.set_nonblocking(true)?;
+        // Every datagram then carries its sender's pid, set by the kernel.
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::PassCred, &true)?;
         Ok((
             tokio::net::UnixDatagram::from_std(socket)?,
             format!("@{name}"),
@@ -499,18 +565,69 @@ mod imp {
         ))
     }
 
-    /// Reads datagrams until one carries `READY=1` (other lines, such as
-    /// `STATUS=`, are logged and skipped).
-    async fn wait_ready(socket: &tokio::net::UnixDatagram) -> std::io::Result<()> {
+    /// The new process's `READY=1`: who sent it, and its `STATUS=`.
+    struct Ready {
+        pid: u32,
+        status: Option<String>,
+    }
+
+    /// Reads datagrams until one from a process of the new process's
+    /// group carries `READY=1` (other lines, such as `STATUS=`, are logged
+    /// and skipped). The kernel tells the sender's pid (`SO_PASSCRED`), so
+    /// no other local process can end the handoff.
+    async fn wait_ready(socket: &tokio::net::UnixDatagram, group: u32) -> std::io::Result<Ready> {
+        use std::os::fd::AsRawFd as _;
         let mut buf = vec![0u8; 4096];
         loop {
-            let n = socket.recv(&mut buf).await?;
+            let (n, sender) = socket
+                .async_io(tokio::io::Interest::READABLE, || {
+                    receive_with_sender(socket.as_raw_fd(), &mut buf)
+                })
+                .await?;
             let message = String::from_utf8_lossy(&buf[..n]);
+            let Some(pid) = sender.filter(|&pid| in_group(pid, group)) else {
+                tracing::warn!(
+                    sender,
+                    %message,
+                    "binary upgrade: ignoring a message from outside the new process's group"
+                );
+                continue;
+            };
             if super::is_ready(&message) {
-                return Ok(());
+                let status = message
+                    .lines()
+                    .find_map(|line| line.strip_prefix("STATUS="))
+                    .map(str::to_owned);
+                return Ok(Ready { pid, status });
             }
             tracing::debug!(%message, "binary upgrade: message from the new process");
         }
+    }
+
+    /// One datagram into `buf`, and its sender's pid from the kernel's
+    /// credentials message.
+    fn receive_with_sender(
+        fd: std::os::fd::RawFd,
+        buf: &mut [u8],
+    ) -> std::io::Result<(usize, Option<u32>)> {
+        use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg};
+        let mut iov = [std::io::IoSliceMut::new(buf)];
+        let mut space = nix::cmsg_space!(UnixCredentials);
+        let msg = recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_DONTWAIT)?;
+        let sender = msg.cmsgs()?.find_map(|cmsg| match cmsg {
+            ControlMessageOwned::ScmCredentials(cred) => u32::try_from(cred.pid()).ok(),
+            _ => None,
+        });
+        Ok((msg.bytes, sender))
+    }
+
+    /// True when process `pid` is in process group `group`.
+    fn in_group(pid: u32, group: u32) -> bool {
+        let (Ok(pid), Ok(group)) = (i32::try_from(pid), i32::try_from(group)) else {
+            return false;
+        };
+        nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid)))
+            .is_ok_and(|pgid| pgid.as_raw() == group)
     }
 }
 
