@@ -32,7 +32,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // One line, the whole chain: "cannot listen on ...: <os error>".
-            eprintln!("portkeeper: error: {err:#}");
+            // On the journal's stream, "<3>" files it at priority err, not info.
+            let journal =
+                notify::stderr_is_journal_stream(std::env::var("JOURNAL_STREAM").ok().as_deref());
+            let prefix = if journal { notify::ERR_PREFIX } else { "" };
+            eprintln!("{prefix}portkeeper: error: {err:#}");
             ExitCode::from(exit_status(&err))
         }
     }

@@ -362,6 +362,53 @@ fn a_notify_socket_nobody_reads_costs_a_warning_not_serving() {
     );
 }
 
+/// A fatal error under systemd (here: a bad setting, exit 78) is one line
+/// on stderr. When stderr is the journal's stream (`JOURNAL_STREAM` names
+/// its device and inode), the line starts with `<3>`, so journald files it at
+/// priority err instead of the stream's default, info. Where the variable
+/// names another file (inherited, stderr redirected), no prefix.
+#[test]
+fn a_fatal_error_on_the_journal_stream_is_priority_err() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = TempDir::new();
+    let run = |matching: bool| -> String {
+        let path = dir.path().join(format!("stderr-{matching}"));
+        let file = std::fs::File::create(&path).unwrap();
+        let meta = file.metadata().unwrap();
+        let inode = if matching { meta.ino() } else { meta.ino() + 1 };
+        let mut cmd = portkeeper(dir.path());
+        cmd.env("API_PORT", "abc")
+            .env("JOURNAL_STREAM", format!("{}:{inode}", meta.dev()))
+            .stdout(std::process::Stdio::null())
+            .stderr(file);
+        let mut child = cmd.spawn().unwrap();
+        let end = Instant::now() + DEADLINE;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > end {
+                let _ = child.kill();
+                panic!("still running after {DEADLINE:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(status.code(), Some(78));
+        std::fs::read_to_string(&path).unwrap()
+    };
+    let journal = run(true);
+    assert!(
+        journal.starts_with("<3>portkeeper: error: ") && journal.contains("API_PORT"),
+        "{journal:?}"
+    );
+    assert_eq!(journal.lines().count(), 1, "{journal:?}");
+    let elsewhere = run(false);
+    assert!(
+        elsewhere.starts_with("portkeeper: error: "),
+        "{elsewhere:?}"
+    );
+}
+
 /// `systemd-socket-activate` running portkeeper (optionally through
 /// `wrapper`, which must exec in place so LISTEN_PID stays right).
 fn socket_activate(tool: &Path, listen: SocketAddr, fdname: &str, wrapper: &[&str]) -> Command {
