@@ -447,15 +447,34 @@ mod imp {
     /// How often an orphaned new process's group is checked for life.
     const GROUP_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
-    /// True while the process group `group` has members (zombies included).
+    /// True while the process group `group` has a member that has not exited.
+    /// Zombies do not count: an orphan is reaped by the manager, or by an
+    /// init that may take its time (containers).
     fn group_alive(group: u32) -> bool {
-        let Ok(group) = i32::try_from(group) else {
+        let Ok(pgid) = i32::try_from(group) else {
             return false;
         };
-        !matches!(
-            nix::sys::signal::killpg(nix::unistd::Pid::from_raw(group), None),
-            Err(nix::errno::Errno::ESRCH)
-        )
+        if let Err(nix::errno::Errno::ESRCH) =
+            nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None)
+        {
+            return false;
+        }
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return true;
+        };
+        entries.flatten().any(|entry| {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                return false;
+            };
+            // "pid (comm) state ppid pgrp ...": comm may hold spaces.
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                return false;
+            };
+            let mut fields = rest.split_whitespace();
+            let state = fields.next();
+            let pgrp = fields.nth(1);
+            pgrp == Some(&*group.to_string()) && !matches!(state, Some("Z" | "X"))
+        })
     }
 
     /// A child that has not said it is ready: killed with its whole process

@@ -610,3 +610,88 @@ fn closing_the_terminal_stops_the_server_and_starts_no_successor() {
         "the port still accepts after the hang-up"
     );
 }
+
+/// A datagram socket standing in for systemd's NOTIFY_SOCKET, in `dir`.
+fn fake_manager(dir: &Path) -> (std::os::unix::net::UnixDatagram, PathBuf) {
+    let path = dir.join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    (socket, path)
+}
+
+/// Every notification waiting on `manager`.
+fn received(manager: &std::os::unix::net::UnixDatagram) -> Vec<String> {
+    let mut buf = [0u8; 4096];
+    std::iter::from_fn(|| {
+        let n = manager.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+    .collect()
+}
+
+/// Under a manager the new process is started orphaned (so that it is the
+/// manager's child); its failure is then seen by its process group
+/// emptying, not by waiting for it, and must still be seen at once.
+#[test]
+fn under_a_manager_a_successor_that_fails_is_noticed_at_once() {
+    let dir = TempDir::new();
+    let (manager, socket_path) = fake_manager(dir.path());
+    let (executable, mut cmd) = copy_of_binary(dir.path());
+    cmd.env("NOTIFY_SOCKET", &socket_path);
+    let mut server = spawn_fresh_copy(cmd, "managed-broken-upgrade");
+    let addr = server.serving_address().unwrap();
+    let inode = listening_socket_inode(addr);
+
+    replace_file(
+        &executable,
+        b"#!/bin/sh\necho 'broken build: refusing to start' >&2\nexit 1\n",
+    );
+    let signalled = Instant::now();
+    server.signal("USR2").unwrap();
+    let line = server
+        .wait_for_line("binary upgrade failed", DEADLINE)
+        .unwrap();
+    let noticed = signalled.elapsed();
+    eprintln!("a failed orphaned successor was noticed after {noticed:?}");
+    assert!(line.contains("exited before it was ready"), "{line}");
+    assert!(
+        noticed < Duration::from_secs(5),
+        "took {noticed:?}: was the failure seen, or the 15 s timeout?"
+    );
+    assert_eq!(holders_of(inode), [server.pid()]);
+    assert_eq!(http_get(addr, "/health").unwrap().0, 200);
+    let sent = received(&manager);
+    assert!(
+        sent.iter().all(|m| !m.contains("MAINPID=")),
+        "no new main pid after a failed upgrade: {sent:?}"
+    );
+}
+
+/// Under a manager, a forking wrapper that never reports ready, and a stop
+/// meanwhile: the orphaned process group is killed all the same.
+#[test]
+fn under_a_manager_a_stop_during_an_upgrade_kills_the_orphaned_group() {
+    let dir = TempDir::new();
+    let (_manager, socket_path) = fake_manager(dir.path());
+    let (executable, mut cmd) = copy_of_binary(dir.path());
+    cmd.env("NOTIFY_SOCKET", &socket_path);
+    let mut server = spawn_fresh_copy(cmd, "managed-forking-pending");
+    let addr = server.serving_address().unwrap();
+    let inode = listening_socket_inode(addr);
+
+    replace_file(&executable, &forking_wrapper(dir.path(), "wait"));
+    server.signal("USR2").unwrap();
+    let grandchild = grandchild_pid(dir.path());
+    assert!(holders_of(inode).contains(&grandchild));
+    server.signal("TERM").unwrap();
+    assert!(server.wait_exit(DEADLINE).unwrap().success());
+    assert!(
+        wait_until(Duration::from_secs(5), || has_exited(grandchild)),
+        "the wrapper's background child {grandchild} is still running"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || holders_of(inode).is_empty()),
+        "nobody may hold the listening socket; held by {:?}",
+        holders_of(inode)
+    );
+}
