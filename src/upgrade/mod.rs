@@ -21,7 +21,11 @@
 //! sends SIGHUP to its session), so there it means "stop", as for any
 //! program: an upgrade would leave an orphan holding the port with nobody to
 //! stop it. Whether we have a terminal is decided once, at start-up: after a
-//! hang-up the kernel has already taken the terminal away.
+//! hang-up the kernel has already taken the terminal away. A process on a
+//! terminal also stops when it finds the terminal gone without a SIGHUP of
+//! its own (a successor runs in a background process group, which the
+//! kernel's SIGHUP does not reach). A SIGHUP ignored at start-up (`nohup`)
+//! stays ignored, and then the terminal is not watched either.
 //!
 //! Under systemd, `NOTIFY_SOCKET` keeps naming the manager in the child: the
 //! readiness of a handoff travels on its own variable, so no message ever
@@ -225,9 +229,24 @@ mod imp {
     struct Signals {
         usr2: Option<Signal>,
         hangup: Option<Signal>,
-        /// We had a controlling terminal at start-up: SIGHUP is a hang-up.
-        terminal: bool,
+        /// What SIGHUP means here, decided at start-up.
+        hangup_means: Hangup,
     }
+
+    /// What SIGHUP means to this process.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Hangup {
+        /// No controlling terminal (a service): an upgrade.
+        Upgrade,
+        /// A controlling terminal: the terminal hung up; stop. Also when the
+        /// terminal goes away without a SIGHUP for us (see [`terminal_gone`]).
+        Stop,
+        /// Ignored when we started (`nohup`): kept ignored, as asked.
+        Ignored,
+    }
+
+    /// How often a process on a terminal checks that it still has one.
+    const TERMINAL_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 
     /// What a signal asks for.
     enum Request {
@@ -244,42 +263,86 @@ mod imp {
                     None
                 }
             };
-            let terminal = has_controlling_terminal();
-            tracing::debug!(
-                terminal,
-                "SIGHUP means {}",
-                if terminal { "stop" } else { "upgrade" }
-            );
+            let hangup_means = if sighup_ignored() {
+                Hangup::Ignored
+            } else if has_controlling_terminal() {
+                Hangup::Stop
+            } else {
+                Hangup::Upgrade
+            };
+            match hangup_means {
+                Hangup::Ignored => tracing::info!(
+                    "SIGHUP is ignored (nohup): closing the terminal does not stop this process; upgrade with SIGUSR2"
+                ),
+                Hangup::Stop => {
+                    tracing::debug!("on a terminal: SIGHUP stops; upgrade with SIGUSR2")
+                }
+                Hangup::Upgrade => tracing::debug!("no terminal: SIGHUP and SIGUSR2 upgrade"),
+            }
             Signals {
                 usr2: install(SignalKind::user_defined2(), "SIGUSR2"),
-                hangup: install(SignalKind::hangup(), "SIGHUP"),
-                terminal,
+                // Installing a handler would undo nohup's "ignore".
+                hangup: (hangup_means != Hangup::Ignored)
+                    .then(|| install(SignalKind::hangup(), "SIGHUP"))
+                    .flatten(),
+                hangup_means,
             }
         }
 
         async fn next(&mut self) -> Request {
+            let on_terminal = self.hangup_means == Hangup::Stop;
             tokio::select! {
                 Some(()) = recv(&mut self.usr2) => Request::Upgrade(Trigger::Signal("SIGUSR2")),
                 Some(()) = recv(&mut self.hangup) => {
-                    if self.terminal {
+                    if on_terminal {
                         Request::Stop
                     } else {
                         Request::Upgrade(Trigger::Signal("SIGHUP"))
                     }
                 }
+                () = terminal_gone(), if on_terminal => Request::Stop,
                 else => std::future::pending().await,
             }
         }
 
         /// Completes on a terminal hang-up only (other signals are left queued).
         async fn hung_up(&mut self) {
-            if !self.terminal {
+            if self.hangup_means != Hangup::Stop {
                 return std::future::pending().await;
             }
-            if recv(&mut self.hangup).await.is_none() {
-                std::future::pending().await
+            tokio::select! {
+                Some(()) = recv(&mut self.hangup) => {}
+                () = terminal_gone() => {}
             }
         }
+    }
+
+    /// Completes once this process has lost its controlling terminal. The
+    /// kernel sends SIGHUP on a hang-up only to the session leader and the
+    /// foreground process group; a successor started by SIGUSR2 runs in a
+    /// group of its own, in the background, and would otherwise outlive its
+    /// terminal, holding the port. The terminal also goes when the session
+    /// leader exits (a server started as `tmux new 'portkeeper'` or over
+    /// ssh, upgraded: the old process was the leader), and its window with it.
+    async fn terminal_gone() {
+        loop {
+            tokio::time::sleep(TERMINAL_POLL).await;
+            if !has_controlling_terminal() {
+                return;
+            }
+        }
+    }
+
+    /// True when SIGHUP was ignored when we started (`nohup`), from the
+    /// `SigIgn` mask of `/proc/self/status` (bit 0 is signal 1, SIGHUP).
+    fn sighup_ignored() -> bool {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| {
+                let mask = status.lines().find_map(|l| l.strip_prefix("SigIgn:"))?;
+                u64::from_str_radix(mask.trim(), 16).ok()
+            })
+            .is_some_and(|mask| mask & 1 != 0)
     }
 
     /// True when this process has a controlling terminal: opening `/dev/tty`

@@ -695,3 +695,114 @@ fn under_a_manager_a_stop_during_an_upgrade_kills_the_orphaned_group() {
         holders_of(inode)
     );
 }
+
+/// Kills, by pid, every process left in session `leader` (a test's pty
+/// session), on drop.
+struct Session(u32);
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            if proc_stat(pid).is_some_and(|f| f[3] == self.0.to_string()) {
+                drop(Successor(pid));
+            }
+        }
+    }
+}
+
+/// A shell on a pty runs the server and stays (it is the session leader,
+/// as a login shell is). After a SIGUSR2 upgrade the successor runs in a
+/// process group of its own, which the kernel's SIGHUP on a hang-up does
+/// not reach: it must notice on its own that the terminal is gone, and stop,
+/// rather than outlive the terminal holding the port. While the terminal is
+/// open it keeps serving.
+#[test]
+fn after_an_upgrade_on_a_terminal_closing_it_stops_the_successor() {
+    let Some(script) = peer_tool("script") else {
+        return;
+    };
+    let dir = TempDir::new();
+    let (_, copy) = copy_of_binary(dir.path());
+    let mut cmd = copy_settings(&copy, clean_command(&script));
+    cmd.args([
+        "-qfc",
+        &format!("{}; sleep 60", copy.get_program().to_str().unwrap()),
+        "/dev/null",
+    ]);
+    let mut terminal = spawn_fresh_copy(cmd, "terminal-upgrade");
+    let line = terminal.wait_for_line(" serving ", DEADLINE).unwrap();
+    let addr: SocketAddr = line
+        .split(" serving ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let old = pid_of(&get_json(addr, "/info").unwrap()) as u32;
+    let leader: u32 = proc_stat(old).unwrap()[3].parse().unwrap();
+    let _session = Session(leader);
+    assert_ne!(leader, old, "the shell, not the server, leads the session");
+    assert_ne!(controlling_terminal(old), 0, "the server has the pty");
+    let inode = listening_socket_inode(addr);
+
+    Command::new("kill")
+        .args(["-USR2", &old.to_string()])
+        .status()
+        .unwrap();
+    let info = wait_for_successor(addr, u64::from(old)).unwrap();
+    let successor = pid_of(&info) as u32;
+    assert!(
+        wait_until(DEADLINE, || has_exited(old)),
+        "the old process drains and exits"
+    );
+    // Three times the terminal check's interval: the terminal is open, so
+    // the successor serves on.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(pid_of(&get_json(addr, "/info").unwrap()) as u32, successor);
+
+    terminal.signal("KILL").unwrap();
+    assert!(
+        wait_until(DEADLINE, || has_exited(successor)),
+        "the successor {successor} still runs after its terminal hung up"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || holders_of(inode).is_empty()),
+        "a process still holds the port after the hang-up: {:?}",
+        holders_of(inode)
+    );
+    assert!(
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err(),
+        "the port still accepts after the hang-up"
+    );
+}
+
+/// `nohup` asks for SIGHUP to be ignored: it is, neither a stop nor an upgrade.
+#[test]
+fn under_nohup_sighup_is_ignored() {
+    let dir = TempDir::new();
+    let mut server_cmd = portkeeper(dir.path());
+    loopback(&mut server_cmd);
+    let mut cmd = copy_settings(&server_cmd, without_terminal(&clean_command("nohup")));
+    cmd.arg(binary());
+    let mut server = Running::spawn(cmd, "nohup").unwrap();
+    let addr = server.serving_address().unwrap();
+    server.signal("HUP").unwrap();
+    // A handoff takes some 100 ms; a stop less.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        pid_of(&get_json(addr, "/info").unwrap()),
+        u64::from(server.pid())
+    );
+    assert!(
+        !server.output().contains("binary upgrade"),
+        "{}",
+        server.output()
+    );
+    server
+        .wait_for_line("SIGHUP is ignored (nohup)", DEADLINE)
+        .unwrap();
+    server.signal("TERM").unwrap();
+    assert!(server.wait_exit(DEADLINE).unwrap().success());
+}
