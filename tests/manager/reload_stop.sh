@@ -3,19 +3,22 @@
 # (../shared/tools/systemd-user-manager, systemd 252): issue 13.10 and 13.11.
 #
 # Each trial: start the service through its socket, `systemctl --user reload`
-# (a binary upgrade: the old process hands the socket over and exits), check
-# that the successor is the main process and that `systemctl status` shows its
-# URL, then start a 2 s request and `systemctl --user stop` while it runs. A
-# trial passes when the request is answered (200) and the unit ends inactive
-# with Result=success. Prints one line per trial and the counts.
+# RELOADS times (a binary upgrade each: the old process hands the socket over
+# and exits), check that the last successor is the main process and that
+# `systemctl status` shows its URL, then start a 2 s request and
+# `systemctl --user stop` while it runs. A trial passes when the request is
+# answered (200) and the unit ends inactive with Result=success. The test copy
+# sets WatchdogSec=1s, so a successor whose pings the manager refused would be
+# killed (Result=watchdog). Prints one line per trial and the counts.
 #
-# Usage: tests/manager/reload_stop.sh [TRIALS] [BINARY]   (run as root)
+# Usage: tests/manager/reload_stop.sh [TRIALS] [BINARY] [RELOADS]   (run as root)
 # The manager is stopped with stop.sh on every exit path.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
 trials=${1:-20}
 binary=${2:-$root/target/debug/portkeeper}
+reloads=${3:-1}
 tool=$root/../shared/tools/systemd-user-manager
 [ -x "$tool/start.sh" ] || { echo "no manager tool at $tool" >&2; exit 2; }
 [ -x "$binary" ] || { echo "no binary at $binary (cargo build first)" >&2; exit 2; }
@@ -38,6 +41,7 @@ sed -e "s/^ListenStream=5050$/ListenStream=127.0.0.1:$port/" -e '/^BindIPv6Only=
 grep -v -E '^(DynamicUser|PrivateTmp|ProtectProc|ProcSubset|ProtectControlGroups|ProtectKernelTunables|ProtectHome)=' \
     systemd/portkeeper.service |
     sed -e "s|^ExecStart=.*|ExecStart=$UNITS/portkeeper\nWorkingDirectory=$UNITS\nEnvironment=DEBUG=true|" \
+        -e "s|^WatchdogSec=.*|WatchdogSec=1s|" \
     >"$UNITS/portkeeper.service"
 grep -q '^ExecReload=' "$UNITS/portkeeper.service" || { echo "the shipped unit has no ExecReload=" >&2; exit 2; }
 
@@ -54,14 +58,19 @@ pid_of() { curl -s -m 5 "127.0.0.1:$port/info" | python3 -c 'import json,sys; pr
 passed=0 failed=0
 for trial in $(seq "$trials"); do
     sc reset-failed portkeeper.service 2>/dev/null || true
-    old=$(pid_of)   # the first connection starts the service
-    sc reload portkeeper.service
-    new=$old
-    for _ in $(seq 100); do
-        new=$(pid_of || echo "$old")
-        [ "$new" != "$old" ] && break
-        sleep 0.05
+    first=$(pid_of)   # the first connection starts the service
+    new=$first
+    for _ in $(seq "$reloads"); do
+        old=$new
+        sc reload portkeeper.service
+        for _ in $(seq 100); do
+            new=$(pid_of || echo "$old")
+            [ "$new" != "$old" ] && break
+            sleep 0.05
+        done
+        sleep 1.2   # past a watchdog period, and past the old process's exit
     done
+    old=$first
     main=$(prop MainPID)
     status=$(prop StatusText)
     code_file=$work/code.$trial
