@@ -327,7 +327,7 @@ mod imp {
     async fn terminal_gone() {
         loop {
             tokio::time::sleep(TERMINAL_POLL).await;
-            if !has_controlling_terminal() {
+            if lost_controlling_terminal() {
                 return;
             }
         }
@@ -347,9 +347,17 @@ mod imp {
 
     /// True when this process has a controlling terminal: opening `/dev/tty`
     /// succeeds exactly then (ENXIO otherwise), and opening it does not
-    /// acquire one.
+    /// acquire one. Any other failure (no `/dev/tty` in a service's private
+    /// `/dev`) also counts as none.
     fn has_controlling_terminal() -> bool {
         std::fs::File::open("/dev/tty").is_ok()
+    }
+
+    /// True only when `/dev/tty` says for certain that we have no terminal
+    /// (ENXIO): running out of file descriptors must not look like a hang-up.
+    fn lost_controlling_terminal() -> bool {
+        std::fs::File::open("/dev/tty")
+            .is_err_and(|err| err.raw_os_error() == Some(nix::errno::Errno::ENXIO as i32))
     }
 
     impl Upgrader {
