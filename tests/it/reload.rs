@@ -445,7 +445,7 @@ fn busy_keep_alive_connections_are_closed_cleanly_on_stop() {
 
 /// Under a service manager (here the test plays systemd's NOTIFY_SOCKET),
 /// without a controlling terminal, SIGHUP (`systemctl reload`) upgrades:
-/// the old process announces the new main pid; the new process does not send
+/// the old process announces the new main pid and the new process's status; the new process does not send
 /// READY=1 there again, yet reaches the manager afterwards (STOPPING=1).
 #[test]
 fn sighup_under_a_manager_announces_the_new_mainpid() {
@@ -476,6 +476,13 @@ fn sighup_under_a_manager_announces_the_new_mainpid() {
     let announced = next_message();
     assert!(
         announced.starts_with(&format!("MAINPID={}\n", successor.0)),
+        "{announced:?}"
+    );
+    // `systemctl status` then shows the new process's own status: its URL.
+    assert!(
+        announced.contains(&format!(
+            "\nSTATUS=serving http://{addr}/ (listener from handoff)"
+        )),
         "{announced:?}"
     );
     assert!(first.wait_exit(DEADLINE).unwrap().success());
