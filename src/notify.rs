@@ -36,6 +36,17 @@ pub struct Notifier {
     failures: Mutex<FailureLog>,
 }
 
+/// What a send should log.
+enum Report {
+    Nothing,
+    /// Sends work again after failures.
+    Recovered,
+    /// A failure to warn about, with the failures not logged since the last warning.
+    Failed {
+        suppressed: u64,
+    },
+}
+
 /// Rate limiting of the warnings about failed sends.
 #[derive(Debug, Default)]
 struct FailureLog {
@@ -139,29 +150,35 @@ impl Notifier {
     /// the server with it. Warnings are rate limited (see the module docs).
     pub fn notify(&self, message: &str) {
         let result = self.send(message);
-        // A poisoned lock only means another thread panicked while logging.
-        let mut failures = self
-            .failures
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match result {
-            Ok(()) => {
-                if failures.succeeded() {
-                    tracing::info!("sd_notify works again");
-                }
+        // Decide under the lock, log after it: a slow log sink must not hold
+        // up other senders.
+        let decision = {
+            // A poisoned lock only means another thread panicked while deciding.
+            let mut failures = self
+                .failures
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match &result {
+                Ok(()) if failures.succeeded() => Report::Recovered,
+                Ok(()) => Report::Nothing,
+                Err(_) => failures
+                    .failed(Instant::now())
+                    .map_or(Report::Nothing, |suppressed| Report::Failed { suppressed }),
             }
-            Err(err) => {
-                if let Some(suppressed) = failures.failed(Instant::now()) {
-                    let notification = message.lines().next().unwrap_or_default();
-                    tracing::warn!(
-                        error = %err,
-                        notification,
-                        suppressed,
-                        "sd_notify failed; the service manager may not see readiness or watchdog pings (is NOTIFY_SOCKET read?); at most one such warning every {}s",
-                        WARNING_INTERVAL.as_secs()
-                    );
-                }
+        };
+        match (decision, result) {
+            (Report::Recovered, _) => tracing::info!("sd_notify works again"),
+            (Report::Failed { suppressed }, Err(err)) => {
+                let notification = message.lines().next().unwrap_or_default();
+                tracing::warn!(
+                    error = %err,
+                    notification,
+                    suppressed,
+                    "sd_notify failed; the service manager may not see readiness or watchdog pings (is NOTIFY_SOCKET read?); at most one such warning every {}s",
+                    WARNING_INTERVAL.as_secs()
+                );
             }
+            _ => {}
         }
     }
 }
