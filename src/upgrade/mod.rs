@@ -498,8 +498,13 @@ mod imp {
     }
 
     /// Completes when the new process is gone. Our own child: with its exit
-    /// status. An orphan: once the starting shell has exited and the process
-    /// group is empty (nothing to read an exit status from).
+    /// status. An orphan: nothing to read an exit status from, so once the
+    /// starting shell has exited, the group is watched. Our shell sets
+    /// `LISTEN_PID` to the new process's pid just before `exec`, and what it
+    /// starts inherits the variable: the new process is gone when the group
+    /// is empty, or when its members name in `LISTEN_PID` only processes that
+    /// are no longer there. So a wrapper that fails while its children live on
+    /// is seen at once, not after [`READY_TIMEOUT`].
     async fn gone(
         child: &mut tokio::process::Child,
         parent: Parent,
@@ -509,43 +514,58 @@ mod imp {
         if parent == Parent::Us {
             return Ok(Some(status));
         }
-        while group_alive(group) {
+        loop {
+            // `None`: /proc cannot tell; wait for readiness or the timeout.
+            if let Some(members) = live_members(group) {
+                let named: Vec<u32> = members.iter().filter_map(|&pid| listen_pid(pid)).collect();
+                // Members but no LISTEN_PID yet: our shell has not exec'd.
+                let main_gone = !named.is_empty() && !named.iter().any(|pid| members.contains(pid));
+                if members.is_empty() || main_gone {
+                    return Ok(None);
+                }
+            }
             tokio::time::sleep(GROUP_POLL).await;
         }
-        Ok(None)
     }
 
     /// How often an orphaned new process's group is checked for life.
     const GROUP_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
-    /// True while the process group `group` has a member that has not exited.
-    /// Zombies do not count: an orphan is reaped by the manager, or by an
-    /// init that may take its time (containers).
-    fn group_alive(group: u32) -> bool {
-        let Ok(pgid) = i32::try_from(group) else {
-            return false;
-        };
+    /// The members of process group `group` that have not exited; `None`
+    /// when /proc cannot be read. Zombies do not count: an orphan is reaped
+    /// by the manager, or by an init that may take its time (containers).
+    fn live_members(group: u32) -> Option<Vec<u32>> {
+        let pgid = i32::try_from(group).ok()?;
         if let Err(nix::errno::Errno::ESRCH) =
             nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None)
         {
-            return false;
+            return Some(Vec::new());
         }
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return true;
-        };
-        entries.flatten().any(|entry| {
-            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-                return false;
-            };
-            // "pid (comm) state ppid pgrp ...": comm may hold spaces.
-            let Some((_, rest)) = stat.rsplit_once(')') else {
-                return false;
-            };
-            let mut fields = rest.split_whitespace();
-            let state = fields.next();
-            let pgrp = fields.nth(1);
-            pgrp == Some(&*group.to_string()) && !matches!(state, Some("Z" | "X"))
-        })
+        let group = group.to_string();
+        let members = std::fs::read_dir("/proc")
+            .ok()?
+            .flatten()
+            .filter_map(|entry| {
+                let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+                let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+                // "pid (comm) state ppid pgrp ...": comm may hold spaces.
+                let (_, rest) = stat.rsplit_once(')')?;
+                let mut fields = rest.split_whitespace();
+                let state = fields.next()?;
+                let pgrp = fields.nth(1)?;
+                (pgrp == group && !matches!(state, "Z" | "X")).then_some(pid)
+            })
+            .collect();
+        Some(members)
+    }
+
+    /// The `LISTEN_PID` a process was started with.
+    fn listen_pid(pid: u32) -> Option<u32> {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+        environ
+            .split(|&b| b == 0)
+            .find_map(|var| var.strip_prefix(b"LISTEN_PID="))
+            .and_then(|value| std::str::from_utf8(value).ok()?.parse().ok())
     }
 
     /// A child that has not said it is ready: killed with its whole process

@@ -813,3 +813,40 @@ fn under_nohup_sighup_is_ignored() {
     server.signal("TERM").unwrap();
     assert!(server.wait_exit(DEADLINE).unwrap().success());
 }
+
+/// Under a manager, a forking wrapper that fails while its background
+/// child lives on: the failure is seen when the wrapper exits (the process
+/// with its own pid in LISTEN_PID), not after the 15 s readiness timeout,
+/// and the background child is killed.
+#[test]
+fn under_a_manager_a_forking_successor_that_fails_is_noticed_at_once() {
+    let dir = TempDir::new();
+    let (_manager, socket_path) = fake_manager(dir.path());
+    let (executable, mut cmd) = copy_of_binary(dir.path());
+    cmd.env("NOTIFY_SOCKET", &socket_path);
+    let mut server = spawn_fresh_copy(cmd, "managed-forking-upgrade");
+    let addr = server.serving_address().unwrap();
+    let inode = listening_socket_inode(addr);
+
+    replace_file(&executable, &forking_wrapper(dir.path(), "exit 1"));
+    let signalled = Instant::now();
+    server.signal("USR2").unwrap();
+    let line = server
+        .wait_for_line("binary upgrade failed", DEADLINE)
+        .unwrap();
+    let noticed = signalled.elapsed();
+    eprintln!("a failed forking orphaned successor was noticed after {noticed:?}");
+    assert!(line.contains("exited before it was ready"), "{line}");
+    assert!(noticed < Duration::from_secs(5), "took {noticed:?}");
+    let grandchild = grandchild_pid(dir.path());
+    assert!(
+        wait_until(Duration::from_secs(5), || has_exited(grandchild)),
+        "the wrapper's background child {grandchild} is still running"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || holders_of(inode)
+            == [server.pid()]),
+        "only the server may hold the listening socket; held by {:?}",
+        holders_of(inode)
+    );
+}
