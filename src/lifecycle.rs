@@ -92,7 +92,7 @@ pub async fn run(
                         tracing::info!(successor, "handed the listener over; finishing open requests");
                     }
                     Departure::HungUp => {
-                        tracing::info!(signal = "SIGHUP", "terminal hung up; stopping");
+                        tracing::info!("terminal hung up; stopping");
                         if let Some(notifier) = &notifier {
                             notifier.notify(&notify::stopping_message("finishing open requests"));
                         }
