@@ -10,7 +10,7 @@
 #             loop starts a new one, which binds the port again
 #   systemfd  the same wrapper loop under `systemfd --no-pid`: systemfd holds
 #             the socket, each new portkeeper adopts it (development path 1)
-#   sighup    `kill -HUP`: portkeeper starts its successor itself (path 3)
+#   sighup    `kill -USR2` (the upgrade signal; SIGHUP too under a service): portkeeper starts its successor itself (path 3)
 #   reload    RELOAD=true and the executable replaced by a copy (new inode),
 #             as a build or an installer does (path 4)
 #   cargo-watch  (only with WITH_CARGO_WATCH=1) the real development loop,
@@ -136,7 +136,7 @@ finish "${final_pid:-}" "$wrapper"
 HOST=127.0.0.1 API_PORT=0 "$bin" >"$work/sighup.log" 2>&1 &
 started+=($!)
 address=$(serving_address "$work/sighup.log")
-run_load sighup "$address" 'kill -HUP $PID' || true
+run_load sighup "$address" 'kill -USR2 $PID' || true
 finish "${final_pid:-}"
 
 # reload: RELOAD=true, the executable replaced by a fresh copy each time.
@@ -199,5 +199,5 @@ finish "${final_pid:-}" "$wrapper"
 HOST=127.0.0.1 API_PORT=0 "$bin" >"$work/sighup-wrk.log" 2>&1 &
 started+=($!)
 address=$(serving_address "$work/sighup-wrk.log")
-wrk_check sighup "$address" 'kill -HUP $PID'
+wrk_check sighup "$address" 'kill -USR2 $PID'
 finish "${final_pid:-}"

@@ -85,7 +85,16 @@ impl Error {
     /// Prints the error as one line on stderr, `<program>: error: <message>`,
     /// and returns its exit status, for `main` to return.
     pub fn report(self) -> ExitCode {
-        eprintln!("{}: error: {self}", program_name());
+        // On the journal's stream, "<3>" files the line at priority err, not info.
+        let journal = crate::notify::stderr_is_journal_stream(
+            crate::config::protocol_var("JOURNAL_STREAM").as_deref(),
+        );
+        let prefix = if journal {
+            crate::notify::ERR_PREFIX
+        } else {
+            ""
+        };
+        eprintln!("{prefix}{}: error: {self}", program_name());
         ExitCode::from(self.exit_status())
     }
 

@@ -16,7 +16,7 @@ use crate::listener::Bound;
 use crate::notify::{self, Notifier};
 use crate::routes::{self, AppState, Builtins, RouteSettings};
 use crate::serve::{self, ServeOptions, Stopped};
-use crate::upgrade::{Succession, Upgrader};
+use crate::upgrade::{Departure, Succession, Upgrader};
 
 /// What the process learned about its manager before the runtime started.
 #[derive(Debug, Default)]
@@ -37,8 +37,9 @@ pub(crate) struct Plan {
     pub(crate) shutdown: Option<Pin<Box<dyn Future<Output = ()> + Send + 'static>>>,
 }
 
-/// Serves until SIGINT or SIGTERM (or the user's shutdown future), or until a
-/// binary upgrade has handed the listener to a new process; then drains.
+/// Serves until SIGINT, SIGTERM or a terminal's hang-up (or the user's
+/// shutdown future), or until a binary upgrade (SIGUSR2, a service's SIGHUP,
+/// `RELOAD`) has handed the listener to a new process; then drains.
 /// Must run inside a tokio runtime.
 pub(crate) async fn run(plan: Plan, app: Router) -> Result<(), Error> {
     let Plan {
@@ -106,16 +107,22 @@ pub(crate) async fn run(plan: Plan, app: Router) -> Result<(), Error> {
                     tracing::info!("stop requested by the application");
                     true
                 }
-                successor = upgrader.until_handed_over() => {
-                    // No STOPPING=1: the service goes on, in the successor,
-                    // which also feeds the watchdog from now on (systemd
-                    // would reject our pings: we are no longer MAINPID).
-                    if let Some(watchdog) = &watchdog {
-                        watchdog.abort();
+                departure = upgrader.until_handed_over() => match departure {
+                    Departure::HandedOver(successor) => {
+                        // No STOPPING=1: the service goes on, in the successor,
+                        // which also feeds the watchdog from now on (systemd
+                        // would reject our pings: we are no longer MAINPID).
+                        if let Some(watchdog) = &watchdog {
+                            watchdog.abort();
+                        }
+                        tracing::info!(successor, "handed the listener over; finishing open requests");
+                        false
                     }
-                    tracing::info!(successor, "handed the listener over; finishing open requests");
-                    false
-                }
+                    Departure::HungUp => {
+                        tracing::info!("terminal hung up; stopping");
+                        true
+                    }
+                },
             };
             if stopping {
                 if let Some(notifier) = &notifier {

@@ -5,15 +5,79 @@
 //! socket when it starts with `@`. The sd-notify crate (0.5) cannot reach
 //! abstract sockets, so this module speaks the protocol itself with std.
 //! Without `NOTIFY_SOCKET` there is no [`Notifier`] and nothing is sent.
+//!
+//! Notifications are advice to the manager, never a reason to stop serving.
+//! The socket is non-blocking: a datagram to a socket whose queue is full
+//! (a manager that stopped reading, a test that never reads) would otherwise
+//! block the runtime thread that sends it, and with it `/health` and the
+//! SIGTERM handler. A send that cannot be made at once is dropped and costs a
+//! warning, at most one every [`WARNING_INTERVAL`] (with the number of
+//! failures in between), so a stuck socket cannot flood the log either.
 
 use std::io;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// At most one "sd_notify failed" warning per this interval; the failures in
+/// between are counted and reported with the next warning.
+pub const WARNING_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The shortest interval between two `WATCHDOG=1` pings, whatever
+/// `WATCHDOG_USEC` says. `WATCHDOG_USEC=1` would otherwise mean a ping every
+/// half microsecond: about a million datagrams in 3 s. systemd cannot check a
+/// watchdog that precisely anyway; a `WatchdogSec=` under 100 ms is a mistake.
+pub const MIN_WATCHDOG_INTERVAL: Duration = Duration::from_millis(50);
 
 /// A connection to the service manager's notification socket.
 #[derive(Debug)]
 pub struct Notifier {
     #[cfg(unix)]
     socket: std::os::unix::net::UnixDatagram,
+    failures: Mutex<FailureLog>,
+}
+
+/// What a send should log.
+enum Report {
+    Nothing,
+    /// Sends work again after failures.
+    Recovered,
+    /// A failure to warn about, with the failures not logged since the last warning.
+    Failed {
+        suppressed: u64,
+    },
+}
+
+/// Rate limiting of the warnings about failed sends.
+#[derive(Debug, Default)]
+struct FailureLog {
+    /// When the last warning was logged.
+    last_warning: Option<Instant>,
+    /// Failures since then that were not logged.
+    suppressed: u64,
+}
+
+impl FailureLog {
+    /// Records one failure at `now`; `Some(suppressed)` when a warning is due,
+    /// with the number of failures not logged since the last one.
+    fn failed(&mut self, now: Instant) -> Option<u64> {
+        match self.last_warning {
+            Some(last) if now.duration_since(last) < WARNING_INTERVAL => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last_warning = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+
+    /// Records a successful send; true when sends had been failing.
+    fn succeeded(&mut self) -> bool {
+        let was_failing = self.last_warning.is_some();
+        *self = FailureLog::default();
+        was_failing
+    }
 }
 
 /// A `NOTIFY_SOCKET` value that cannot be used.
@@ -55,7 +119,12 @@ impl Notifier {
             }
             _ => socket.connect(value)?,
         }
-        Ok(Notifier { socket })
+        // Never wait for the manager: see the module docs.
+        socket.set_nonblocking(true)?;
+        Ok(Notifier {
+            socket,
+            failures: Mutex::default(),
+        })
     }
 
     #[cfg(not(unix))]
@@ -66,7 +135,8 @@ impl Notifier {
         ))
     }
 
-    /// Sends one notification: `KEY=value` lines, newline-separated.
+    /// Sends one notification: `KEY=value` lines, newline-separated. Never
+    /// blocks: a full socket queue is an error of kind `WouldBlock`.
     pub fn send(&self, message: &str) -> io::Result<()> {
         #[cfg(unix)]
         self.socket.send(message.as_bytes())?;
@@ -76,10 +146,39 @@ impl Notifier {
     }
 
     /// Sends a notification and logs, rather than fails, when it cannot be
-    /// delivered: a manager that went away must not take the server with it.
+    /// delivered: a manager that went away or stopped reading must not take
+    /// the server with it. Warnings are rate limited (see the module docs).
     pub fn notify(&self, message: &str) {
-        if let Err(err) = self.send(message) {
-            tracing::warn!(error = %err, message, "sd_notify failed");
+        let result = self.send(message);
+        // Decide under the lock, log after it: a slow log sink must not hold
+        // up other senders.
+        let decision = {
+            // A poisoned lock only means another thread panicked while deciding.
+            let mut failures = self
+                .failures
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match &result {
+                Ok(()) if failures.succeeded() => Report::Recovered,
+                Ok(()) => Report::Nothing,
+                Err(_) => failures
+                    .failed(Instant::now())
+                    .map_or(Report::Nothing, |suppressed| Report::Failed { suppressed }),
+            }
+        };
+        match (decision, result) {
+            (Report::Recovered, _) => tracing::info!("sd_notify works again"),
+            (Report::Failed { suppressed }, Err(err)) => {
+                let notification = message.lines().next().unwrap_or_default();
+                tracing::warn!(
+                    error = %err,
+                    notification,
+                    suppressed,
+                    "sd_notify failed; the service manager may not see readiness or watchdog pings (is NOTIFY_SOCKET read?); at most one such warning every {}s",
+                    WARNING_INTERVAL.as_secs()
+                );
+            }
+            _ => {}
         }
     }
 }
@@ -102,8 +201,43 @@ fn one_line(status: &str) -> String {
     status.replace('\n', " ")
 }
 
+/// The `sd-daemon(3)` prefix that gives a line on stderr journal priority
+/// `err`: systemd reads a leading `<3>` on a line of the journal stream as
+/// the priority (`SyslogLevelPrefix=`, on by default) and strips it.
+pub const ERR_PREFIX: &str = "<3>";
+
+/// True when our stderr is the journal's stream: `JOURNAL_STREAM` (its value
+/// passed in, `device:inode`) names the very file stderr is open on, as
+/// `systemd.exec(5)` advises to check. A process that inherited the variable
+/// but writes elsewhere (a terminal, a pipe) gets `false`.
+pub fn stderr_is_journal_stream(journal_stream: Option<&str>) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsFd as _;
+        use std::os::unix::fs::MetadataExt as _;
+        let Some((device, inode)) = journal_stream.and_then(|v| v.trim().split_once(':')) else {
+            return false;
+        };
+        let (Ok(device), Ok(inode)) = (device.parse::<u64>(), inode.parse::<u64>()) else {
+            return false;
+        };
+        let Ok(stderr) = std::io::stderr().as_fd().try_clone_to_owned() else {
+            return false;
+        };
+        std::fs::File::from(stderr)
+            .metadata()
+            .is_ok_and(|meta| meta.dev() == device && meta.ino() == inode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = journal_stream;
+        false
+    }
+}
+
 /// How often to send `WATCHDOG=1`: half of `WATCHDOG_USEC`, as `sd_watchdog_enabled(3)`
-/// advises, when the watchdog is meant for us (`WATCHDOG_PID` absent or ours).
+/// advises, but never more often than [`MIN_WATCHDOG_INTERVAL`]; only when the
+/// watchdog is meant for us (`WATCHDOG_PID` absent or ours).
 pub fn watchdog_interval(
     watchdog_usec: Option<&str>,
     watchdog_pid: Option<&str>,
@@ -115,7 +249,7 @@ pub fn watchdog_interval(
         Some(pid) if pid.parse() == Ok(our_pid) => {}
         Some(_) => return None,
     }
-    Some(Duration::from_micros(usec) / 2)
+    Some((Duration::from_micros(usec) / 2).max(MIN_WATCHDOG_INTERVAL))
 }
 
 #[cfg(test)]
@@ -169,6 +303,55 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    #[cfg(unix)]
+    #[test]
+    fn a_full_socket_fails_at_once_instead_of_blocking() {
+        use std::os::unix::net::UnixDatagram;
+        let dir = std::env::temp_dir().join(format!("pk-notify-full-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("notify.sock");
+        let _ = std::fs::remove_file(&path);
+        let _never_read = UnixDatagram::bind(&path).unwrap();
+        let notifier = Notifier::connect(path.to_str()).unwrap().unwrap();
+        // net.unix.max_dgram_qlen is 10 by default (512 on some systems):
+        // the queue is full long before 10 000 datagrams.
+        let started = Instant::now();
+        let err = (0..10_000)
+            .find_map(|_| notifier.send(WATCHDOG).err())
+            .expect("a send to a socket nobody reads fails once its queue is full");
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn failure_warnings_are_rate_limited_and_count_the_rest() {
+        let mut log = FailureLog::default();
+        let t0 = Instant::now();
+        assert_eq!(log.failed(t0), Some(0), "the first failure is logged");
+        for i in 1..100 {
+            assert_eq!(log.failed(t0 + Duration::from_millis(i)), None);
+        }
+        assert_eq!(log.failed(t0 + WARNING_INTERVAL), Some(99));
+        assert!(log.succeeded(), "recovery is reported");
+        assert!(!log.succeeded());
+        assert_eq!(
+            log.failed(t0 + WARNING_INTERVAL + Duration::from_millis(1)),
+            Some(0),
+            "after a recovery the next failure is news"
+        );
+    }
+
+    #[test]
+    fn only_a_matching_journal_stream_counts() {
+        assert!(!stderr_is_journal_stream(None));
+        assert!(!stderr_is_journal_stream(Some("")));
+        assert!(!stderr_is_journal_stream(Some("not:numbers")));
+        // No file is device 0, inode 0 (the test's stderr is whatever cargo
+        // gave it); the matching case is tested on the binary (tests/it/systemd.rs).
+        assert!(!stderr_is_journal_stream(Some("0:0")));
+    }
+
     #[test]
     fn watchdog_is_half_the_interval_and_only_for_us() {
         assert_eq!(
@@ -181,6 +364,11 @@ mod tests {
         );
         assert_eq!(watchdog_interval(Some("2000000"), Some("8"), 9), None);
         assert_eq!(watchdog_interval(Some("0"), None, 9), None);
+        assert_eq!(
+            watchdog_interval(Some("1"), None, 9),
+            Some(MIN_WATCHDOG_INTERVAL),
+            "a tiny WATCHDOG_USEC must not turn into a flood of pings"
+        );
         assert_eq!(watchdog_interval(None, None, 9), None);
     }
 }

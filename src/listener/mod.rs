@@ -35,7 +35,7 @@ pub(crate) enum Source {
     /// Inherited without LISTEN_PID (`systemfd --no-pid`).
     Systemfd,
     /// Inherited from the previous portkeeper process by a binary upgrade
-    /// (SIGHUP or `RELOAD=true`); whoever opened the socket first, this
+    /// (SIGUSR2, a service's SIGHUP, or `RELOAD=true`); whoever opened the socket first, this
     /// process got it from its predecessor.
     Handoff,
     /// Bound by us on `HOST:API_PORT`.

@@ -1,21 +1,44 @@
 //! Binary upgrades without a refused connection: hand the listener to a new executable, then drain.
 //!
-//! On SIGHUP, or with `RELOAD=true` when the executable file is replaced (see
-//! [`watch`]), the running server starts the executable at its own path as a
-//! child and hands it the listening socket by the LISTEN_FDS protocol
-//! ([`crate::listener::handover`]). Both processes accept from the same socket
-//! while the child starts, so the kernel's queue never stops taking
-//! connections. The child reports `READY=1` to a private datagram socket of
-//! ours, named in [`HANDOFF_NOTIFY_VAR`] (the `sd_notify` protocol, so the
-//! child's ordinary readiness code does the job). Only then do we stop
+//! On SIGUSR2, on SIGHUP when we have no controlling terminal (a service:
+//! `systemctl reload`), or with `RELOAD=true` when the executable file is
+//! replaced (see [`watch`]), the running server starts the executable at its
+//! own path as a child and hands it the listening socket by the LISTEN_FDS
+//! protocol ([`crate::listener::handover`]). Both processes accept from the
+//! same socket while the child starts, so the kernel's queue never stops
+//! taking connections. The child reports `READY=1` to a private datagram
+//! socket of ours, named in [`HANDOFF_NOTIFY_VAR`] (the `sd_notify` protocol,
+//! so the child's ordinary readiness code does the job). Only then do we stop
 //! accepting and drain. If the child exits, or is not ready within
 //! [`READY_TIMEOUT`], it is killed and we keep serving, with a log line why.
 //!
+//! The child runs in a process group of its own, and a failed upgrade kills
+//! the whole group: a wrapper script that forks (no `exec`) would otherwise
+//! leave its children alive holding the inherited socket, and once we stop,
+//! the port would accept connections that nobody answers.
+//!
+//! SIGHUP on a terminal is a hang-up (the terminal was closed: the kernel
+//! sends SIGHUP to its session), so there it means "stop", as for any
+//! program: an upgrade would leave an orphan holding the port with nobody to
+//! stop it. Whether we have a terminal is decided once, at start-up: after a
+//! hang-up the kernel has already taken the terminal away. A process on a
+//! terminal also stops when it finds the terminal gone without a SIGHUP of
+//! its own (a successor runs in a background process group, which the
+//! kernel's SIGHUP does not reach). A SIGHUP ignored at start-up (`nohup`)
+//! stays ignored, and then the terminal is not watched either.
+//!
 //! Under systemd, `NOTIFY_SOCKET` keeps naming the manager in the child: the
 //! readiness of a handoff travels on its own variable, so no message ever
-//! goes to the wrong socket. Once the child is ready we send `MAINPID=<child>`,
-//! the manager follows the new process, and the child's later messages
-//! (watchdog, `STOPPING=1`, the next upgrade's `MAINPID=`) are accepted from it.
+//! goes to the wrong socket. Once the child is ready we send `MAINPID=<child>`
+//! with the child's own `STATUS=` (its URL, relayed from its `READY=1`), the
+//! manager follows the new process, and the child's later messages
+//! (watchdog, `STOPPING=1`, the next upgrade's `MAINPID=`) are accepted from
+//! it. With a manager, the new process is started orphaned, so that it is
+//! the manager's own child ([`handover::Parent::Reaper`](crate::listener::handover::Parent)):
+//! systemd 252 does not wait for a main process that is not its child
+//! ("alien") and would SIGKILL it on `systemctl stop` instead of letting it
+//! drain. Its pid then comes from the kernel with its `READY=1`
+//! (`SCM_CREDENTIALS`), and only a process of its group may report ready.
 
 #[cfg(unix)]
 pub mod watch;
@@ -62,8 +85,8 @@ pub struct Succession {
 /// Why a handoff was attempted.
 #[derive(Debug, Clone, Copy)]
 pub enum Trigger {
-    /// SIGHUP.
-    Signal,
+    /// SIGUSR2, or SIGHUP without a controlling terminal; the signal's name.
+    Signal(&'static str),
     /// `RELOAD=true` saw a new executable file.
     ExecutableReplaced,
 }
@@ -71,10 +94,20 @@ pub enum Trigger {
 impl std::fmt::Display for Trigger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Trigger::Signal => "SIGHUP",
+            Trigger::Signal(name) => name,
             Trigger::ExecutableReplaced => "executable replaced",
         })
     }
+}
+
+/// Why this process stops serving, other than SIGTERM or SIGINT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    /// A new process (this pid) took the listener over; drain and exit.
+    HandedOver(u32),
+    /// SIGHUP with a controlling terminal: the terminal was closed. Stop as
+    /// on SIGTERM (`STOPPING=1`, drain), and start no successor.
+    HungUp,
 }
 
 /// Why a handoff did not happen; the old process keeps serving.
@@ -102,6 +135,15 @@ pub enum HandoffError {
         /// How it exited.
         status: std::process::ExitStatus,
     },
+    /// The new process, started as an orphan under a service manager, and
+    /// all it started exited before it said it was ready.
+    #[error(
+        "the new process (group {group}) exited before it was ready (its error is logged above)"
+    )]
+    Vanished {
+        /// Its process group's id.
+        group: u32,
+    },
     /// The child did not say it was ready in time; it was killed.
     #[error("the new process {pid} was not ready within {}s and was killed", READY_TIMEOUT.as_secs())]
     TimedOut {
@@ -113,14 +155,14 @@ pub enum HandoffError {
 /// Hands the listener over on request; see the module docs.
 pub struct Upgrader {
     #[cfg(unix)]
-    inner: Option<imp::Upgrader>,
+    inner: imp::Upgrader,
 }
 
 impl Upgrader {
     /// Prepares for upgrades of `socket` (a duplicate is kept for the
-    /// children). Installs the SIGHUP handler at once, so a SIGHUP that comes
-    /// right after we report ready is an upgrade and not the default "terminate".
-    /// Must be called inside the tokio runtime.
+    /// children). Installs the SIGUSR2 and SIGHUP handlers at once, so a
+    /// signal that comes right after we report ready is handled and not the
+    /// default "terminate". Must be called inside the tokio runtime.
     pub fn new(
         plan: Option<UpgradePlan>,
         socket: &std::net::TcpListener,
@@ -140,14 +182,14 @@ impl Upgrader {
         }
     }
 
-    /// Waits for triggers and attempts a handoff for each; returns the new
-    /// process's pid once one has taken over. Never returns when upgrades are
-    /// impossible here. Dropping the future kills a child that is not ready yet.
-    pub async fn until_handed_over(self) -> u32 {
+    /// Waits for triggers and attempts a handoff for each; returns once a new
+    /// process has taken over, or when the terminal hung up. Never returns
+    /// when neither can happen here. Dropping the future kills a child that is
+    /// not ready yet, with everything it started.
+    pub async fn until_handed_over(self) -> Departure {
         #[cfg(unix)]
-        if let Some(inner) = self.inner {
-            return inner.until_handed_over().await;
-        }
+        return self.inner.until_handed_over().await;
+        #[cfg(not(unix))]
         std::future::pending().await
     }
 }
@@ -156,23 +198,166 @@ impl Upgrader {
 mod imp {
     use std::net::TcpListener;
     use std::os::unix::net::UnixDatagram;
+    use std::os::unix::process::CommandExt as _;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use tokio::signal::unix::{Signal, SignalKind, signal};
 
     use super::watch::ExecutableWatch;
-    use super::{HANDOFF_NOTIFY_VAR, HandoffError, READY_TIMEOUT, Trigger, UpgradePlan};
-    use crate::listener::handover;
+    use super::{Departure, HANDOFF_NOTIFY_VAR, HandoffError, READY_TIMEOUT, Trigger, UpgradePlan};
+    use crate::listener::handover::{self, Parent};
     use crate::notify::Notifier;
 
     pub(super) struct Upgrader {
+        signals: Signals,
+        /// `None` when upgrades are off (the executable or the socket is unknown).
+        handoff: Option<Handoff>,
+        watch: Option<ExecutableWatch>,
+    }
+
+    /// What starting a successor needs.
+    struct Handoff {
         plan: UpgradePlan,
         socket: TcpListener,
         fd_name: String,
         manager: Option<Arc<Notifier>>,
+    }
+
+    /// The signals this module answers; a handler that cannot be installed is
+    /// `None` (and logged).
+    struct Signals {
+        usr2: Option<Signal>,
         hangup: Option<Signal>,
-        watch: Option<ExecutableWatch>,
+        /// What SIGHUP means here, decided at start-up.
+        hangup_means: Hangup,
+    }
+
+    /// What SIGHUP means to this process.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Hangup {
+        /// No controlling terminal (a service): an upgrade.
+        Upgrade,
+        /// A controlling terminal: the terminal hung up; stop. Also when the
+        /// terminal goes away without a SIGHUP for us (see [`terminal_gone`]).
+        Stop,
+        /// Ignored when we started (`nohup`): kept ignored, as asked.
+        Ignored,
+    }
+
+    /// How often a process on a terminal checks that it still has one.
+    const TERMINAL_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
+    /// What a signal asks for.
+    enum Request {
+        Upgrade(Trigger),
+        Stop,
+    }
+
+    impl Signals {
+        fn install() -> Self {
+            let install = |kind, name: &str| match signal(kind) {
+                Ok(signal) => Some(signal),
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot handle {name}; it keeps its default action");
+                    None
+                }
+            };
+            let hangup_means = if sighup_ignored() {
+                Hangup::Ignored
+            } else if has_controlling_terminal() {
+                Hangup::Stop
+            } else {
+                Hangup::Upgrade
+            };
+            match hangup_means {
+                Hangup::Ignored => tracing::info!(
+                    "SIGHUP is ignored (nohup): closing the terminal does not stop this process; upgrade with SIGUSR2"
+                ),
+                Hangup::Stop => {
+                    tracing::debug!("on a terminal: SIGHUP stops; upgrade with SIGUSR2")
+                }
+                Hangup::Upgrade => tracing::debug!("no terminal: SIGHUP and SIGUSR2 upgrade"),
+            }
+            Signals {
+                usr2: install(SignalKind::user_defined2(), "SIGUSR2"),
+                // Installing a handler would undo nohup's "ignore".
+                hangup: (hangup_means != Hangup::Ignored)
+                    .then(|| install(SignalKind::hangup(), "SIGHUP"))
+                    .flatten(),
+                hangup_means,
+            }
+        }
+
+        async fn next(&mut self) -> Request {
+            let on_terminal = self.hangup_means == Hangup::Stop;
+            tokio::select! {
+                Some(()) = recv(&mut self.usr2) => Request::Upgrade(Trigger::Signal("SIGUSR2")),
+                Some(()) = recv(&mut self.hangup) => {
+                    if on_terminal {
+                        Request::Stop
+                    } else {
+                        Request::Upgrade(Trigger::Signal("SIGHUP"))
+                    }
+                }
+                () = terminal_gone(), if on_terminal => Request::Stop,
+                else => std::future::pending().await,
+            }
+        }
+
+        /// Completes on a terminal hang-up only (other signals are left queued).
+        async fn hung_up(&mut self) {
+            if self.hangup_means != Hangup::Stop {
+                return std::future::pending().await;
+            }
+            tokio::select! {
+                Some(()) = recv(&mut self.hangup) => {}
+                () = terminal_gone() => {}
+            }
+        }
+    }
+
+    /// Completes once this process has lost its controlling terminal. The
+    /// kernel sends SIGHUP on a hang-up only to the session leader and the
+    /// foreground process group; a successor started by SIGUSR2 runs in a
+    /// group of its own, in the background, and would otherwise outlive its
+    /// terminal, holding the port. The terminal also goes when the session
+    /// leader exits (a server started as `tmux new 'portkeeper'` or over
+    /// ssh, upgraded: the old process was the leader), and its window with it.
+    async fn terminal_gone() {
+        loop {
+            tokio::time::sleep(TERMINAL_POLL).await;
+            if lost_controlling_terminal() {
+                return;
+            }
+        }
+    }
+
+    /// True when SIGHUP was ignored when we started (`nohup`), from the
+    /// `SigIgn` mask of `/proc/self/status` (bit 0 is signal 1, SIGHUP).
+    fn sighup_ignored() -> bool {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| {
+                let mask = status.lines().find_map(|l| l.strip_prefix("SigIgn:"))?;
+                u64::from_str_radix(mask.trim(), 16).ok()
+            })
+            .is_some_and(|mask| mask & 1 != 0)
+    }
+
+    /// True when this process has a controlling terminal: opening `/dev/tty`
+    /// succeeds exactly then (ENXIO otherwise), and opening it does not
+    /// acquire one. Any other failure (no `/dev/tty` in a service's private
+    /// `/dev`) also counts as none.
+    fn has_controlling_terminal() -> bool {
+        std::fs::File::open("/dev/tty").is_ok()
+    }
+
+    /// True only when `/dev/tty` says for certain that we have no terminal
+    /// (ENXIO): running out of file descriptors must not look like a hang-up.
+    fn lost_controlling_terminal() -> bool {
+        std::fs::File::open("/dev/tty")
+            .is_err_and(|err| err.raw_os_error() == Some(nix::errno::Errno::ENXIO as i32))
     }
 
     impl Upgrader {
@@ -181,60 +366,72 @@ mod imp {
             socket: &TcpListener,
             fd_name: &str,
             manager: Option<Arc<Notifier>>,
-        ) -> Option<Self> {
-            let hangup = match signal(SignalKind::hangup()) {
-                Ok(hangup) => Some(hangup),
-                Err(err) => {
-                    tracing::warn!(error = %err, "cannot handle SIGHUP; binary upgrades by signal are off");
+        ) -> Self {
+            let signals = Signals::install();
+            let handoff = match (plan, socket.try_clone()) {
+                (None, _) => {
+                    tracing::warn!(
+                        "the executable's path is unknown; binary upgrades (SIGUSR2, SIGHUP, RELOAD) are off"
+                    );
                     None
                 }
-            };
-            let Some(plan) = plan else {
-                tracing::warn!(
-                    "the executable's path is unknown; binary upgrades (SIGHUP, RELOAD) are off"
-                );
-                // tokio keeps the SIGHUP handler installed after `hangup` is
-                // dropped, so a stray SIGHUP still does not kill the server.
-                return None;
-            };
-            let socket = match socket.try_clone() {
-                Ok(socket) => socket,
-                Err(err) => {
+                (Some(_), Err(err)) => {
                     tracing::warn!(error = %err, "cannot keep a copy of the listener; binary upgrades are off");
-                    return None;
+                    None
                 }
+                (Some(plan), Ok(socket)) => Some(Handoff {
+                    plan,
+                    socket,
+                    fd_name: fd_name.to_owned(),
+                    manager,
+                }),
             };
-            let watch = plan.watch_executable.then(|| {
-                tracing::info!(executable = %plan.executable.display(), "RELOAD: watching the executable");
-                ExecutableWatch::new(plan.executable.clone())
-            });
-            Some(Upgrader {
-                plan,
-                socket,
-                fd_name: fd_name.to_owned(),
-                manager,
-                hangup,
+            let watch = handoff
+                .as_ref()
+                .filter(|h| h.plan.watch_executable)
+                .map(|h| {
+                    tracing::info!(executable = %h.plan.executable.display(), "RELOAD: watching the executable");
+                    ExecutableWatch::new(h.plan.executable.clone())
+                });
+            Upgrader {
+                signals,
+                handoff,
                 watch,
-            })
+            }
         }
 
-        pub(super) async fn until_handed_over(mut self) -> u32 {
+        pub(super) async fn until_handed_over(mut self) -> Departure {
             loop {
                 let trigger = tokio::select! {
-                    Some(()) = recv(&mut self.hangup) => Trigger::Signal,
+                    request = self.signals.next() => match request {
+                        Request::Upgrade(trigger) => trigger,
+                        Request::Stop => return Departure::HungUp,
+                    },
                     () = changed(&mut self.watch) => Trigger::ExecutableReplaced,
                 };
-                match self.hand_over(trigger).await {
-                    Ok(pid) => return pid,
+                let Some(handoff) = &self.handoff else {
+                    tracing::warn!(trigger = %trigger, "binary upgrades are off (see the warning at start-up); this process keeps serving");
+                    continue;
+                };
+                // A hang-up while the new process starts: give it up (its
+                // group is killed when the future is dropped) and stop.
+                let result = tokio::select! {
+                    result = handoff.hand_over(trigger) => result,
+                    () = self.signals.hung_up() => return Departure::HungUp,
+                };
+                match result {
+                    Ok(pid) => return Departure::HandedOver(pid),
                     Err(err) => tracing::error!(
                         error = %format!("{err:#}"),
                         trigger = %trigger,
-                        "binary upgrade failed; this process keeps serving"
+                        "binary upgrade failed; this process keeps serving (fix the new executable, then try again)"
                     ),
                 }
             }
         }
+    }
 
+    impl Handoff {
         async fn hand_over(&self, trigger: Trigger) -> Result<u32, HandoffError> {
             let executable = self.plan.executable.display().to_string();
             tracing::info!(trigger = %trigger, executable, "binary upgrade: starting the new executable");
@@ -243,64 +440,191 @@ mod imp {
                 executable: executable.clone(),
                 source,
             };
+            // Under a service manager the new process must be the manager's
+            // own child, or systemd will not wait for it to drain on stop
+            // (see `Parent::Reaper`). Elsewhere it is ours, for its exit status.
+            let parent = if self.manager.is_some() {
+                Parent::Reaper
+            } else {
+                Parent::Us
+            };
             let mut cmd = handover::command(
                 &self.plan.executable,
                 &self.plan.args,
                 &self.socket,
                 &self.fd_name,
+                parent,
             )
             .map_err(spawn_failed)?;
             cmd.env(HANDOFF_NOTIFY_VAR, &ready_name);
+            // A group of its own, led by the process we start (pgid = its
+            // pid), so that a failed upgrade can kill everything it started.
+            cmd.process_group(0);
             let child = tokio::process::Command::from(cmd)
                 .spawn()
                 .map_err(spawn_failed)?;
-            let mut candidate = Candidate(Some(child));
-            let pid = candidate.id();
-            let child = candidate.0.as_mut().expect("set above");
-            tokio::select! {
-                result = wait_ready(&ready) => result.map_err(HandoffError::ReadySocket)?,
-                status = child.wait() => {
+            let mut candidate = Candidate::new(child);
+            let group = candidate.pid;
+            let child = candidate.child.as_mut().expect("set above");
+            let ready = tokio::select! {
+                result = wait_ready(&ready, group) => result.map_err(HandoffError::ReadySocket)?,
+                status = gone(child, parent, group) => {
                     let status = status.map_err(spawn_failed)?;
-                    candidate.0 = None;
-                    return Err(HandoffError::Exited { pid, status });
+                    candidate.child = None;
+                    // Dropping `candidate` kills what the child left behind.
+                    return Err(match status {
+                        Some(status) => HandoffError::Exited { pid: group, status },
+                        None => HandoffError::Vanished { group },
+                    });
                 }
                 () = tokio::time::sleep(READY_TIMEOUT) => {
-                    return Err(HandoffError::TimedOut { pid });
+                    return Err(HandoffError::TimedOut { pid: group });
                 }
-            }
-            // The child serves now; it must outlive us.
-            candidate.0 = None;
+            };
+            // The new process serves now; it must outlive us.
+            candidate.adopt();
+            let pid = ready.pid;
             if let Some(manager) = &self.manager {
-                manager.notify(&format!(
-                    "MAINPID={pid}\nSTATUS=handed the listener over to pid {pid}"
-                ));
+                // The new process's own STATUS= (its URL), relayed with the
+                // MAINPID= that lets the manager accept its messages.
+                let status = ready.status.unwrap_or_else(|| {
+                    format!("took the listener over from pid {}", std::process::id())
+                });
+                manager.notify(&format!("MAINPID={pid}\nSTATUS={status}"));
             }
             tracing::info!(successor = pid, "binary upgrade: the new process is ready");
             Ok(pid)
         }
     }
 
-    /// A child that has not said it is ready: killed if we give up on it,
-    /// including when the whole upgrade is cancelled by SIGTERM.
-    struct Candidate(Option<tokio::process::Child>);
+    /// Completes when the new process is gone. Our own child: with its exit
+    /// status. An orphan: nothing to read an exit status from, so once the
+    /// starting shell has exited, the group is watched. Our shell sets
+    /// `LISTEN_PID` to the new process's pid just before `exec`, and what it
+    /// starts inherits the variable: the new process is gone when the group
+    /// is empty, or when its members name in `LISTEN_PID` only processes that
+    /// are no longer there. So a wrapper that fails while its children live on
+    /// is seen at once, not after [`READY_TIMEOUT`].
+    async fn gone(
+        child: &mut tokio::process::Child,
+        parent: Parent,
+        group: u32,
+    ) -> std::io::Result<Option<std::process::ExitStatus>> {
+        let status = child.wait().await?;
+        if parent == Parent::Us {
+            return Ok(Some(status));
+        }
+        loop {
+            // `None`: /proc cannot tell; wait for readiness or the timeout.
+            if let Some(members) = live_members(group) {
+                let named: Vec<u32> = members.iter().filter_map(|&pid| listen_pid(pid)).collect();
+                // Members but no LISTEN_PID yet: our shell has not exec'd.
+                let main_gone = !named.is_empty() && !named.iter().any(|pid| members.contains(pid));
+                if members.is_empty() || main_gone {
+                    return Ok(None);
+                }
+            }
+            tokio::time::sleep(GROUP_POLL).await;
+        }
+    }
+
+    /// How often an orphaned new process's group is checked for life.
+    const GROUP_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+    /// The members of process group `group` that have not exited; `None`
+    /// when /proc cannot be read. Zombies do not count: an orphan is reaped
+    /// by the manager, or by an init that may take its time (containers).
+    fn live_members(group: u32) -> Option<Vec<u32>> {
+        let pgid = i32::try_from(group).ok()?;
+        if let Err(nix::errno::Errno::ESRCH) =
+            nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None)
+        {
+            return Some(Vec::new());
+        }
+        let group = group.to_string();
+        let members = std::fs::read_dir("/proc")
+            .ok()?
+            .flatten()
+            .filter_map(|entry| {
+                let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+                let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+                // "pid (comm) state ppid pgrp ...": comm may hold spaces.
+                let (_, rest) = stat.rsplit_once(')')?;
+                let mut fields = rest.split_whitespace();
+                let state = fields.next()?;
+                let pgrp = fields.nth(1)?;
+                (pgrp == group && !matches!(state, "Z" | "X")).then_some(pid)
+            })
+            .collect();
+        Some(members)
+    }
+
+    /// The `LISTEN_PID` a process was started with.
+    fn listen_pid(pid: u32) -> Option<u32> {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+        environ
+            .split(|&b| b == 0)
+            .find_map(|var| var.strip_prefix(b"LISTEN_PID="))
+            .and_then(|value| std::str::from_utf8(value).ok()?.parse().ok())
+    }
+
+    /// A child that has not said it is ready: killed with its whole process
+    /// group if we give up on it, including when the whole upgrade is
+    /// cancelled by SIGTERM or a hang-up.
+    struct Candidate {
+        /// `None` once reaped (or adopted).
+        child: Option<tokio::process::Child>,
+        /// The child's pid, which is also its process group's id.
+        pid: u32,
+        adopted: bool,
+    }
 
     impl Candidate {
-        fn id(&self) -> u32 {
-            self.0.as_ref().and_then(|c| c.id()).unwrap_or_default()
+        fn new(child: tokio::process::Child) -> Self {
+            Candidate {
+                pid: child.id().unwrap_or_default(),
+                child: Some(child),
+                adopted: false,
+            }
+        }
+
+        fn adopt(&mut self) {
+            self.adopted = true;
+            self.child = None;
         }
     }
 
     impl Drop for Candidate {
         fn drop(&mut self) {
-            if let Some(child) = &mut self.0 {
-                // tokio reaps it in the background after the kill.
+            if self.adopted {
+                return;
+            }
+            use nix::sys::signal::{Signal, killpg};
+            use nix::unistd::Pid;
+            // The group outlives its leader while any member lives, and its
+            // id is not reused until then: killing it after the child exited
+            // reaches exactly what the child left behind. ESRCH: nothing left.
+            let group = i32::try_from(self.pid).unwrap_or_default();
+            if group > 0 {
+                match killpg(Pid::from_raw(group), Signal::SIGKILL) {
+                    Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+                    Err(err) => tracing::warn!(
+                        error = %err,
+                        pgid = group,
+                        "cannot kill the failed new process's group; kill it by hand (kill -KILL -- -{group})"
+                    ),
+                }
+            }
+            if let Some(child) = &mut self.child {
+                // Also the direct child, should the group kill have failed;
+                // tokio reaps it in the background.
                 let _ = child.start_kill();
             }
         }
     }
 
-    async fn recv(hangup: &mut Option<Signal>) -> Option<()> {
-        match hangup {
+    async fn recv(signal: &mut Option<Signal>) -> Option<()> {
+        match signal {
             Some(signal) => signal.recv().await,
             None => std::future::pending().await,
         }
@@ -325,6 +649,8 @@ mod imp {
         );
         let socket = bind_named(&name)?;
         socket.set_nonblocking(true)?;
+        // Every datagram then carries its sender's pid, set by the kernel.
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::PassCred, &true)?;
         Ok((
             tokio::net::UnixDatagram::from_std(socket)?,
             format!("@{name}"),
@@ -349,18 +675,69 @@ mod imp {
         ))
     }
 
-    /// Reads datagrams until one carries `READY=1` (other lines, such as
-    /// `STATUS=`, are logged and skipped).
-    async fn wait_ready(socket: &tokio::net::UnixDatagram) -> std::io::Result<()> {
+    /// The new process's `READY=1`: who sent it, and its `STATUS=`.
+    struct Ready {
+        pid: u32,
+        status: Option<String>,
+    }
+
+    /// Reads datagrams until one from a process of the new process's
+    /// group carries `READY=1` (other lines, such as `STATUS=`, are logged
+    /// and skipped). The kernel tells the sender's pid (`SO_PASSCRED`), so
+    /// no other local process can end the handoff.
+    async fn wait_ready(socket: &tokio::net::UnixDatagram, group: u32) -> std::io::Result<Ready> {
+        use std::os::fd::AsRawFd as _;
         let mut buf = vec![0u8; 4096];
         loop {
-            let n = socket.recv(&mut buf).await?;
+            let (n, sender) = socket
+                .async_io(tokio::io::Interest::READABLE, || {
+                    receive_with_sender(socket.as_raw_fd(), &mut buf)
+                })
+                .await?;
             let message = String::from_utf8_lossy(&buf[..n]);
+            let Some(pid) = sender.filter(|&pid| in_group(pid, group)) else {
+                tracing::warn!(
+                    sender,
+                    %message,
+                    "binary upgrade: ignoring a message from outside the new process's group"
+                );
+                continue;
+            };
             if super::is_ready(&message) {
-                return Ok(());
+                let status = message
+                    .lines()
+                    .find_map(|line| line.strip_prefix("STATUS="))
+                    .map(str::to_owned);
+                return Ok(Ready { pid, status });
             }
             tracing::debug!(%message, "binary upgrade: message from the new process");
         }
+    }
+
+    /// One datagram into `buf`, and its sender's pid from the kernel's
+    /// credentials message.
+    fn receive_with_sender(
+        fd: std::os::fd::RawFd,
+        buf: &mut [u8],
+    ) -> std::io::Result<(usize, Option<u32>)> {
+        use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg};
+        let mut iov = [std::io::IoSliceMut::new(buf)];
+        let mut space = nix::cmsg_space!(UnixCredentials);
+        let msg = recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_DONTWAIT)?;
+        let sender = msg.cmsgs()?.find_map(|cmsg| match cmsg {
+            ControlMessageOwned::ScmCredentials(cred) => u32::try_from(cred.pid()).ok(),
+            _ => None,
+        });
+        Ok((msg.bytes, sender))
+    }
+
+    /// True when process `pid` is in process group `group`.
+    fn in_group(pid: u32, group: u32) -> bool {
+        let (Ok(pid), Ok(group)) = (i32::try_from(pid), i32::try_from(group)) else {
+            return false;
+        };
+        nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid)))
+            .is_ok_and(|pgid| pgid.as_raw() == group)
     }
 }
 

@@ -350,7 +350,7 @@ fn long_lived_connections_finish_on_the_old_process(start: Start) -> Result<()> 
     let events = std::thread::spawn(move || read_events(open_events(addr, 12, 250)?));
 
     let kill = Command::new("kill")
-        .args(["-HUP", &old_pid.to_string()])
+        .args(["-USR2", &old_pid.to_string()])
         .status()?;
     anyhow::ensure!(kill.success());
     // Every request during the handoff must be answered.

@@ -1,9 +1,15 @@
-//! Restarts without a refused connection: graceful stop, SIGHUP upgrade, RELOAD=true.
+//! Restarts without a refused connection: graceful stop, SIGUSR2 and SIGHUP
+//! upgrades, RELOAD=true, and what a failed upgrade or a closed terminal leaves.
 //!
 //! A handoff leaves the new process orphaned (its parent exits), so tests kill
 //! it by pid through [`Successor`] rather than through `Running`. While a
 //! handoff is under way the tests keep asking `/info`, and every one of those
 //! requests must succeed: a refused or dropped request fails the test.
+//!
+//! SIGHUP means "upgrade" only without a controlling terminal. `cargo test`
+//! may run on a terminal, so a test that relies on that runs the server
+//! through `setsid` (a new session: no terminal) and checks /proc that it
+//! really has none.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -96,6 +102,158 @@ fn replace_file(path: &Path, contents: &[u8]) {
     std::fs::rename(&next, path).unwrap();
 }
 
+/// `cmd`'s program and arguments, run through `setsid`: a session of its
+/// own, so no controlling terminal (a spawned child is no process group
+/// leader, so `setsid` execs in place and the pid stays the server's).
+fn without_terminal(cmd: &Command) -> Command {
+    let mut detached = copy_settings(cmd, clean_command("setsid"));
+    detached.arg(cmd.get_program());
+    detached.args(cmd.get_args());
+    detached
+}
+
+/// `into` with `cmd`'s variables and directory (not its program or arguments).
+fn copy_settings(cmd: &Command, mut into: Command) -> Command {
+    for (name, value) in cmd.get_envs() {
+        if let Some(value) = value {
+            into.env(name, value);
+        }
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        into.current_dir(dir);
+    }
+    into
+}
+
+/// Spawns a command whose program was just copied: while another test
+/// thread forks, its child briefly holds our write descriptor of the copy,
+/// and exec fails with ETXTBSY ("text file busy"). Retried for a while.
+fn spawn_fresh_copy(cmd: Command, label: &str) -> Running {
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut attempt = copy_settings(&cmd, clean_command(cmd.get_program()));
+        attempt.args(cmd.get_args());
+        match Running::spawn(attempt, label) {
+            Ok(running) => return running,
+            Err(err)
+                if Instant::now() < end
+                    && err
+                        .downcast_ref::<std::io::Error>()
+                        .and_then(std::io::Error::raw_os_error)
+                        == Some(26) =>
+            // ETXTBSY
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(err) => panic!("{err:#}"),
+        }
+    }
+}
+
+/// Fields of `/proc/<pid>/stat` after the command name: state, ppid, pgrp,
+/// session, tty_nr, ...; `None` once the process is gone.
+fn proc_stat(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// The controlling terminal's device number (0: none).
+fn controlling_terminal(pid: u32) -> u64 {
+    proc_stat(pid).expect("the process is running")[4]
+        .parse()
+        .unwrap()
+}
+
+/// True once `pid` has exited (gone, or a zombie nobody reaped yet).
+fn has_exited(pid: u32) -> bool {
+    proc_stat(pid).is_none_or(|fields| fields[0] == "Z" || fields[0] == "X")
+}
+
+/// Waits until `done` holds, for at most `deadline`.
+fn wait_until(deadline: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The inode of the socket listening on `addr` (IPv4), from /proc/net/tcp.
+fn listening_socket_inode(addr: SocketAddr) -> u64 {
+    let SocketAddr::V4(v4) = addr else {
+        panic!("IPv4 only: {addr}")
+    };
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(v4.ip().octets()),
+        v4.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        // sl local_address rem_address st ... inode (column 9); 0A = LISTEN.
+        .find(|fields| fields[1] == local && fields[3] == "0A")
+        .and_then(|fields| fields[9].parse().ok())
+        .unwrap_or_else(|| panic!("no listening socket for {addr} ({local}) in /proc/net/tcp"))
+}
+
+/// The pids of every process with the socket `inode` open.
+fn holders_of(inode: u64) -> Vec<u32> {
+    let target = format!("socket:[{inode}]");
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        if fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|link| link.as_os_str() == &*target))
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// A forking wrapper as the "new executable": it starts a background
+/// `sleep` (which inherits the listening socket at fd 3), writes that pid to
+/// `grandchild.pid` beside it, then runs `then`.
+fn forking_wrapper(dir: &Path, then: &str) -> Vec<u8> {
+    format!(
+        "#!/bin/sh\nsleep 300 &\necho $! > '{}'\necho 'wrapper: started a helper' >&2\n{then}\n",
+        dir.join("grandchild.pid").display()
+    )
+    .into_bytes()
+}
+
+/// The pid the wrapper wrote, once it is there.
+fn grandchild_pid(dir: &Path) -> u32 {
+    let path = dir.join("grandchild.pid");
+    let mut pid = None;
+    assert!(
+        wait_until(DEADLINE, || {
+            pid = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|text| text.trim().parse().ok());
+            pid.is_some()
+        }),
+        "the wrapper never wrote {}",
+        path.display()
+    );
+    pid.unwrap()
+}
+
 #[test]
 fn sigterm_lets_a_slow_in_flight_request_complete() {
     let dir = TempDir::new();
@@ -122,7 +280,7 @@ fn sigterm_lets_a_slow_in_flight_request_complete() {
 }
 
 #[test]
-fn sighup_hands_the_socket_to_a_new_pid_on_the_same_port() {
+fn sigusr2_hands_the_socket_to_a_new_pid_on_the_same_port() {
     let dir = TempDir::new();
     let mut cmd = portkeeper(dir.path());
     loopback(&mut cmd).env("DEBUG", "true");
@@ -134,7 +292,7 @@ fn sighup_hands_the_socket_to_a_new_pid_on_the_same_port() {
     // A request in flight on the old process must still be answered by it.
     let slow = start_slow_request(addr, 1000).unwrap();
     first.wait_for_line("debug: sleeping", DEADLINE).unwrap();
-    first.signal("HUP").unwrap();
+    first.signal("USR2").unwrap();
     let info = wait_for_successor(addr, old).unwrap();
     let second = Successor(pid_of(&info) as u32);
     assert_eq!(info["listener"]["source"], "handoff");
@@ -146,11 +304,11 @@ fn sighup_hands_the_socket_to_a_new_pid_on_the_same_port() {
     assert!(status.success(), "the old process exits 0, got {status}");
 
     // The successor can hand over in turn: nothing of the first handoff is left over.
-    let hup = Command::new("kill")
-        .args(["-HUP", &second.0.to_string()])
+    let usr2 = Command::new("kill")
+        .args(["-USR2", &second.0.to_string()])
         .status()
         .unwrap();
-    assert!(hup.success());
+    assert!(usr2.success());
     let info = wait_for_successor(addr, u64::from(second.0)).unwrap();
     let _third = Successor(pid_of(&info) as u32);
     assert_eq!(info["listener"]["source"], "handoff");
@@ -161,7 +319,7 @@ fn sighup_hands_the_socket_to_a_new_pid_on_the_same_port() {
 fn a_successor_that_fails_to_start_leaves_the_old_one_serving() {
     let dir = TempDir::new();
     let (executable, cmd) = copy_of_binary(dir.path());
-    let mut server = Running::spawn(cmd, "broken-upgrade").unwrap();
+    let mut server = spawn_fresh_copy(cmd, "broken-upgrade");
     let addr = server.serving_address().unwrap();
     let old = pid_of(&get_json(addr, "/info").unwrap());
 
@@ -169,7 +327,7 @@ fn a_successor_that_fails_to_start_leaves_the_old_one_serving() {
         &executable,
         b"#!/bin/sh\necho 'broken build: refusing to start' >&2\nexit 1\n",
     );
-    server.signal("HUP").unwrap();
+    server.signal("USR2").unwrap();
     let line = server
         .wait_for_line("binary upgrade failed", DEADLINE)
         .unwrap();
@@ -188,7 +346,7 @@ fn reload_picks_up_a_replaced_executable() {
     let dir = TempDir::new();
     let (executable, mut cmd) = copy_of_binary(dir.path());
     cmd.env("RELOAD", "true");
-    let mut first = Running::spawn(cmd, "reload").unwrap();
+    let mut first = spawn_fresh_copy(cmd, "reload");
     let addr = first.serving_address().unwrap();
     first
         .wait_for_line("RELOAD: watching the executable", DEADLINE)
@@ -211,7 +369,7 @@ fn reload_picks_up_a_replaced_executable() {
 fn without_reload_a_replaced_executable_is_left_alone() {
     let dir = TempDir::new();
     let (executable, cmd) = copy_of_binary(dir.path());
-    let mut server = Running::spawn(cmd, "no-reload").unwrap();
+    let mut server = spawn_fresh_copy(cmd, "no-reload");
     let addr = server.serving_address().unwrap();
     let old = pid_of(&get_json(addr, "/info").unwrap());
     replace_file(&executable, &std::fs::read(binary()).unwrap());
@@ -285,8 +443,9 @@ fn busy_keep_alive_connections_are_closed_cleanly_on_stop() {
     assert!(server.wait_exit(DEADLINE).unwrap().success());
 }
 
-/// Under a service manager (here the test plays systemd's NOTIFY_SOCKET):
-/// the old process announces the new main pid; the new process does not send
+/// Under a service manager (here the test plays systemd's NOTIFY_SOCKET),
+/// without a controlling terminal, SIGHUP (`systemctl reload`) upgrades:
+/// the old process announces the new main pid and the new process's status; the new process does not send
 /// READY=1 there again, yet reaches the manager afterwards (STOPPING=1).
 #[test]
 fn sighup_under_a_manager_announces_the_new_mainpid() {
@@ -302,9 +461,14 @@ fn sighup_under_a_manager_announces_the_new_mainpid() {
     };
     let mut cmd = portkeeper(dir.path());
     loopback(&mut cmd).env("NOTIFY_SOCKET", &socket_path);
-    let mut first = Running::spawn(cmd, "hup-managed").unwrap();
+    let mut first = Running::spawn(without_terminal(&cmd), "hup-managed").unwrap();
     let addr = first.serving_address().unwrap();
     assert!(next_message().starts_with("READY=1\n"));
+    assert_eq!(
+        controlling_terminal(first.pid()),
+        0,
+        "a service has no controlling terminal; SIGHUP means upgrade"
+    );
 
     first.signal("HUP").unwrap();
     let info = wait_for_successor(addr, u64::from(first.pid())).unwrap();
@@ -312,6 +476,13 @@ fn sighup_under_a_manager_announces_the_new_mainpid() {
     let announced = next_message();
     assert!(
         announced.starts_with(&format!("MAINPID={}\n", successor.0)),
+        "{announced:?}"
+    );
+    // `systemctl status` then shows the new process's own status: its URL.
+    assert!(
+        announced.contains(&format!(
+            "\nSTATUS=serving http://{addr}/ (listener from handoff)"
+        )),
         "{announced:?}"
     );
     assert!(first.wait_exit(DEADLINE).unwrap().success());
@@ -325,5 +496,357 @@ fn sighup_under_a_manager_announces_the_new_mainpid() {
     assert!(
         stopping.starts_with("STOPPING=1\n"),
         "the successor reaches the manager, and sent nothing else before: {stopping:?}"
+    );
+}
+
+/// A replacement that forks (a wrapper script without `exec`) and fails: its
+/// background child inherited the listening socket. The failed upgrade must
+/// kill it too; else, once the server stops, the port accepts connections
+/// that nobody answers.
+#[test]
+fn a_failed_upgrade_kills_everything_the_new_process_started() {
+    let dir = TempDir::new();
+    let (executable, cmd) = copy_of_binary(dir.path());
+    let mut server = spawn_fresh_copy(cmd, "forking-upgrade");
+    let addr = server.serving_address().unwrap();
+    let inode = listening_socket_inode(addr);
+    assert_eq!(holders_of(inode), [server.pid()]);
+
+    replace_file(&executable, &forking_wrapper(dir.path(), "exit 1"));
+    server.signal("USR2").unwrap();
+    server
+        .wait_for_line("binary upgrade failed", DEADLINE)
+        .unwrap();
+    let grandchild = grandchild_pid(dir.path());
+    assert!(
+        wait_until(Duration::from_secs(5), || has_exited(grandchild)),
+        "the wrapper's background child {grandchild} is still running"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || holders_of(inode)
+            == [server.pid()]),
+        "only the server may hold the listening socket; held by {:?}",
+        holders_of(inode)
+    );
+    assert_eq!(http_get(addr, "/health").unwrap().0, 200);
+
+    server.signal("TERM").unwrap();
+    assert!(server.wait_exit(DEADLINE).unwrap().success());
+    assert!(
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err(),
+        "the port still accepts after the server stopped"
+    );
+}
+
+/// The same wrapper, never ready; the server is stopped while it waits for
+/// it. Everything the wrapper started goes with the server.
+#[test]
+fn a_stop_during_an_upgrade_kills_everything_the_new_process_started() {
+    let dir = TempDir::new();
+    let (executable, cmd) = copy_of_binary(dir.path());
+    let mut server = spawn_fresh_copy(cmd, "forking-pending");
+    let addr = server.serving_address().unwrap();
+    let inode = listening_socket_inode(addr);
+
+    replace_file(&executable, &forking_wrapper(dir.path(), "wait"));
+    server.signal("USR2").unwrap();
+    let grandchild = grandchild_pid(dir.path());
+    assert!(holders_of(inode).contains(&grandchild));
+    server.signal("TERM").unwrap();
+    assert!(server.wait_exit(DEADLINE).unwrap().success());
+    assert!(
+        wait_until(Duration::from_secs(5), || has_exited(grandchild)),
+        "the wrapper's background child {grandchild} is still running"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || holders_of(inode).is_empty()),
+        "nobody may hold the listening socket; held by {:?}",
+        holders_of(inode)
+    );
+    assert!(
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err(),
+        "the port still accepts after the server stopped"
+    );
+}
+
+/// Closing the terminal a server runs in (here: `script` gives it a pty,
+/// then is killed, which hangs the pty up): the kernel sends SIGHUP, and on
+/// a terminal that means "stop". It used to mean "upgrade", leaving a
+/// successor holding the port that nobody could stop with the terminal.
+#[test]
+fn closing_the_terminal_stops_the_server_and_starts_no_successor() {
+    let Some(script) = peer_tool("script") else {
+        return;
+    };
+    let dir = TempDir::new();
+    let mut cmd = clean_command(&script);
+    cmd.current_dir(dir.path())
+        .args(["-qfc", binary(), "/dev/null"])
+        .env("HOST", "127.0.0.1")
+        .env("API_PORT", "0");
+    let mut terminal = Running::spawn(cmd, "terminal").unwrap();
+    // On a terminal the log is coloured: take the address from the message.
+    let line = terminal.wait_for_line(" serving ", DEADLINE).unwrap();
+    let addr: SocketAddr = line
+        .split(" serving ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let pid = pid_of(&get_json(addr, "/info").unwrap()) as u32;
+    let _cleanup = Successor(pid);
+    assert_ne!(
+        controlling_terminal(pid),
+        0,
+        "the server should run with the pty as its controlling terminal"
+    );
+    let inode = listening_socket_inode(addr);
+
+    terminal.signal("KILL").unwrap();
+    assert!(
+        wait_until(DEADLINE, || has_exited(pid)),
+        "the server {pid} still runs after its terminal hung up"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || holders_of(inode).is_empty()),
+        "a process still holds the port after the hang-up: {:?}",
+        holders_of(inode)
+    );
+    assert!(
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err(),
+        "the port still accepts after the hang-up"
+    );
+}
+
+/// A datagram socket standing in for systemd's NOTIFY_SOCKET, in `dir`.
+fn fake_manager(dir: &Path) -> (std::os::unix::net::UnixDatagram, PathBuf) {
+    let path = dir.join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    (socket, path)
+}
+
+/// Every notification waiting on `manager`.
+fn received(manager: &std::os::unix::net::UnixDatagram) -> Vec<String> {
+    let mut buf = [0u8; 4096];
+    std::iter::from_fn(|| {
+        let n = manager.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+    .collect()
+}
+
+/// Under a manager the new process is started orphaned (so that it is the
+/// manager's child); its failure is then seen by its process group
+/// emptying, not by waiting for it, and must still be seen at once.
+#[test]
+fn under_a_manager_a_successor_that_fails_is_noticed_at_once() {
+    let dir = TempDir::new();
+    let (manager, socket_path) = fake_manager(dir.path());
+    let (executable, mut cmd) = copy_of_binary(dir.path());
+    cmd.env("NOTIFY_SOCKET", &socket_path);
+    let mut server = spawn_fresh_copy(cmd, "managed-broken-upgrade");
+    let addr = server.serving_address().unwrap();
+    let inode = listening_socket_inode(addr);
+
+    replace_file(
+        &executable,
+        b"#!/bin/sh\necho 'broken build: refusing to start' >&2\nexit 1\n",
+    );
+    let signalled = Instant::now();
+    server.signal("USR2").unwrap();
+    let line = server
+        .wait_for_line("binary upgrade failed", DEADLINE)
+        .unwrap();
+    let noticed = signalled.elapsed();
+    eprintln!("a failed orphaned successor was noticed after {noticed:?}");
+    assert!(line.contains("exited before it was ready"), "{line}");
+    assert!(
+        noticed < Duration::from_secs(5),
+        "took {noticed:?}: was the failure seen, or the 15 s timeout?"
+    );
+    assert_eq!(holders_of(inode), [server.pid()]);
+    assert_eq!(http_get(addr, "/health").unwrap().0, 200);
+    let sent = received(&manager);
+    assert!(
+        sent.iter().all(|m| !m.contains("MAINPID=")),
+        "no new main pid after a failed upgrade: {sent:?}"
+    );
+}
+
+/// Under a manager, a forking wrapper that never reports ready, and a stop
+/// meanwhile: the orphaned process group is killed all the same.
+#[test]
+fn under_a_manager_a_stop_during_an_upgrade_kills_the_orphaned_group() {
+    let dir = TempDir::new();
+    let (_manager, socket_path) = fake_manager(dir.path());
+    let (executable, mut cmd) = copy_of_binary(dir.path());
+    cmd.env("NOTIFY_SOCKET", &socket_path);
+    let mut server = spawn_fresh_copy(cmd, "managed-forking-pending");
+    let addr = server.serving_address().unwrap();
+    let inode = listening_socket_inode(addr);
+
+    replace_file(&executable, &forking_wrapper(dir.path(), "wait"));
+    server.signal("USR2").unwrap();
+    let grandchild = grandchild_pid(dir.path());
+    assert!(holders_of(inode).contains(&grandchild));
+    server.signal("TERM").unwrap();
+    assert!(server.wait_exit(DEADLINE).unwrap().success());
+    assert!(
+        wait_until(Duration::from_secs(5), || has_exited(grandchild)),
+        "the wrapper's background child {grandchild} is still running"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || holders_of(inode).is_empty()),
+        "nobody may hold the listening socket; held by {:?}",
+        holders_of(inode)
+    );
+}
+
+/// Kills, by pid, every process left in session `leader` (a test's pty
+/// session), on drop.
+struct Session(u32);
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            if proc_stat(pid).is_some_and(|f| f[3] == self.0.to_string()) {
+                drop(Successor(pid));
+            }
+        }
+    }
+}
+
+/// A shell on a pty runs the server and stays (it is the session leader,
+/// as a login shell is). After a SIGUSR2 upgrade the successor runs in a
+/// process group of its own, which the kernel's SIGHUP on a hang-up does
+/// not reach: it must notice on its own that the terminal is gone, and stop,
+/// rather than outlive the terminal holding the port. While the terminal is
+/// open it keeps serving.
+#[test]
+fn after_an_upgrade_on_a_terminal_closing_it_stops_the_successor() {
+    let Some(script) = peer_tool("script") else {
+        return;
+    };
+    let dir = TempDir::new();
+    let (_, copy) = copy_of_binary(dir.path());
+    let mut cmd = copy_settings(&copy, clean_command(&script));
+    cmd.args([
+        "-qfc",
+        &format!("{}; sleep 60", copy.get_program().to_str().unwrap()),
+        "/dev/null",
+    ]);
+    let mut terminal = spawn_fresh_copy(cmd, "terminal-upgrade");
+    let line = terminal.wait_for_line(" serving ", DEADLINE).unwrap();
+    let addr: SocketAddr = line
+        .split(" serving ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let old = pid_of(&get_json(addr, "/info").unwrap()) as u32;
+    let leader: u32 = proc_stat(old).unwrap()[3].parse().unwrap();
+    let _session = Session(leader);
+    assert_ne!(leader, old, "the shell, not the server, leads the session");
+    assert_ne!(controlling_terminal(old), 0, "the server has the pty");
+    let inode = listening_socket_inode(addr);
+
+    Command::new("kill")
+        .args(["-USR2", &old.to_string()])
+        .status()
+        .unwrap();
+    let info = wait_for_successor(addr, u64::from(old)).unwrap();
+    let successor = pid_of(&info) as u32;
+    assert!(
+        wait_until(DEADLINE, || has_exited(old)),
+        "the old process drains and exits"
+    );
+    // Three times the terminal check's interval: the terminal is open, so
+    // the successor serves on.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(pid_of(&get_json(addr, "/info").unwrap()) as u32, successor);
+
+    terminal.signal("KILL").unwrap();
+    assert!(
+        wait_until(DEADLINE, || has_exited(successor)),
+        "the successor {successor} still runs after its terminal hung up"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || holders_of(inode).is_empty()),
+        "a process still holds the port after the hang-up: {:?}",
+        holders_of(inode)
+    );
+    assert!(
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err(),
+        "the port still accepts after the hang-up"
+    );
+}
+
+/// `nohup` asks for SIGHUP to be ignored: it is, neither a stop nor an upgrade.
+#[test]
+fn under_nohup_sighup_is_ignored() {
+    let dir = TempDir::new();
+    let mut server_cmd = portkeeper(dir.path());
+    loopback(&mut server_cmd);
+    let mut cmd = copy_settings(&server_cmd, without_terminal(&clean_command("nohup")));
+    cmd.arg(binary());
+    let mut server = Running::spawn(cmd, "nohup").unwrap();
+    let addr = server.serving_address().unwrap();
+    server.signal("HUP").unwrap();
+    // A handoff takes some 100 ms; a stop less.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        pid_of(&get_json(addr, "/info").unwrap()),
+        u64::from(server.pid())
+    );
+    assert!(
+        !server.output().contains("binary upgrade"),
+        "{}",
+        server.output()
+    );
+    server
+        .wait_for_line("SIGHUP is ignored (nohup)", DEADLINE)
+        .unwrap();
+    server.signal("TERM").unwrap();
+    assert!(server.wait_exit(DEADLINE).unwrap().success());
+}
+
+/// Under a manager, a forking wrapper that fails while its background
+/// child lives on: the failure is seen when the wrapper exits (the process
+/// with its own pid in LISTEN_PID), not after the 15 s readiness timeout,
+/// and the background child is killed.
+#[test]
+fn under_a_manager_a_forking_successor_that_fails_is_noticed_at_once() {
+    let dir = TempDir::new();
+    let (_manager, socket_path) = fake_manager(dir.path());
+    let (executable, mut cmd) = copy_of_binary(dir.path());
+    cmd.env("NOTIFY_SOCKET", &socket_path);
+    let mut server = spawn_fresh_copy(cmd, "managed-forking-upgrade");
+    let addr = server.serving_address().unwrap();
+    let inode = listening_socket_inode(addr);
+
+    replace_file(&executable, &forking_wrapper(dir.path(), "exit 1"));
+    let signalled = Instant::now();
+    server.signal("USR2").unwrap();
+    let line = server
+        .wait_for_line("binary upgrade failed", DEADLINE)
+        .unwrap();
+    let noticed = signalled.elapsed();
+    eprintln!("a failed forking orphaned successor was noticed after {noticed:?}");
+    assert!(line.contains("exited before it was ready"), "{line}");
+    assert!(noticed < Duration::from_secs(5), "took {noticed:?}");
+    let grandchild = grandchild_pid(dir.path());
+    assert!(
+        wait_until(Duration::from_secs(5), || has_exited(grandchild)),
+        "the wrapper's background child {grandchild} is still running"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || holders_of(inode)
+            == [server.pid()]),
+        "only the server may hold the listening socket; held by {:?}",
+        holders_of(inode)
     );
 }

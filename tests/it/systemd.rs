@@ -306,6 +306,109 @@ fn an_unreachable_notify_socket_does_not_stop_the_server() {
     assert!(warning.contains("NOTIFY_SOCKET"), "{warning}");
 }
 
+/// A manager that stopped reading: NOTIFY_SOCKET names a datagram socket
+/// whose queue is full (the test fills it and never reads). Every send fails
+/// at once; the server keeps answering, stops promptly on SIGTERM, and says
+/// so in one warning rather than one per ping (`WATCHDOG_USEC=1` asks for
+/// pings as fast as possible). Before sends were non-blocking, READY=1 alone
+/// blocked the runtime: no /health, no SIGTERM.
+#[test]
+fn a_notify_socket_nobody_reads_costs_a_warning_not_serving() {
+    let notify = NotifySocket::at_path();
+    let filler = UnixDatagram::unbound().unwrap();
+    filler.connect(&notify.value).unwrap();
+    filler.set_nonblocking(true).unwrap();
+    let queued = (0..100_000)
+        .take_while(|_| filler.send(b"FILLER=1").is_ok())
+        .count();
+    assert!(queued < 100_000, "the queue never filled");
+
+    let dir = TempDir::new();
+    let mut cmd = loopback_server(&dir);
+    cmd.env("NOTIFY_SOCKET", &notify.value)
+        .env("WATCHDOG_USEC", "1");
+    let mut server = Running::spawn(cmd, "notify-stuck").unwrap();
+    let addr = server.serving_address().unwrap();
+
+    let watching = Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut asked = 0;
+    while watching.elapsed() < Duration::from_secs(3) {
+        let asked_at = Instant::now();
+        let (status, _) = http_get(addr, "/health")
+            .unwrap_or_else(|err| panic!("/health request {asked} failed: {err:#}"));
+        assert_eq!(status, 200);
+        slowest = slowest.max(asked_at.elapsed());
+        asked += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("{asked} /health requests in 3 s with a stuck NOTIFY_SOCKET; slowest {slowest:?}");
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a /health request took {slowest:?}"
+    );
+
+    let term_at = Instant::now();
+    server.signal("TERM").unwrap();
+    let status = server.wait_exit(Duration::from_secs(5)).unwrap();
+    eprintln!("stopped {:?} after SIGTERM", term_at.elapsed());
+    assert!(status.success(), "exit status {status}");
+    let warnings = server.stderr().matches("sd_notify failed").count();
+    assert_eq!(
+        warnings,
+        1,
+        "one warning for READY=1, the pings and STOPPING=1 together:\n{}",
+        server.stderr()
+    );
+}
+
+/// A fatal error under systemd (here: a bad setting, exit 78) is one line
+/// on stderr. When stderr is the journal's stream (`JOURNAL_STREAM` names
+/// its device and inode), the line starts with `<3>`, so journald files it at
+/// priority err instead of the stream's default, info. Where the variable
+/// names another file (inherited, stderr redirected), no prefix.
+#[test]
+fn a_fatal_error_on_the_journal_stream_is_priority_err() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = TempDir::new();
+    let run = |matching: bool| -> String {
+        let path = dir.path().join(format!("stderr-{matching}"));
+        let file = std::fs::File::create(&path).unwrap();
+        let meta = file.metadata().unwrap();
+        let inode = if matching { meta.ino() } else { meta.ino() + 1 };
+        let mut cmd = portkeeper(dir.path());
+        cmd.env("API_PORT", "abc")
+            .env("JOURNAL_STREAM", format!("{}:{inode}", meta.dev()))
+            .stdout(std::process::Stdio::null())
+            .stderr(file);
+        let mut child = cmd.spawn().unwrap();
+        let end = Instant::now() + DEADLINE;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > end {
+                let _ = child.kill();
+                panic!("still running after {DEADLINE:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(status.code(), Some(78));
+        std::fs::read_to_string(&path).unwrap()
+    };
+    let journal = run(true);
+    assert!(
+        journal.starts_with("<3>portkeeper: error: ") && journal.contains("API_PORT"),
+        "{journal:?}"
+    );
+    assert_eq!(journal.lines().count(), 1, "{journal:?}");
+    let elsewhere = run(false);
+    assert!(
+        elsewhere.starts_with("portkeeper: error: "),
+        "{elsewhere:?}"
+    );
+}
+
 /// `systemd-socket-activate` running portkeeper (optionally through
 /// `wrapper`, which must exec in place so LISTEN_PID stays right).
 fn socket_activate(tool: &Path, listen: SocketAddr, fdname: &str, wrapper: &[&str]) -> Command {
