@@ -164,6 +164,14 @@ pub(crate) enum TokenError {
         "AUTH_REQUIRED: \"true\" but no token is configured (set API_TOKEN, API_TOKEN_FILE, or the systemd credential {CREDENTIAL_NAME})"
     )]
     Missing,
+    /// `AUTH_REQUIRED=true`, no variable, and systemd's credential file is not there.
+    #[error(
+        "AUTH_REQUIRED: \"true\" but no token is configured: CREDENTIALS_DIRECTORY names {path}, which does not exist (set API_TOKEN or API_TOKEN_FILE, or add LoadCredential={CREDENTIAL_NAME}:... to the unit)"
+    )]
+    CredentialMissing {
+        /// The credential's path that was looked at.
+        path: String,
+    },
     /// Both variables are set: which one wins would be a guess.
     #[error(
         "API_TOKEN and API_TOKEN_FILE are both set (expected one of them; put every token in one place)"
@@ -282,10 +290,10 @@ pub(crate) fn load(settings: TokenSettings<'_>) -> Result<Auth, TokenError> {
         (tokens, Origin::File(path))
     } else if let Some(path) = credential_path(credentials_directory) {
         let tokens = match parse_token_file("CREDENTIALS_DIRECTORY", &path) {
-            Err(TokenError::Unreadable { source, .. })
+            Err(TokenError::Unreadable { source, path, .. })
                 if source.kind() == std::io::ErrorKind::NotFound =>
             {
-                return Err(TokenError::Missing);
+                return Err(TokenError::CredentialMissing { path });
             }
             tokens => tokens?,
         };

@@ -392,6 +392,11 @@ fn bad_inputs(dir: &Path) -> Vec<BadInput> {
             &["API_TOKEN_FILE", &path(&missing), "No such file"],
         ),
         case(
+            "credential missing",
+            &[required, ("CREDENTIALS_DIRECTORY", "/nonexistent")],
+            &["CREDENTIALS_DIRECTORY", "/nonexistent/api-token"],
+        ),
+        case(
             "token file is a directory",
             &[required, ("API_TOKEN_FILE", &path(dir))],
             &["API_TOKEN_FILE", &path(dir)],
