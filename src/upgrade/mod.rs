@@ -225,12 +225,18 @@ mod imp {
                     () = changed(&mut self.watch) => Trigger::ExecutableReplaced,
                 };
                 match self.hand_over(trigger).await {
-                    Ok(pid) => return pid,
-                    Err(err) => tracing::error!(
-                        error = %format!("{err:#}"),
-                        trigger = %trigger,
-                        "binary upgrade failed; this process keeps serving"
-                    ),
+                    Ok(pid) => {
+                        crate::metrics::upgrade_done();
+                        return pid;
+                    }
+                    Err(err) => {
+                        crate::metrics::upgrade_failed();
+                        tracing::error!(
+                            error = %format!("{err:#}"),
+                            trigger = %trigger,
+                            "binary upgrade failed; this process keeps serving"
+                        );
+                    }
                 }
             }
         }

@@ -4,6 +4,7 @@
 //! The second tier (`peers`, `systemd`) drives the real systemd and systemfd tools.
 
 mod app;
+mod balancing;
 mod configuration;
 mod listener_chain;
 mod logging;
