@@ -6,6 +6,7 @@
 mod app;
 mod balancing;
 mod configuration;
+mod haproxy;
 mod listener_chain;
 mod logging;
 mod peers;
