@@ -72,15 +72,31 @@ fn a_second_stop_signal_during_the_delay_stops_at_once() {
     let dir = TempDir::new();
     let mut cmd = loopback_server(&dir);
     // Far longer than DEADLINE: only the second signal can end it in time.
-    cmd.env("SHUTDOWN_DELAY", "600");
+    cmd.env("SHUTDOWN_DELAY", "600")
+        .env("DEBUG", "true")
+        .env("SHUTDOWN_TIMEOUT", "60");
     let mut server = Running::spawn(cmd, "delay-twice").unwrap();
-    server.serving_address().unwrap();
+    let addr = server.serving_address().unwrap();
+    // A request in flight, so that only the second signal can end the drain early.
+    let mut slow = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    write!(
+        slow,
+        "GET /debug/sleep?ms=10000 HTTP/1.1\r\nHost: {addr}\r\n\r\n"
+    )
+    .unwrap();
+    server.wait_for_line("debug: sleeping", DEADLINE).unwrap();
     server.signal("TERM").unwrap();
     server
         .wait_for_line("SHUTDOWN_DELAY: serving on", DEADLINE)
         .unwrap();
+    let second = Instant::now();
     server.signal("TERM").unwrap();
     let exit = server.wait_exit(DEADLINE).unwrap();
+    assert!(
+        second.elapsed() < Duration::from_secs(5),
+        "the second SIGTERM took {:?}",
+        second.elapsed()
+    );
     assert_eq!(exit.code(), Some(143), "{}", server.output());
     assert!(server.output().contains("second stop request"));
 }
