@@ -314,6 +314,20 @@ mod tests {
     }
 
     #[test]
+    fn upgrades_are_counted_by_outcome() {
+        let metrics = Metrics::new([]);
+        let done = |text: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("portkeeper_upgrades_total{outcome=\"done\"} "))
+                .and_then(|value| value.parse::<u64>().ok())
+                .unwrap()
+        };
+        let before = done(&metrics.render());
+        upgrade_done();
+        assert_eq!(done(&metrics.render()), before + 1);
+    }
+
+    #[test]
     fn connections_are_counted_until_dropped() {
         let metrics = Metrics::new([]);
         let first = metrics.connections().open();
