@@ -6,8 +6,9 @@
 //! first), `/metrics` ([`crate::metrics`], for Prometheus) and `/info` (pid,
 //! version, uptime, the listener), plus the
 //! [`crate::debug_routes`] with `DEBUG=true`. `/health` and `/ready` are
-//! answered without a token under `AUTH_REQUIRED`, since probes carry none. They answer first at their exact
-//! paths; every other request goes to the application's router. A user route
+//! answered without a token under `AUTH_REQUIRED`, since probes carry none.
+//! The built-ins answer first at their exact paths; every other request goes
+//! to the application's router. A user route
 //! at `/health` therefore never panics at start, it is simply not reached:
 //! move the built-ins with `Server::builtin_routes_at` or turn them off with
 //! `Server::without_builtin_routes` to serve your own.
@@ -16,7 +17,9 @@
 //! the whole router rather than around each route:
 //! tower-http's `RequestBodyLimit` (`MAX_BODY_BYTES`: 413 for a declared or
 //! streamed body above it; axum's own 2 MiB extractor default is turned off
-//! so that this is the one limit) and `Timeout` (`REQUEST_TIMEOUT`: 503).
+//! so that this is the one limit) and `Timeout` (`REQUEST_TIMEOUT`: 503),
+//! and outside them the request metrics ([`crate::metrics::Layer`]), which
+//! therefore count their 413 and 503 too.
 
 use std::convert::Infallible;
 use std::sync::Arc;
