@@ -129,6 +129,26 @@ fn the_delay_is_not_applied_to_a_socket_that_outlives_the_process() {
 }
 
 #[test]
+fn the_delay_is_not_applied_under_a_service_manager() {
+    // NOTIFY_SOCKET says systemd runs us: its unit, not a balancer, governs the stop.
+    let dir = TempDir::new();
+    let path = dir.path().join("notify.sock");
+    let _manager = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    let mut cmd = loopback_server(&dir);
+    cmd.env("NOTIFY_SOCKET", &path).env("SHUTDOWN_DELAY", "600");
+    let mut server = Running::spawn(cmd, "delay-notify").unwrap();
+    server.serving_address().unwrap();
+    server.signal("TERM").unwrap();
+    let exit = server.wait_exit(DEADLINE).unwrap();
+    assert!(exit.success(), "{exit}\n{}", server.output());
+    assert!(
+        server.output().contains("SHUTDOWN_DELAY is not applied"),
+        "{}",
+        server.output()
+    );
+}
+
+#[test]
 fn metrics_count_requests_by_class_behind_the_token_and_probes_stay_open() {
     let dir = TempDir::new();
     let mut cmd = loopback_server(&dir);
