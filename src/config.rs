@@ -50,6 +50,7 @@ pub(crate) const VARIABLES: &[&str] = &[
     "REQUEST_TIMEOUT",
     "MAX_BODY_BYTES",
     "SHUTDOWN_TIMEOUT",
+    "SHUTDOWN_DELAY",
     "LISTEN_FD_NAME",
 ];
 
@@ -118,6 +119,8 @@ pub(crate) struct RawConfig {
     pub(crate) max_body_bytes: Option<String>,
     /// `SHUTDOWN_TIMEOUT`: seconds to let in-flight requests finish.
     pub(crate) shutdown_timeout: Option<String>,
+    /// `SHUTDOWN_DELAY`: seconds to keep serving, not ready, before the drain.
+    pub(crate) shutdown_delay: Option<String>,
     /// `LISTEN_FD_NAME`: which inherited socket to serve.
     pub(crate) listen_fd_name: Option<String>,
 }
@@ -298,6 +301,9 @@ pub(crate) struct Config {
     pub(crate) limits: Limits,
     /// How long in-flight requests may take to finish after a stop signal.
     pub(crate) shutdown_timeout: Duration,
+    /// How long to keep accepting, with `/ready` at 503, after a stop signal
+    /// and before the drain (load balancers need time to stop sending).
+    pub(crate) shutdown_delay: Duration,
     /// Which inherited socket to serve, by its LISTEN_FDNAMES entry.
     pub(crate) listen_fd_name: String,
 }
@@ -323,6 +329,7 @@ mod defaults {
     pub(super) const LOG_LEVEL: &str = "info";
     pub(super) const LOG_FORMAT: &str = "text";
     pub(super) const SHUTDOWN_TIMEOUT_SECS: u64 = 30;
+    pub(super) const SHUTDOWN_DELAY_SECS: u64 = 0;
     pub(super) const LISTEN_FD_NAME: &str = "http";
     pub(super) const HEADER_READ_TIMEOUT_SECS: u64 = 10;
     pub(super) const REQUEST_TIMEOUT_SECS: u64 = 30;
@@ -381,6 +388,7 @@ impl RawConfig {
             request_timeout: s("REQUEST_TIMEOUT", &self.request_timeout),
             max_body_bytes: s("MAX_BODY_BYTES", &self.max_body_bytes),
             shutdown_timeout: s("SHUTDOWN_TIMEOUT", &self.shutdown_timeout),
+            shutdown_delay: s("SHUTDOWN_DELAY", &self.shutdown_delay),
             listen_fd_name: s("LISTEN_FD_NAME", &self.listen_fd_name),
         }
     }
@@ -406,6 +414,7 @@ struct Settings<'a> {
     request_timeout: Setting<'a>,
     max_body_bytes: Setting<'a>,
     shutdown_timeout: Setting<'a>,
+    shutdown_delay: Setting<'a>,
     listen_fd_name: Setting<'a>,
 }
 
@@ -459,6 +468,10 @@ impl TryFrom<RawConfig> for Config {
             &defaults::SHUTDOWN_TIMEOUT_SECS.to_string(),
             parse_shutdown_secs,
         )?;
+        let delay_secs = s.shutdown_delay.parse_or(
+            &defaults::SHUTDOWN_DELAY_SECS.to_string(),
+            parse_shutdown_secs,
+        )?;
         let limits = Limits {
             header_read_timeout: s.header_read_timeout.parse_or(
                 &defaults::HEADER_READ_TIMEOUT_SECS.to_string(),
@@ -491,6 +504,7 @@ impl TryFrom<RawConfig> for Config {
             auth,
             limits,
             shutdown_timeout: Duration::from_secs(shutdown_secs),
+            shutdown_delay: Duration::from_secs(delay_secs),
             listen_fd_name,
         })
     }
@@ -799,6 +813,13 @@ mod tests {
         );
         assert!(error(&[("SHUTDOWN_TIMEOUT", "1.5")]).starts_with("SHUTDOWN_TIMEOUT"));
         assert!(error(&[("SHUTDOWN_TIMEOUT", "999999")]).starts_with("SHUTDOWN_TIMEOUT"));
+        assert_eq!(config(&[]).unwrap().shutdown_delay, Duration::ZERO);
+        assert_eq!(
+            config(&[("SHUTDOWN_DELAY", "5")]).unwrap().shutdown_delay,
+            Duration::from_secs(5)
+        );
+        assert!(error(&[("SHUTDOWN_DELAY", "-1")]).starts_with("SHUTDOWN_DELAY"));
+        assert!(error(&[("SHUTDOWN_DELAY", "2s")]).starts_with("SHUTDOWN_DELAY"));
         assert!(error(&[("LISTEN_FD_NAME", "a:b")]).starts_with("LISTEN_FD_NAME"));
     }
 

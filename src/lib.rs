@@ -19,10 +19,13 @@
 //!   `AUTO_FIND_PORT=true`) the first free port of
 //!   `PORT_RANGE_START..=PORT_RANGE_END`, and serves from that very socket;
 //! - serves the app over HTTP/1.1 and HTTP/2 (with upgrades such as
-//!   WebSocket) beside the built-in `/health` and `/info`, within
+//!   WebSocket) beside the built-in `/health`, `/ready`, `/metrics` and
+//!   `/info`, within
 //!   `MAX_BODY_BYTES`, `HEADER_READ_TIMEOUT` and `REQUEST_TIMEOUT`;
 //! - tells systemd it is ready (`Type=notify`) and feeds its watchdog;
-//! - on SIGTERM or SIGINT, stops accepting and finishes open requests within
+//! - on SIGTERM or SIGINT, answers `/ready` with 503, keeps serving for
+//!   `SHUTDOWN_DELAY` (0 by default: time for a load balancer to notice),
+//!   then stops accepting and finishes open requests within
 //!   `SHUTDOWN_TIMEOUT` (a second signal stops at once);
 //! - on SIGUSR2 (or `RELOAD=true` and a replaced executable) starts the new
 //!   executable with the listening socket, waits until it is ready, then
@@ -64,6 +67,7 @@ mod error;
 mod lifecycle;
 mod listener;
 mod logging;
+mod metrics;
 #[allow(unreachable_pub)] // Until issue 13's upgrade work lands.
 mod notify;
 mod routes;

@@ -12,9 +12,10 @@ use tokio::sync::watch;
 use crate::announce;
 use crate::config::Config;
 use crate::error::Error;
-use crate::listener::Bound;
+use crate::listener::{Bound, Source};
+use crate::metrics::Metrics;
 use crate::notify::{self, Notifier};
-use crate::routes::{self, AppState, Builtins, RouteSettings};
+use crate::routes::{self, AppState, Builtins, Readiness, RouteSettings};
 use crate::serve::{self, ServeOptions, Stopped};
 use crate::upgrade::{Departure, Succession, Upgrader};
 
@@ -64,9 +65,14 @@ pub(crate) async fn run(plan: Plan, app: Router) -> Result<(), Error> {
         .map_err(|err| Error::system("cannot register the listener with tokio", err))?;
     let urls = announce::urls_for(bound.info.address);
     announce::log_serving(&bound.info, &urls);
+    let metrics = Arc::new(Metrics::new([&bound.info]));
+    let readiness = Readiness::new();
+    let delay = shutdown_delay(config.shutdown_delay, bound.info.source, notifier.is_some());
     let state = Arc::new(AppState {
         listener: bound.info,
         started: Instant::now(),
+        readiness: readiness.clone(),
+        metrics: Arc::clone(&metrics),
     });
     let url = urls.first().map(String::as_str).unwrap_or_default();
     let ready = notify::ready_message(&format!(
@@ -89,6 +95,7 @@ pub(crate) async fn run(plan: Plan, app: Router) -> Result<(), Error> {
     });
 
     let mut first_stop = stop_requests.clone();
+    let mut stop_during_delay = stop_requests.clone();
     let shutdown = {
         let notifier = notifier.clone();
         async move {
@@ -125,8 +132,23 @@ pub(crate) async fn run(plan: Plan, app: Router) -> Result<(), Error> {
                 },
             };
             if stopping {
+                // Not on a handoff: the socket stays open in the successor,
+                // which is ready, so the instance is too.
+                readiness.stop();
                 if let Some(notifier) = &notifier {
                     notifier.notify(&notify::stopping_message("finishing open requests"));
+                }
+                if !delay.is_zero() {
+                    tracing::info!(
+                        delay_seconds = delay.as_secs(),
+                        "SHUTDOWN_DELAY: serving on with /ready at 503 before the drain"
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        // A second stop request ends the delay; `force` then
+                        // ends the drain at once.
+                        _ = stop_during_delay.nth(2) => {}
+                    }
                 }
             }
         }
@@ -150,10 +172,15 @@ pub(crate) async fn run(plan: Plan, app: Router) -> Result<(), Error> {
         auth: config.auth.clone(),
         debug: config.debug,
     };
-    let service = routes::service(routes::router(app, state, &settings), config.limits);
+    let service = routes::service(
+        routes::router(app, state, &settings),
+        config.limits,
+        Arc::clone(&metrics),
+    );
     let options = ServeOptions {
         shutdown_timeout: config.shutdown_timeout,
         limits: config.limits,
+        connections: metrics.connections(),
     };
     let stopped = serve::serve(listener, service, shutdown, force, options).await;
     match stopped {
@@ -178,6 +205,27 @@ pub(crate) async fn run(plan: Plan, app: Router) -> Result<(), Error> {
             Err(Error::forced(signal.name, signal.number, open))
         }
     }
+}
+
+/// The `SHUTDOWN_DELAY` that applies: none when the socket outlives this
+/// process anyway, since then no connection can be refused and no load
+/// balancer has to be told. That is the case under systemd (a `NOTIFY_SOCKET`,
+/// or a socket it activated: systemd keeps its copy open and queues
+/// connections for the next start) and with `systemfd`, which does the same.
+fn shutdown_delay(configured: Duration, source: Source, under_systemd: bool) -> Duration {
+    if configured.is_zero() {
+        return configured;
+    }
+    if under_systemd || matches!(source, Source::Systemd | Source::Systemfd) {
+        tracing::info!(
+            delay_seconds = configured.as_secs(),
+            source = source.as_str(),
+            under_systemd,
+            "SHUTDOWN_DELAY is not applied: the listening socket outlives this process"
+        );
+        return Duration::ZERO;
+    }
+    configured
 }
 
 /// Sends `WATCHDOG=1` while the runtime is alive: a hung runtime stops the

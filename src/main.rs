@@ -27,7 +27,7 @@ Configured by environment variables, and a .env file in the working directory
   RUST_LOG             tracing filter directives; overrides LOG_LEVEL
   DEBUG                development diagnostics (false)
   RELOAD               hand the socket over when the executable is replaced (false)
-  AUTH_REQUIRED        require a bearer token on all but /health (false)
+  AUTH_REQUIRED        require a bearer token on all but /health and /ready (false)
   API_TOKEN            accepted bearer token(s), comma-separated
   API_TOKEN_FILE       a file of accepted tokens, one per line
   CREDENTIALS_DIRECTORY  systemd's credentials (api-token)
@@ -35,6 +35,7 @@ Configured by environment variables, and a .env file in the working directory
   REQUEST_TIMEOUT      seconds from headers to response; 503 after (30)
   MAX_BODY_BYTES       largest request body; 413 above (1048576)
   SHUTDOWN_TIMEOUT     seconds open requests get after a stop (30)
+  SHUTDOWN_DELAY       seconds between a stop signal (/ready at 503) and the drain (0)
   LISTEN_FD_NAME       which inherited socket to serve (http)
 
 Signals:

@@ -1,9 +1,14 @@
 //! The routes portkeeper answers itself, and the stack every request passes through.
 //!
 //! The built-in routes are `/health` (liveness: always 200 while the process
-//! serves) and `/info` (pid, version, uptime, the listener), plus the
-//! [`crate::debug_routes`] with `DEBUG=true`. They answer first at their exact
-//! paths; every other request goes to the application's router. A user route
+//! serves, also during a drain), `/ready` (readiness: 200 while serving, 503
+//! from the moment a stop begins, so a load balancer takes the instance out
+//! first), `/metrics` ([`crate::metrics`], for Prometheus) and `/info` (pid,
+//! version, uptime, the listener), plus the
+//! [`crate::debug_routes`] with `DEBUG=true`. `/health` and `/ready` are
+//! answered without a token under `AUTH_REQUIRED`, since probes carry none.
+//! The built-ins answer first at their exact paths; every other request goes
+//! to the application's router. A user route
 //! at `/health` therefore never panics at start, it is simply not reached:
 //! move the built-ins with `Server::builtin_routes_at` or turn them off with
 //! `Server::without_builtin_routes` to serve your own.
@@ -12,10 +17,13 @@
 //! the whole router rather than around each route:
 //! tower-http's `RequestBodyLimit` (`MAX_BODY_BYTES`: 413 for a declared or
 //! streamed body above it; axum's own 2 MiB extractor default is turned off
-//! so that this is the one limit) and `Timeout` (`REQUEST_TIMEOUT`: 503).
+//! so that this is the one limit) and `Timeout` (`REQUEST_TIMEOUT`: 503),
+//! and outside them the request metrics ([`crate::metrics::Layer`]), which
+//! therefore count their 413 and 503 too.
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -32,6 +40,7 @@ use tower_http::timeout::TimeoutLayer;
 use crate::auth::Auth;
 use crate::config::Limits;
 use crate::listener::ListenerInfo;
+use crate::metrics::{self, Metrics};
 
 /// Where the built-in routes are mounted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,11 +52,12 @@ pub(crate) enum Builtins {
 }
 
 impl Builtins {
-    /// The built-in health path, answered without a token under `AUTH_REQUIRED`.
-    pub(crate) fn health_path(&self) -> Option<String> {
+    /// The built-in probe paths (`/health`, `/ready`), answered without a
+    /// token under `AUTH_REQUIRED`.
+    pub(crate) fn public_paths(&self) -> Vec<String> {
         match self {
-            Builtins::At(prefix) => Some(format!("{prefix}/health")),
-            Builtins::Off => None,
+            Builtins::At(prefix) => vec![format!("{prefix}/health"), format!("{prefix}/ready")],
+            Builtins::Off => Vec::new(),
         }
     }
 }
@@ -59,6 +69,31 @@ pub(crate) struct AppState {
     pub(crate) listener: ListenerInfo,
     /// When the process started serving.
     pub(crate) started: Instant,
+    /// What `/ready` answers.
+    pub(crate) readiness: Readiness,
+    /// What `/metrics` renders.
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+/// Whether `/ready` answers 200: true from the start, false for good once a
+/// stop begins. Cheap to clone; the clones share the one flag.
+#[derive(Debug, Clone)]
+pub(crate) struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    /// Ready.
+    pub(crate) fn new() -> Self {
+        Readiness(Arc::new(AtomicBool::new(true)))
+    }
+
+    /// From now on `/ready` answers 503.
+    pub(crate) fn stop(&self) {
+        self.0.store(false, Ordering::Release);
+    }
+
+    fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
 }
 
 /// The settings that shape the router, as `Config` has them.
@@ -77,6 +112,8 @@ pub(crate) fn router(app: Router, state: Arc<AppState>, settings: &RouteSettings
         Builtins::At(prefix) => {
             let mut builtins = Router::new()
                 .route("/health", get(health))
+                .route("/ready", get(ready))
+                .route("/metrics", get(render_metrics))
                 .route("/info", get(info))
                 .with_state(state);
             if settings.debug {
@@ -90,15 +127,15 @@ pub(crate) fn router(app: Router, state: Arc<AppState>, settings: &RouteSettings
             mounted.fallback_service(app)
         }
     };
-    let public: Vec<String> = settings.builtins.health_path().into_iter().collect();
-    crate::auth::protect(routes, &settings.auth, public)
+    crate::auth::protect(routes, &settings.auth, settings.builtins.public_paths())
 }
 
-/// The whole stack for one request: the body limit and the request timeout
-/// around `router`. Cloned for every connection.
+/// The whole stack for one request: the request metrics, the body limit and
+/// the request timeout around `router`. Cloned for every connection.
 pub(crate) fn service(
     router: Router,
     limits: Limits,
+    metrics: Arc<Metrics>,
 ) -> impl tower::Service<
     Request<Incoming>,
     Response = Response<
@@ -112,6 +149,7 @@ pub(crate) fn service(
 + Send
 + 'static {
     ServiceBuilder::new()
+        .layer(metrics::Layer(metrics))
         .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -130,6 +168,36 @@ async fn health() -> impl IntoResponse {
         )],
         r#"{"status":"ok"}"#,
     )
+}
+
+/// `/ready`: 200 while serving, 503 once a stop has begun (`SHUTDOWN_DELAY`
+/// is the time a load balancer gets to notice).
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    let (status, body) = if state.readiness.is_ready() {
+        (StatusCode::OK, r#"{"status":"ready"}"#)
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"stopping"}"#)
+    };
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+async fn render_metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(metrics::CONTENT_TYPE),
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 #[derive(Serialize)]
@@ -162,15 +230,18 @@ mod tests {
     use tower::ServiceExt;
 
     fn state() -> Arc<AppState> {
+        let listener = ListenerInfo {
+            source: Source::Searched,
+            address: "127.0.0.1:5053".parse().unwrap(),
+            fd: None,
+            fd_name: None,
+            busy_ports: vec![5050, 5051, 5052],
+        };
         Arc::new(AppState {
-            listener: ListenerInfo {
-                source: Source::Searched,
-                address: "127.0.0.1:5053".parse().unwrap(),
-                fd: None,
-                fd_name: None,
-                busy_ports: vec![5050, 5051, 5052],
-            },
+            metrics: Arc::new(Metrics::new([&listener])),
+            listener,
             started: Instant::now(),
+            readiness: Readiness::new(),
         })
     }
 
@@ -210,6 +281,54 @@ mod tests {
         );
         let body: serde_json::Value = serde_json::from_str(&body_text(response).await).unwrap();
         assert_eq!(body, serde_json::json!({ "status": "ok" }));
+    }
+
+    #[tokio::test]
+    async fn ready_turns_503_once_a_stop_begins_and_health_stays_200() {
+        let state = state();
+        let readiness = state.readiness.clone();
+        let app = router(Router::new(), state, &settings(root(), Auth::Open));
+        assert_eq!(
+            send(app.clone(), get_req("/ready")).await.status(),
+            StatusCode::OK
+        );
+        readiness.stop();
+        let not_ready = send(app.clone(), get_req("/ready")).await;
+        assert_eq!(not_ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body_text(not_ready).await, r#"{"status":"stopping"}"#);
+        assert_eq!(send(app, get_req("/health")).await.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn metrics_count_the_user_routes_by_status_class() {
+        let state = state();
+        let metrics = Arc::clone(&state.metrics);
+        let user = Router::new().route("/hello", get(|| async { "hello" }));
+        let app = router(user, state, &settings(root(), Auth::Open));
+        let limits = Limits {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            max_body_bytes: 64,
+        };
+        let stack = service(app, limits, metrics);
+        assert_eq!(call(stack.clone(), get_req("/hello")).await, StatusCode::OK);
+        assert_eq!(
+            call(stack.clone(), get_req("/nope")).await,
+            StatusCode::NOT_FOUND
+        );
+        let (status, text) = call_text(stack, get_req("/metrics")).await;
+        assert_eq!(status, StatusCode::OK);
+        for line in [
+            "portkeeper_http_requests_total{class=\"2xx\"} 1\n",
+            "portkeeper_http_requests_total{class=\"4xx\"} 1\n",
+            "portkeeper_http_request_duration_seconds_count 2\n",
+            // The scrape itself is in flight while it renders.
+            "portkeeper_http_requests_in_flight 1\n",
+            "portkeeper_listener_info{source=\"searched\",address=\"127.0.0.1:5053\",fd_name=\"\"} 1\n",
+            "portkeeper_upgrades_total{outcome=\"failed\"} 0\n",
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
     }
 
     #[tokio::test]
@@ -283,11 +402,13 @@ mod tests {
     async fn with_auth_only_health_is_open_and_the_app_is_protected() {
         let user = Router::new().route("/hello", get(|| async { "hello" }));
         let app = router(user, state(), &settings(root(), bearer()));
-        assert_eq!(
-            send(app.clone(), get_req("/health")).await.status(),
-            StatusCode::OK
-        );
-        for path in ["/info", "/hello", "/nope", "/health/"] {
+        for path in ["/health", "/ready"] {
+            let open = send(app.clone(), get_req(path)).await;
+            assert_eq!(open.status(), StatusCode::OK, "{path}");
+        }
+        for path in [
+            "/info", "/metrics", "/hello", "/nope", "/health/", "/ready/",
+        ] {
             let refused = send(app.clone(), get_req(path)).await;
             assert_eq!(refused.status(), StatusCode::UNAUTHORIZED, "{path}");
         }
@@ -329,13 +450,27 @@ mod tests {
             }),
         );
         let started = Instant::now();
-        let status = call(service(slow, limits), get_req("/slow")).await;
+        let metrics = Arc::new(Metrics::new([]));
+        let status = call(service(slow, limits, metrics), get_req("/slow")).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     /// Drives the stack with a body from a real hyper connection, as `serve` does.
     async fn call<S, B>(service: S, request: axum::http::Request<Body>) -> StatusCode
+    where
+        S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        call_text(service, request).await.0
+    }
+
+    async fn call_text<S, B>(service: S, request: axum::http::Request<Body>) -> (StatusCode, String)
     where
         S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
             + Clone
@@ -360,6 +495,9 @@ mod tests {
             .await
             .unwrap();
         tokio::spawn(connection);
-        sender.send_request(request).await.unwrap().status()
+        let response = sender.send_request(request).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
     }
 }

@@ -46,6 +46,7 @@ use tower::ServiceExt as _;
 use tower::util::Oneshot;
 
 use crate::config::Limits;
+use crate::metrics::{Connections, OpenConnection};
 
 /// How long, once a stop begins, an idle connection may take to send its next request.
 ///
@@ -62,12 +63,14 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(1);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(100);
 
 /// Settings for [`serve`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct ServeOptions {
     /// How long open connections may take to finish once the stop begins.
     pub(crate) shutdown_timeout: Duration,
     /// Time and size bounds for each connection and request.
     pub(crate) limits: Limits,
+    /// The open-connections gauge of `/metrics`.
+    pub(crate) connections: Connections,
 }
 
 /// How serving ended.
@@ -122,6 +125,7 @@ where
                     stream: TrackedIo {
                         io: stream,
                         _open: connections.token(),
+                        _counted: options.connections.open(),
                     },
                     peer,
                     stop: Arc::clone(&stop),
@@ -268,6 +272,7 @@ async fn notified_until(notify: &Notify, holds: impl Fn() -> bool) {
 struct TrackedIo {
     io: TcpStream,
     _open: TaskTrackerToken,
+    _counted: OpenConnection,
 }
 
 impl AsyncRead for TrackedIo {

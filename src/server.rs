@@ -133,7 +133,8 @@ impl Server {
         self
     }
 
-    /// Stops gracefully when `signal` completes, as on SIGTERM: stop
+    /// Stops gracefully when `signal` completes, as on SIGTERM: `/ready`
+    /// answers 503, serving goes on for `SHUTDOWN_DELAY`, then stop
     /// accepting, finish open requests within `SHUTDOWN_TIMEOUT`, exit 0.
     /// SIGTERM and SIGINT still stop the server too.
     ///

@@ -420,12 +420,18 @@ mod imp {
                     () = self.signals.hung_up() => return Departure::HungUp,
                 };
                 match result {
-                    Ok(pid) => return Departure::HandedOver(pid),
-                    Err(err) => tracing::error!(
-                        error = %format!("{err:#}"),
-                        trigger = %trigger,
-                        "binary upgrade failed; this process keeps serving (fix the new executable, then try again)"
-                    ),
+                    Ok(pid) => {
+                        crate::metrics::upgrade_done();
+                        return Departure::HandedOver(pid);
+                    }
+                    Err(err) => {
+                        crate::metrics::upgrade_failed();
+                        tracing::error!(
+                            error = %format!("{err:#}"),
+                            trigger = %trigger,
+                            "binary upgrade failed; this process keeps serving (fix the new executable, then try again)"
+                        );
+                    }
                 }
             }
         }

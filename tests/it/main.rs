@@ -4,7 +4,9 @@
 //! The second tier (`peers`, `systemd`) drives the real systemd and systemfd tools.
 
 mod app;
+mod balancing;
 mod configuration;
+mod haproxy;
 mod listener_chain;
 mod logging;
 mod peers;

@@ -1,0 +1,339 @@
+//! `GET /metrics`: what the server counts, in the OpenMetrics text format
+//! that Prometheus scrapes.
+//!
+//! Built on `prometheus-client` (the Prometheus project's Rust client) with a
+//! [`Registry`] of our own per server, never a process-wide recorder: an
+//! application that embeds portkeeper and has its own `metrics` or
+//! `prometheus` recorder keeps it, and nothing here conflicts with it.
+//!
+//! | metric | type | what |
+//! |---|---|---|
+//! | `portkeeper_http_requests_total{class}` | counter | answered requests by status class (`1xx` … `5xx`), the application's routes included |
+//! | `portkeeper_http_request_duration_seconds` | histogram | from a request's headers to its response's headers |
+//! | `portkeeper_open_connections` | gauge | accepted connections not yet closed |
+//! | `portkeeper_http_requests_in_flight` | gauge | requests whose response has not been sent whole |
+//! | `portkeeper_upgrades_total{outcome}` | counter | binary upgrades `done` (handed over) and `failed` (this process kept serving) |
+//! | `portkeeper_listener_info{source,address,fd_name}` | gauge, always 1 | the listener served, the info-metric convention |
+//!
+//! The upgrade counters are the process's, not one server's: a handoff hands
+//! over the process's sockets. They live in a static and every registry shows them.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, LazyLock};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::http::{Request, Response};
+use hyper::body::{Body, Frame, SizeHint};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::listener::ListenerInfo;
+
+/// The content type of [`Metrics::render`]'s text.
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+type Labels = [(&'static str, &'static str); 1];
+
+/// Binary upgrades of this process, by outcome (see the module docs).
+static UPGRADES: LazyLock<Family<Labels, Counter>> = LazyLock::new(Family::default);
+
+/// Counts a binary upgrade that handed the listener over.
+pub(crate) fn upgrade_done() {
+    UPGRADES.get_or_create(&[("outcome", "done")]).inc();
+}
+
+/// Counts a binary upgrade that failed (the process keeps serving).
+pub(crate) fn upgrade_failed() {
+    UPGRADES.get_or_create(&[("outcome", "failed")]).inc();
+}
+
+/// One server's metrics and the registry that renders them.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    registry: Registry,
+    /// By status class, `1xx` to `5xx`: clones of the family's counters, so
+    /// that counting a request is one atomic add, not a look-up under a lock.
+    classes: [Counter; 5],
+    duration: Histogram,
+    in_flight: Gauge,
+    connections: Connections,
+}
+
+impl Metrics {
+    /// A registry with every metric, and the listeners as info.
+    pub(crate) fn new<'a>(listeners: impl IntoIterator<Item = &'a ListenerInfo>) -> Self {
+        let mut registry = Registry::with_prefix("portkeeper");
+        let requests = Family::<Labels, Counter>::default();
+        // Created up front: a rate over them is defined from the first scrape.
+        let classes = CLASSES.map(|class| requests.get_or_create(&[("class", class)]).clone());
+        registry.register(
+            "http_requests",
+            "Requests answered, by status class",
+            requests,
+        );
+        // 1 ms to ~33 s.
+        let duration = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+            0.001, 2.0, 16,
+        ));
+        registry.register_with_unit(
+            "http_request_duration",
+            "Time from a request's headers to its response's headers",
+            prometheus_client::registry::Unit::Seconds,
+            duration.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "http_requests_in_flight",
+            "Requests whose response has not been sent whole",
+            in_flight.clone(),
+        );
+        let connections = Connections(Gauge::default());
+        registry.register(
+            "open_connections",
+            "Accepted connections not yet closed",
+            connections.0.clone(),
+        );
+        // Shown at 0 before the first upgrade, as the classes are.
+        for outcome in ["done", "failed"] {
+            let _ = UPGRADES.get_or_create(&[("outcome", outcome)]);
+        }
+        registry.register(
+            "upgrades",
+            "Binary upgrades of this process: done (handed over) or failed (kept serving)",
+            UPGRADES.clone(),
+        );
+        let info = Family::<Vec<(&'static str, String)>, Gauge>::default();
+        for listener in listeners {
+            let labels = vec![
+                ("source", listener.source.to_string()),
+                ("address", listener.address.to_string()),
+                ("fd_name", listener.fd_name.clone().unwrap_or_default()),
+            ];
+            info.get_or_create(&labels).set(1);
+        }
+        registry.register("listener_info", "The listeners served (always 1)", info);
+        Metrics {
+            registry,
+            classes,
+            duration,
+            in_flight,
+            connections,
+        }
+    }
+
+    /// The open-connections gauge, for the accept loop.
+    pub(crate) fn connections(&self) -> Connections {
+        self.connections.clone()
+    }
+
+    /// Everything, in the OpenMetrics text format.
+    pub(crate) fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+}
+
+/// The open-connections gauge: [`Connections::open`] counts one until dropped.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Connections(Gauge);
+
+impl Connections {
+    /// Counts a connection as open until the guard is dropped.
+    pub(crate) fn open(&self) -> OpenConnection {
+        self.0.inc();
+        OpenConnection(self.0.clone())
+    }
+}
+
+/// One open connection, counted until dropped.
+#[derive(Debug)]
+pub(crate) struct OpenConnection(Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The tower layer that counts every request: wrapped around the whole
+/// stack, so the limits' 413 and 503, the token check's 401 and the
+/// application's routes are all counted.
+#[derive(Debug, Clone)]
+pub(crate) struct Layer(pub(crate) Arc<Metrics>);
+
+impl<S> tower::Layer<S> for Layer {
+    type Service = Counted<S>;
+
+    fn layer(&self, inner: S) -> Counted<S> {
+        Counted {
+            inner,
+            metrics: Arc::clone(&self.0),
+        }
+    }
+}
+
+/// A service whose requests are counted; see [`Layer`].
+#[derive(Debug, Clone)]
+pub(crate) struct Counted<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, RqB, B> tower::Service<Request<RqB>> for Counted<S>
+where
+    S: tower::Service<Request<RqB>, Response = Response<B>, Error = Infallible>,
+{
+    type Response = Response<CountedBody<B>>;
+    type Error = Infallible;
+    type Future = CountedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<RqB>) -> Self::Future {
+        self.metrics.in_flight.inc();
+        CountedFuture {
+            inner: self.inner.call(request),
+            in_flight: Some(InFlight(Arc::clone(&self.metrics))),
+            started: Instant::now(),
+        }
+    }
+}
+
+/// One request in flight, counted until dropped: with the response body,
+/// or with the future when the request is cancelled.
+#[derive(Debug)]
+struct InFlight(Arc<Metrics>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`Counted`].
+    pub(crate) struct CountedFuture<F> {
+        #[pin]
+        inner: F,
+        in_flight: Option<InFlight>,
+        started: Instant,
+    }
+}
+
+impl<F, B> Future for CountedFuture<F>
+where
+    F: Future<Output = Result<Response<B>, Infallible>>,
+{
+    type Output = Result<Response<CountedBody<B>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(response) = std::task::ready!(this.inner.poll(cx));
+        let in_flight = this.in_flight.take();
+        if let Some(InFlight(metrics)) = &in_flight {
+            metrics
+                .duration
+                .observe(this.started.elapsed().as_secs_f64());
+            metrics.classes[class_index(response.status().as_u16())].inc();
+        }
+        Poll::Ready(Ok(response.map(|body| CountedBody {
+            inner: body,
+            in_flight,
+        })))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request counted in flight until it is
+    /// sent whole or dropped.
+    pub(crate) struct CountedBody<B> {
+        #[pin]
+        inner: B,
+        in_flight: Option<InFlight>,
+    }
+}
+
+impl<B: Body> Body for CountedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        let frame = std::task::ready!(this.inner.as_mut().poll_frame(cx));
+        if frame.is_none() || this.inner.is_end_stream() {
+            // Sent whole: no longer in flight, even if hyper keeps the body a while.
+            this.in_flight.take();
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The status classes, in the order of [`class_index`].
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Where a status's class is in [`CLASSES`].
+fn class_index(status: u16) -> usize {
+    usize::from(status / 100).clamp(1, 5) - 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_classes() {
+        let class = |status| CLASSES[class_index(status)];
+        assert_eq!(class(101), "1xx");
+        assert_eq!(class(204), "2xx");
+        assert_eq!(class(308), "3xx");
+        assert_eq!(class(404), "4xx");
+        assert_eq!(class(503), "5xx");
+        assert_eq!(class(599), "5xx");
+    }
+
+    #[test]
+    fn upgrades_are_counted_by_outcome() {
+        let metrics = Metrics::new([]);
+        let done = |text: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("portkeeper_upgrades_total{outcome=\"done\"} "))
+                .and_then(|value| value.parse::<u64>().ok())
+                .unwrap()
+        };
+        let before = done(&metrics.render());
+        upgrade_done();
+        assert_eq!(done(&metrics.render()), before + 1);
+    }
+
+    #[test]
+    fn connections_are_counted_until_dropped() {
+        let metrics = Metrics::new([]);
+        let first = metrics.connections().open();
+        let second = metrics.connections().open();
+        assert!(metrics.render().contains("portkeeper_open_connections 2\n"));
+        drop((first, second));
+        assert!(metrics.render().contains("portkeeper_open_connections 0\n"));
+    }
+}
