@@ -16,8 +16,8 @@ cd "$(dirname "$0")/.."
 
 runs=${BENCH_RUNS:-40}               # start-up runs per scenario and server
 search_runs=${BENCH_SEARCH_RUNS:-15} # runs per busy-port count
-load_rounds=${BENCH_LOAD_ROUNDS:-3}  # rounds of every workload per server, after a warm-up
-load_seconds=${BENCH_LOAD_SECONDS:-5}
+load_rounds=${BENCH_LOAD_ROUNDS:-5}  # rounds of every workload per server, after a warm-up
+load_seconds=${BENCH_LOAD_SECONDS:-3}
 connections=${BENCH_CONNECTIONS:-50}
 
 # The tools it drives: wrk and h2load for load, systemd-socket-activate for

@@ -25,7 +25,7 @@
 //!    connection), the servers taking turns within each round, after a
 //!    warm-up that is not recorded;
 //! 4. VmRSS after start and one request;
-//! 5. user-space instructions per HTTP/1.1 request, counted by valgrind's
+//! 5. user-space instructions per request of each workload, counted by valgrind's
 //!    callgrind: a figure other work on the machine cannot move, which says
 //!    whether a throughput difference is the server's or the machine's.
 //!
@@ -71,6 +71,8 @@ const SECTIONS: [&str; 5] = ["startup", "search", "load", "instructions", "rss"]
 /// Seconds of load per server and request under callgrind (it runs the
 /// server ~50x slower).
 const CALLGRIND_LOAD_SECONDS: u64 = 5;
+/// Connections of the load under callgrind.
+const CALLGRIND_CONNECTIONS: u32 = 10;
 /// Concurrent streams per HTTP/2 connection (`h2load -m`).
 const H2_STREAMS: u32 = 10;
 /// Seconds of load per server in the warm-up before the recorded rounds.
@@ -134,8 +136,8 @@ fn parse_options() -> Result<Options> {
         builtin: None,
         runs: 40,
         search_runs: 15,
-        load_rounds: 3,
-        load_seconds: 5,
+        load_rounds: 5,
+        load_seconds: 3,
         connections: 50,
         only: Vec::new(),
     };
@@ -409,26 +411,27 @@ fn load_section(
 
 fn instructions_section(servers: &[Server<'_>; 2], table: &mut Table) -> Result<()> {
     eprintln!(
-        "instructions per HTTP/1.1 request under callgrind ({CALLGRIND_LOAD_SECONDS} s of load per request kind)"
+        "instructions per request under callgrind ({CALLGRIND_LOAD_SECONDS} s of load per workload, {CALLGRIND_CONNECTIONS} connections)"
     );
-    let mut per_request = [[Vec::new(), Vec::new()], [Vec::new(), Vec::new()]];
+    let mut per_request: Vec<[Vec<f64>; 2]> =
+        WORKLOADS.iter().map(|_| [Vec::new(), Vec::new()]).collect();
     for (i, server) in servers.iter().enumerate() {
         let counts = instructions_per_request(server)
             .with_context(|| format!("callgrind on {}", server.name))?;
-        for (r, count) in counts.into_iter().enumerate() {
+        for (w, count) in counts.into_iter().enumerate() {
             eprintln!(
                 "  {}, {}: {count:.0} instructions per request",
-                CALLGRIND_REQUESTS[r].label(),
+                WORKLOADS[w].label(),
                 server.name
             );
-            per_request[r][i].push(count);
+            per_request[w][i].push(count);
         }
     }
-    for (request, [ours, base]) in CALLGRIND_REQUESTS.iter().zip(&per_request) {
+    for (workload, [ours, base]) in WORKLOADS.iter().zip(&per_request) {
         table.compare(
             &format!(
                 "user-space instructions per {} (callgrind)",
-                request.label()
+                workload.label()
             ),
             "instr.",
             ours,
@@ -887,9 +890,6 @@ enum Request {
     Echo,
 }
 
-/// The requests counted under callgrind, over HTTP/1.1.
-const CALLGRIND_REQUESTS: [Request; 2] = [Request::Health, Request::Echo];
-
 impl Request {
     fn path(self) -> &'static str {
         match self {
@@ -946,21 +946,7 @@ fn load(
 ) -> Result<LoadResult> {
     let (process, address) = server.start_on_any_port()?;
     let cpu_before = cpu_seconds(process.pid())?;
-    let report = match workload.protocol {
-        Protocol::Http1 => {
-            let connections = format!("--connections={connections}");
-            let options = [
-                "--threads",
-                "2",
-                "--latency",
-                "--timeout",
-                "5s",
-                &connections,
-            ];
-            wrk_report(&run_wrk(address, workload.request, &options, seconds)?)?
-        }
-        Protocol::Http2 => run_h2load(address, workload.request, connections, seconds)?,
-    };
+    let report = drive(address, workload, connections, seconds)?;
     let cpu = cpu_seconds(process.pid())? - cpu_before;
     Ok(LoadResult {
         requests_per_second: report.requests_per_second,
@@ -969,16 +955,32 @@ fn load(
     })
 }
 
-/// `wrk` with `options` for `seconds` sending `request` to `address`: its
-/// report, or an error when wrk itself failed.
+/// `workload` with `connections` for `seconds` against `address`, by wrk or h2load.
+fn drive(
+    address: SocketAddr,
+    workload: Workload,
+    connections: u32,
+    seconds: u64,
+) -> Result<ClientReport> {
+    match workload.protocol {
+        Protocol::Http1 => wrk_report(&run_wrk(address, workload.request, connections, seconds)?),
+        Protocol::Http2 => run_h2load(address, workload.request, connections, seconds),
+    }
+}
+
+/// `wrk` with `connections` for `seconds` sending `request` to `address`:
+/// its report, or an error when wrk itself failed.
 fn run_wrk(
     address: SocketAddr,
     request: Request,
-    options: &[&str],
+    connections: u32,
     seconds: u64,
 ) -> Result<String> {
     let mut cmd = Command::new("wrk");
-    cmd.args(options).arg(format!("--duration={seconds}s"));
+    cmd.arg(format!("--connections={connections}"))
+        .arg(format!("--threads={}", connections.min(2)))
+        .args(["--latency", "--timeout=5s"])
+        .arg(format!("--duration={seconds}s"));
     if request == Request::Echo {
         cmd.arg("--script")
             .arg(bench_file("echo.lua"))
@@ -1107,34 +1109,32 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok((ticks(11)? + ticks(12)?) / 100.0)
 }
 
-/// Instructions callgrind counts per request of each of [`CALLGRIND_REQUESTS`]:
-/// one run with that load for each, one without, so start-up is subtracted.
+/// Instructions callgrind counts per request of each of [`WORKLOADS`]: one
+/// run with that load for each, one without, so start-up is subtracted.
 fn instructions_per_request(server: &Server<'_>) -> Result<Vec<f64>> {
     let (idle, _) = callgrind_run(server, None)?;
-    CALLGRIND_REQUESTS
+    WORKLOADS
         .iter()
-        .map(|&request| {
-            let (loaded, requests) = callgrind_run(server, Some(request))?;
+        .map(|&workload| {
+            let (loaded, requests) = callgrind_run(server, Some(workload))?;
             if requests == 0 {
-                bail!("no {} was answered under callgrind", request.label());
+                bail!("no {} was answered under callgrind", workload.label());
             }
             Ok(loaded.saturating_sub(idle) as f64 / requests as f64)
         })
         .collect()
 }
 
-/// Runs the server under callgrind, optionally loads it with wrk sending
-/// `request` for [`CALLGRIND_LOAD_SECONDS`], stops it with SIGTERM
-/// (callgrind writes its counts on the way out), and returns the
-/// instruction total and the requests wrk counted.
-fn callgrind_run(server: &Server<'_>, request: Option<Request>) -> Result<(u64, u64)> {
+/// Runs the server under callgrind, optionally loads it with `workload` for
+/// [`CALLGRIND_LOAD_SECONDS`], stops it with SIGTERM (callgrind writes its
+/// counts on the way out), and returns the instruction total and the
+/// requests the load client counted.
+fn callgrind_run(server: &Server<'_>, workload: Option<Workload>) -> Result<(u64, u64)> {
     let out = std::env::temp_dir().join(format!(
         "bench-callgrind-{}-{}-{}.out",
         std::process::id(),
         server.name,
-        request
-            .map_or("idle", Request::path)
-            .trim_start_matches('/')
+        workload.map_or_else(|| "idle".to_owned(), |w| w.label().replace([' ', '/'], "_"))
     ));
     let mut cmd = clean_command("valgrind");
     cmd.env("HOST", "127.0.0.1")
@@ -1146,10 +1146,14 @@ fn callgrind_run(server: &Server<'_>, request: Option<Request>) -> Result<(u64, 
     let mut process = Process::spawn(cmd)?;
     let address = process.serving_address()?;
     let mut requests = 0;
-    if let Some(request) = request {
-        let options = ["--threads", "1", "--connections", "10"];
-        let text = run_wrk(address, request, &options, CALLGRIND_LOAD_SECONDS)?;
-        requests = wrk_report(&text)?.requests;
+    if let Some(workload) = workload {
+        let report = drive(
+            address,
+            workload,
+            CALLGRIND_CONNECTIONS,
+            CALLGRIND_LOAD_SECONDS,
+        )?;
+        requests = report.requests;
     }
     let status = Command::new("kill")
         .args(["-TERM", &process.pid().to_string()])
@@ -1248,6 +1252,15 @@ impl Stats {
         }
     }
 
+    /// "0.97× (0.81–1.10)", or "0.97×" for a single sample.
+    fn show_ratio(&self) -> String {
+        if self.min == self.max {
+            format!("{:.2}×", self.median)
+        } else {
+            format!("{:.2}× ({:.2}–{:.2})", self.median, self.min, self.max)
+        }
+    }
+
     fn show(&self, unit: &str) -> String {
         let digits = if self.median >= 100.0 {
             0
@@ -1283,7 +1296,8 @@ struct Table {
 impl Table {
     /// `ours[i]` and `base[i]` must come from the same round.
     fn compare(&mut self, what: &str, unit: &str, ours: &[f64], base: &[f64], target: Target) {
-        let ratio = paired_ratio(ours, base);
+        let ratios = Stats::of(&paired_ratios(ours, base));
+        let ratio = ratios.median;
         let (ours, base) = (Stats::of(ours), Stats::of(base));
         let (target, met) = match target {
             Target::RatioAtMost(t) => (format!("≤ {t}×"), Some(ratio <= t)),
@@ -1292,9 +1306,10 @@ impl Table {
             Target::None => ("—".to_owned(), None),
         };
         self.rows.push(format!(
-            "| {what} | {} | {} | {ratio:.2}× | {target} | {} |",
+            "| {what} | {} | {} | {} | {target} | {} |",
             ours.show(unit),
             base.show(unit),
+            ratios.show_ratio(),
             verdict(met)
         ));
     }
@@ -1316,7 +1331,7 @@ impl Table {
         out.push_str(&format!(
             "Machine: {}; load average {} before, {} after. Start-up: {} runs each, servers \
              alternating; search: {} runs per row; load: {} rounds × {} s per server and workload after a \
-             warm-up, servers taking turns; figures are median (min–max); a ratio is the median of the \
+             warm-up, servers taking turns; figures are median (min–max); a ratio is the median (min–max) of the \
              run-by-run ratios.\n\n",
             machine(),
             self.load_before,
@@ -1346,10 +1361,9 @@ impl Table {
     }
 }
 
-/// The median of `ours[i] / base[i]` over the rounds both have.
-fn paired_ratio(ours: &[f64], base: &[f64]) -> f64 {
-    let ratios: Vec<f64> = ours.iter().zip(base).map(|(o, b)| o / b).collect();
-    Stats::of(&ratios).median
+/// `ours[i] / base[i]` over the rounds both have.
+fn paired_ratios(ours: &[f64], base: &[f64]) -> Vec<f64> {
+    ours.iter().zip(base).map(|(o, b)| o / b).collect()
 }
 
 fn verdict(met: Option<bool>) -> &'static str {
