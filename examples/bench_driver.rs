@@ -364,17 +364,14 @@ fn load_section(
             &column(w, 1, throughput),
             Target::RatioAtLeast(0.95),
         );
-        if let Some(binary) = results[w].get(2).filter(|r| !r.is_empty()) {
+        if results[w].get(2).is_some_and(|binary| !binary.is_empty()) {
             table.compare(
                 &format!(
                     "{} throughput, {load}: the portkeeper binary's built-in route",
                     workload.label()
                 ),
                 "req/s",
-                &binary
-                    .iter()
-                    .map(|r| r.requests_per_second)
-                    .collect::<Vec<_>>(),
+                &column(w, 2, throughput),
                 &column(w, 1, throughput),
                 Target::None,
             );
