@@ -6,7 +6,7 @@
 # throughput of GET /health and of a 1 KiB JSON POST /echo over HTTP/1.1 (wrk)
 # and HTTP/2 (h2load), the portkeeper binary's built-in /health, instructions
 # per request under callgrind, idle RSS.
-# Loopback only; takes about five minutes after the release build.
+# Loopback only; takes about four minutes after the release build.
 #
 #   bench/run.sh                                   # the defaults below
 #   bench/run.sh --load-rounds 8 --runs 100        # more rounds, less noise
