@@ -1,7 +1,8 @@
-//! The benchmark baseline: the least a server can do to answer `/health`.
+//! The benchmark baseline: the least a server can do to serve the benchmark router.
 //!
-//! axum serving one route on a socket bound with the standard library, through
-//! `axum::serve`. It reads `HOST` and `API_PORT` the way portkeeper does (same
+//! axum serving the router of `bench/router.rs` (`GET /health`, `POST /echo`;
+//! `examples/bench_app.rs` serves the same one through portkeeper) on a socket
+//! bound with the standard library, through `axum::serve`. It reads `HOST` and `API_PORT` the way portkeeper does (same
 //! defaults, `API_PORT=0` for a kernel-chosen port) and nothing else: no `.env`,
 //! no search, no logging framework, no graceful stop. `bench/run.sh` measures
 //! portkeeper against it in the same run.
@@ -18,8 +19,8 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::process::ExitCode;
 
-use axum::routing::get;
-use axum::{Json, Router};
+#[path = "../bench/router.rs"]
+mod router;
 
 /// BSD's EX_CONFIG, as portkeeper uses for bad settings.
 const EXIT_CONFIG: u8 = 78;
@@ -59,12 +60,8 @@ fn main() -> ExitCode {
 }
 
 async fn serve(listener: TcpListener) -> std::io::Result<()> {
-    let app = Router::new().route(
-        "/health",
-        get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
-    );
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    axum::serve(listener, app).await
+    axum::serve(listener, router::router()).await
 }
 
 /// The inherited fd 3 when `LISTEN_FDS` is set, else `HOST:API_PORT` bound with std.

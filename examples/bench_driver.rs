@@ -1,10 +1,16 @@
 //! The benchmark driver behind `bench/run.sh`: portkeeper against `examples/baseline.rs`.
 //!
 //! ```text
-//! bench_driver --portkeeper PATH --baseline PATH [--runs N] [--search-runs N]
-//!              [--load-rounds N] [--load-seconds S] [--connections C]
-//!              [--only startup,search,load,instructions,rss]
+//! bench_driver --portkeeper PATH --baseline PATH [--builtin PATH]
+//!              [--runs N] [--search-runs N] [--load-rounds N] [--load-seconds S]
+//!              [--connections C] [--only startup,search,load,instructions,rss]
 //! ```
+//!
+//! `--portkeeper` is `examples/bench_app.rs` and `--baseline` is
+//! `examples/baseline.rs`: the same router (`bench/router.rs`, `GET /health`
+//! and `POST /echo`) served by portkeeper and by `axum::serve`. `--builtin`
+//! (optional) is the `portkeeper` binary, whose built-in `/health` gets rows
+//! of its own under load.
 //!
 //! It measures, in one run and on loopback only:
 //! 1. exec → first `200` on `/health` with a raw socket client (connect,
@@ -13,10 +19,13 @@
 //!    connection, which is what makes it exec the server);
 //! 2. the port search, from portkeeper's own `listener opened listener_us=`
 //!    debug line, with 0, 10, 100 and 1,000 busy ports ahead of the free one;
-//! 3. `/health` throughput and p99 latency under `wrk`, alternating the two
-//!    servers round by round after a warm-up round that is not recorded;
-//! 4. VmRSS after start and one request.
-//! 5. User-space instructions per `/health` request, counted by valgrind's
+//! 3. throughput of `GET /health` and of `POST /echo` with the 1 KiB JSON of
+//!    `bench/echo.json`, over HTTP/1.1 (`wrk`, also its p99 latency) and over
+//!    HTTP/2 with prior knowledge (`h2load`, [`H2_STREAMS`] streams per
+//!    connection), the servers taking turns within each round, after a
+//!    warm-up that is not recorded;
+//! 4. VmRSS after start and one request;
+//! 5. user-space instructions per request of each workload, counted by valgrind's
 //!    callgrind: a figure other work on the machine cannot move, which says
 //!    whether a throughput difference is the server's or the machine's.
 //!
@@ -29,7 +38,7 @@
 //! run-by-run ratios: each portkeeper run against the baseline run beside
 //! it, so that a slow stretch of the shared machine weighs on both sides of
 //! a ratio instead of on whichever server's median it happens to land.
-//! Output is a Markdown table, ready for README.md.
+//! Output is a Markdown table, ready for docs/benchmarks.md.
 //!
 //! Ports: the kernel picks them where it can (`API_PORT=0`, read back from the
 //! start-up line). Where a port must be named before the server starts (fixed
@@ -59,12 +68,42 @@ const PORT_RETRIES: usize = 3;
 const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
 /// The parts of the benchmark, in the order they run.
 const SECTIONS: [&str; 5] = ["startup", "search", "load", "instructions", "rss"];
-/// Seconds of load per server under callgrind (it runs the server ~50x slower).
-const CALLGRIND_LOAD_SECONDS: u64 = 6;
+/// Seconds of load per server and request under callgrind (it runs the
+/// server ~50x slower).
+const CALLGRIND_LOAD_SECONDS: u64 = 5;
+/// Connections of the load under callgrind.
+const CALLGRIND_CONNECTIONS: u32 = 10;
+/// Concurrent streams per HTTP/2 connection (`h2load -m`).
+const H2_STREAMS: u32 = 10;
+/// Seconds of load per server in the warm-up before the recorded rounds.
+const WARM_UP_SECONDS: u64 = 3;
+/// What the load section runs each round, in this order.
+const WORKLOADS: [Workload; 4] = [
+    Workload {
+        protocol: Protocol::Http1,
+        request: Request::Health,
+    },
+    Workload {
+        protocol: Protocol::Http1,
+        request: Request::Echo,
+    },
+    Workload {
+        protocol: Protocol::Http2,
+        request: Request::Health,
+    },
+    Workload {
+        protocol: Protocol::Http2,
+        request: Request::Echo,
+    },
+];
 
 struct Options {
+    /// `examples/bench_app.rs`: the benchmark router served by portkeeper.
     portkeeper: PathBuf,
+    /// `examples/baseline.rs`: the same router served by `axum::serve`.
     baseline: PathBuf,
+    /// The `portkeeper` binary, for rows on its built-in `/health`.
+    builtin: Option<PathBuf>,
     runs: usize,
     search_runs: usize,
     load_rounds: usize,
@@ -94,10 +133,11 @@ fn parse_options() -> Result<Options> {
     let mut options = Options {
         portkeeper: PathBuf::new(),
         baseline: PathBuf::new(),
+        builtin: None,
         runs: 40,
         search_runs: 15,
-        load_rounds: 3,
-        load_seconds: 10,
+        load_rounds: 5,
+        load_seconds: 3,
         connections: 50,
         only: Vec::new(),
     };
@@ -114,6 +154,7 @@ fn parse_options() -> Result<Options> {
         match flag.as_str() {
             "--portkeeper" => options.portkeeper = value.clone().into(),
             "--baseline" => options.baseline = value.clone().into(),
+            "--builtin" => options.builtin = Some(value.clone().into()),
             "--runs" => options.runs = number()?.max(1) as usize,
             "--search-runs" => options.search_runs = number()?.max(1) as usize,
             "--load-rounds" => options.load_rounds = number()?.max(1) as usize,
@@ -133,15 +174,17 @@ fn parse_options() -> Result<Options> {
                 }
             }
             _ => bail!(
-                "unknown option {flag} (expected --portkeeper, --baseline, --runs, --search-runs, --load-rounds, --load-seconds, --connections or --only)"
+                "unknown option {flag} (expected --portkeeper, --baseline, --builtin, --runs, --search-runs, --load-rounds, --load-seconds, --connections or --only)"
             ),
         }
     }
     // Absolute, because the servers run in the temporary directory (no stray `.env`).
     for (name, path) in [
-        ("--portkeeper", &mut options.portkeeper),
-        ("--baseline", &mut options.baseline),
+        ("--portkeeper", Some(&mut options.portkeeper)),
+        ("--baseline", Some(&mut options.baseline)),
+        ("--builtin", options.builtin.as_mut()),
     ] {
+        let Some(path) = path else { continue };
         *path = path.canonicalize().with_context(|| {
             format!("{name}: {path:?} is not a file (build with cargo build --release first)")
         })?;
@@ -160,6 +203,10 @@ fn run(options: &Options) -> Result<()> {
             path: &options.baseline,
         },
     ];
+    let builtin = options.builtin.as_deref().map(|path| Server {
+        name: "portkeeper binary",
+        path,
+    });
     let mut table = Table {
         load_before: load_average(),
         ..Table::default()
@@ -171,7 +218,7 @@ fn run(options: &Options) -> Result<()> {
         search_section(options, &mut table)?;
     }
     if options.runs_section("load") {
-        load_section(options, &servers, &mut table)?;
+        load_section(options, &servers, builtin.as_ref(), &mut table)?;
     }
     if options.runs_section("instructions") {
         instructions_section(&servers, &mut table)?;
@@ -199,7 +246,7 @@ fn startup_section(options: &Options, servers: &[Server<'_>; 2], table: &mut Tab
         // and so does which of them goes first: a start-up can otherwise pay
         // for what the other server's exit left to the kernel.
         for run in 0..=options.runs {
-            for i in turn_order(run) {
+            for i in turn_order(run, 2) {
                 let server = &servers[i];
                 let sample = with_port_retries(|| scenario.measure(server))
                     .with_context(|| format!("{} start-up of {}", scenario.label(), server.name))?;
@@ -214,7 +261,7 @@ fn startup_section(options: &Options, servers: &[Server<'_>; 2], table: &mut Tab
             "ms",
             &wall[0],
             &wall[1],
-            Target::RatioAtMost(1.1),
+            Target::RatioAtMost(1.2),
         );
         cpu_rows.push((scenario.label(), cpu));
     }
@@ -255,78 +302,140 @@ fn search_section(options: &Options, table: &mut Table) -> Result<()> {
     Ok(())
 }
 
-fn load_section(options: &Options, servers: &[Server<'_>; 2], table: &mut Table) -> Result<()> {
+fn load_section(
+    options: &Options,
+    servers: &[Server<'_>; 2],
+    builtin: Option<&Server<'_>>,
+    table: &mut Table,
+) -> Result<()> {
+    // Indices: 0 portkeeper, 1 the baseline, 2 the binary when given.
+    let mut all: Vec<&Server<'_>> = servers.iter().collect();
+    all.extend(builtin);
     eprintln!(
-        "load: a warm-up and {} rounds × 2 servers × {} s, {} connections",
-        options.load_rounds, options.load_seconds, options.connections
+        "load: a {WARM_UP_SECONDS} s warm-up each, then {} rounds × {} workloads × {} s per server, {} connections",
+        options.load_rounds,
+        WORKLOADS.len(),
+        options.load_seconds,
+        options.connections
     );
-    let mut throughput = [Vec::new(), Vec::new()];
-    let mut p99 = [Vec::new(), Vec::new()];
-    let mut cpu = [Vec::new(), Vec::new()];
-    // Round 0 is a warm-up, not recorded: this machine's first seconds of
-    // load after a quiet spell ran 15-20% faster than the rest, for whichever
-    // server had them.
-    for round in 0..=options.load_rounds {
-        for i in turn_order(round) {
-            let server = &servers[i];
-            let result = load(server, options.load_seconds, options.connections)
-                .with_context(|| format!("load on {}", server.name))?;
-            eprintln!(
-                "  {}{}: {:.0} req/s, p99 {:.2} ms, {:.1} µs CPU per request",
-                server.name,
-                if round == 0 { " (warm-up)" } else { "" },
-                result.requests_per_second,
-                result.p99_ms,
-                result.cpu_us_per_request
-            );
-            if round == 0 {
-                continue;
+    // Not recorded: this machine's first seconds of load after a quiet spell
+    // ran 15-20% faster than the rest, for whichever server had them.
+    for server in &all {
+        load(server, WORKLOADS[0], WARM_UP_SECONDS, options.connections)
+            .with_context(|| format!("warm-up load on {}", server.name))?;
+    }
+    // results[workload][server], one result per round.
+    let mut results: Vec<Vec<Vec<LoadResult>>> = WORKLOADS
+        .iter()
+        .map(|_| all.iter().map(|_| Vec::new()).collect())
+        .collect();
+    for round in 0..options.load_rounds {
+        for (w, workload) in WORKLOADS.iter().enumerate() {
+            // The binary serves only the built-in routes.
+            let serving = match workload.request {
+                Request::Health => all.len(),
+                Request::Echo => 2,
+            };
+            for i in turn_order(round, serving) {
+                let server = all[i];
+                let result = load(server, *workload, options.load_seconds, options.connections)
+                    .with_context(|| format!("{} on {}", workload.label(), server.name))?;
+                eprintln!(
+                    "  {}, {}: {:.0} req/s, {:.1} µs CPU per request",
+                    workload.label(),
+                    server.name,
+                    result.requests_per_second,
+                    result.cpu_us_per_request
+                );
+                results[w][i].push(result);
             }
-            throughput[i].push(result.requests_per_second);
-            p99[i].push(result.p99_ms);
-            cpu[i].push(result.cpu_us_per_request);
         }
     }
-    table.compare(
-        &format!("/health throughput, {} connections", options.connections),
-        "req/s",
-        &throughput[0],
-        &throughput[1],
-        Target::RatioAtLeast(0.95),
-    );
-    table.compare(
-        &format!("/health p99 latency, {} connections", options.connections),
-        "ms",
-        &p99[0],
-        &p99[1],
-        Target::None,
-    );
-    table.compare(
-        "server CPU per request under that load",
-        "µs",
-        &cpu[0],
-        &cpu[1],
-        Target::None,
-    );
+    let column = |w: usize, i: usize, figure: fn(&LoadResult) -> Option<f64>| -> Vec<f64> {
+        results[w][i].iter().filter_map(figure).collect()
+    };
+    let throughput = |r: &LoadResult| Some(r.requests_per_second);
+    for (w, workload) in WORKLOADS.iter().enumerate() {
+        let load = workload.load_label(options.connections);
+        table.compare(
+            &format!("{} throughput, {load}", workload.label()),
+            "req/s",
+            &column(w, 0, throughput),
+            &column(w, 1, throughput),
+            Target::RatioAtLeast(0.95),
+        );
+        if results[w].get(2).is_some_and(|binary| !binary.is_empty()) {
+            table.compare(
+                &format!(
+                    "{} throughput, {load}: the portkeeper binary's built-in route",
+                    workload.label()
+                ),
+                "req/s",
+                &column(w, 2, throughput),
+                &column(w, 1, throughput),
+                Target::None,
+            );
+        }
+    }
+    for (w, workload) in WORKLOADS.iter().enumerate() {
+        if workload.protocol == Protocol::Http1 {
+            let p99 = |r: &LoadResult| r.p99_ms;
+            table.compare(
+                &format!(
+                    "{} p99 latency, {}",
+                    workload.label(),
+                    workload.load_label(options.connections)
+                ),
+                "ms",
+                &column(w, 0, p99),
+                &column(w, 1, p99),
+                Target::None,
+            );
+        }
+    }
+    for (w, workload) in WORKLOADS.iter().enumerate() {
+        let cpu = |r: &LoadResult| Some(r.cpu_us_per_request);
+        table.compare(
+            &format!("server CPU per request, {}", workload.label()),
+            "µs",
+            &column(w, 0, cpu),
+            &column(w, 1, cpu),
+            Target::None,
+        );
+    }
     Ok(())
 }
 
 fn instructions_section(servers: &[Server<'_>; 2], table: &mut Table) -> Result<()> {
-    eprintln!("instructions per request under callgrind ({CALLGRIND_LOAD_SECONDS} s of load each)");
-    let mut per_request = [Vec::new(), Vec::new()];
-    for (i, server) in servers.iter().enumerate() {
-        let count = instructions_per_request(server)
-            .with_context(|| format!("callgrind on {}", server.name))?;
-        eprintln!("  {}: {count:.0} instructions per request", server.name);
-        per_request[i].push(count);
-    }
-    table.compare(
-        "user-space instructions per /health request (callgrind)",
-        "instr.",
-        &per_request[0],
-        &per_request[1],
-        Target::None,
+    eprintln!(
+        "instructions per request under callgrind ({CALLGRIND_LOAD_SECONDS} s of load per workload, {CALLGRIND_CONNECTIONS} connections)"
     );
+    let mut per_request: Vec<[Vec<f64>; 2]> =
+        WORKLOADS.iter().map(|_| [Vec::new(), Vec::new()]).collect();
+    for (i, server) in servers.iter().enumerate() {
+        let counts = instructions_per_request(server)
+            .with_context(|| format!("callgrind on {}", server.name))?;
+        for (w, count) in counts.into_iter().enumerate() {
+            eprintln!(
+                "  {}, {}: {count:.0} instructions per request",
+                WORKLOADS[w].label(),
+                server.name
+            );
+            per_request[w][i].push(count);
+        }
+    }
+    for (workload, [ours, base]) in WORKLOADS.iter().zip(&per_request) {
+        table.compare(
+            &format!(
+                "user-space instructions per {} (callgrind)",
+                workload.label()
+            ),
+            "instr.",
+            ours,
+            base,
+            Target::None,
+        );
+    }
     Ok(())
 }
 
@@ -736,37 +845,163 @@ fn search_time(portkeeper: &Path, busy: usize) -> Result<f64> {
         .ok_or_else(|| anyhow!("no listener_us= in {line:?}"))
 }
 
+/// One kind of load: a protocol and a request.
+#[derive(Clone, Copy)]
+struct Workload {
+    protocol: Protocol,
+    request: Request,
+}
+
+impl Workload {
+    /// "HTTP/1.1 GET /health".
+    fn label(self) -> String {
+        let protocol = match self.protocol {
+            Protocol::Http1 => "HTTP/1.1",
+            Protocol::Http2 => "HTTP/2",
+        };
+        format!("{protocol} {}", self.request.label())
+    }
+
+    /// "50 connections", or for HTTP/2 "50 connections × 10 streams".
+    fn load_label(self, connections: u32) -> String {
+        match self.protocol {
+            Protocol::Http1 => format!("{connections} connections"),
+            Protocol::Http2 => format!("{connections} connections × {H2_STREAMS} streams"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Protocol {
+    /// HTTP/1.1 with keep-alive, driven by `wrk`.
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c), driven by `h2load`.
+    Http2,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Request {
+    /// `GET /health`.
+    Health,
+    /// `POST /echo` with `bench/echo.json`.
+    Echo,
+}
+
+impl Request {
+    fn path(self) -> &'static str {
+        match self {
+            Request::Health => "/health",
+            Request::Echo => "/echo",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Request::Health => "GET /health",
+            Request::Echo => "POST /echo (1 KiB JSON)",
+        }
+    }
+}
+
+/// A file of `bench/` in the source tree (the echo body, the wrk script).
+fn bench_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("bench")
+        .join(name)
+}
+
 struct LoadResult {
     requests_per_second: f64,
-    p99_ms: f64,
+    /// wrk's; h2load reports no percentiles.
+    p99_ms: Option<f64>,
     /// Server CPU time (all threads) per request answered: less sensitive
     /// than throughput to what else the machine is running.
     cpu_us_per_request: f64,
 }
 
-/// Which server goes first in round `round`: they take turns, so neither
-/// always starts on what the other's exit left to the kernel.
-fn turn_order(round: usize) -> [usize; 2] {
-    if round % 2 == 0 { [0, 1] } else { [1, 0] }
+/// What a load client reports.
+struct ClientReport {
+    requests_per_second: f64,
+    /// Requests answered with a 2xx.
+    requests: u64,
+    p99_ms: Option<f64>,
 }
 
-/// `wrk` against a freshly started server's `/health`.
-fn load(server: &Server<'_>, seconds: u64, connections: u32) -> Result<LoadResult> {
+/// The order in which `count` servers take their turns in round `round`:
+/// it rotates, so that none always starts on what another's exit left to
+/// the kernel.
+fn turn_order(round: usize, count: usize) -> Vec<usize> {
+    (0..count).map(|k| (k + round) % count).collect()
+}
+
+/// `workload` for `seconds` against a freshly started server.
+fn load(
+    server: &Server<'_>,
+    workload: Workload,
+    seconds: u64,
+    connections: u32,
+) -> Result<LoadResult> {
     let (process, address) = server.start_on_any_port()?;
     let cpu_before = cpu_seconds(process.pid())?;
-    let connections = format!("--connections={connections}");
-    let text = run_wrk(
-        address,
-        &[
-            "--threads",
-            "2",
-            "--latency",
-            "--timeout",
-            "5s",
-            &connections,
-        ],
-        seconds,
-    )?;
+    let report = drive(address, workload, connections, seconds)?;
+    let cpu = cpu_seconds(process.pid())? - cpu_before;
+    Ok(LoadResult {
+        requests_per_second: report.requests_per_second,
+        p99_ms: report.p99_ms,
+        cpu_us_per_request: cpu * 1e6 / (report.requests as f64).max(1.0),
+    })
+}
+
+/// `workload` with `connections` for `seconds` against `address`, by wrk or h2load.
+fn drive(
+    address: SocketAddr,
+    workload: Workload,
+    connections: u32,
+    seconds: u64,
+) -> Result<ClientReport> {
+    match workload.protocol {
+        Protocol::Http1 => wrk_report(&run_wrk(address, workload.request, connections, seconds)?),
+        Protocol::Http2 => run_h2load(address, workload.request, connections, seconds),
+    }
+}
+
+/// `wrk` with `connections` for `seconds` sending `request` to `address`:
+/// its report, or an error when wrk itself failed.
+fn run_wrk(
+    address: SocketAddr,
+    request: Request,
+    connections: u32,
+    seconds: u64,
+) -> Result<String> {
+    let mut cmd = Command::new("wrk");
+    cmd.arg(format!("--connections={connections}"))
+        .arg(format!("--threads={}", connections.min(2)))
+        .args(["--latency", "--timeout=5s"])
+        .arg(format!("--duration={seconds}s"));
+    if request == Request::Echo {
+        cmd.arg("--script")
+            .arg(bench_file("echo.lua"))
+            .env("ECHO_BODY", bench_file("echo.json"));
+    }
+    let output = cmd
+        .arg(format!("http://{address}{}", request.path()))
+        .stdin(Stdio::null())
+        .output()
+        .context("run wrk (bench/run.sh installs it)")?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        bail!(
+            "wrk failed ({}): {text}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(text)
+}
+
+/// Throughput, request count and p99 (when `--latency` was given) from a
+/// wrk report; an error when wrk saw a non-2xx answer or a socket error.
+fn wrk_report(text: &str) -> Result<ClientReport> {
     if let Some(line) = text
         .lines()
         .find(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
@@ -781,36 +1016,74 @@ fn load(server: &Server<'_>, seconds: u64, connections: u32) -> Result<LoadResul
     let p99_ms = text
         .lines()
         .find_map(|l| l.trim().strip_prefix("99%"))
-        .and_then(|v| duration_ms(v.trim()))
-        .ok_or_else(|| anyhow!("no 99% latency in wrk's output:\n{text}"))?;
-    let requests = wrk_requests(&text)? as f64;
-    let cpu = cpu_seconds(process.pid())? - cpu_before;
-    Ok(LoadResult {
+        .and_then(|v| duration_ms(v.trim()));
+    Ok(ClientReport {
         requests_per_second,
+        requests: wrk_requests(text)?,
         p99_ms,
-        cpu_us_per_request: cpu * 1e6 / requests.max(1.0),
     })
 }
 
-/// `wrk` with `options` for `seconds` against `address`'s `/health`: its
-/// report, or an error when wrk itself failed.
-fn run_wrk(address: SocketAddr, options: &[&str], seconds: u64) -> Result<String> {
-    let output = Command::new("wrk")
-        .args(options)
-        .arg(format!("--duration={seconds}s"))
-        .arg(format!("http://{address}/health"))
+/// `h2load` for `seconds` sending `request` to `address` over HTTP/2 with
+/// prior knowledge, [`H2_STREAMS`] streams per connection; an error unless
+/// every request was answered with a 2xx.
+fn run_h2load(
+    address: SocketAddr,
+    request: Request,
+    connections: u32,
+    seconds: u64,
+) -> Result<ClientReport> {
+    let mut cmd = Command::new("h2load");
+    cmd.arg(format!("--clients={connections}"))
+        .arg(format!("--threads={}", connections.min(2)))
+        .arg(format!("--max-concurrent-streams={H2_STREAMS}"))
+        .arg(format!("--duration={seconds}"));
+    if request == Request::Echo {
+        cmd.arg(format!("--data={}", bench_file("echo.json").display()))
+            .arg("--header=content-type: application/json");
+    }
+    let output = cmd
+        .arg(format!("http://{address}{}", request.path()))
         .stdin(Stdio::null())
         .output()
-        .context("run wrk (bench/run.sh installs it)")?;
+        .context("run h2load (bench/run.sh installs it, from nghttp2-client)")?;
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     if !output.status.success() {
         bail!(
-            "wrk failed ({}): {text}{}",
+            "h2load failed ({}): {text}{}",
             output.status,
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    Ok(text)
+    // "finished in 5.00s, 40358.33 req/s, 1.58MB/s"
+    let requests_per_second = text
+        .lines()
+        .find_map(|l| l.strip_prefix("finished in "))
+        .and_then(|l| l.split(", ").nth(1))
+        .and_then(|v| v.strip_suffix(" req/s"))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow!("no req/s in h2load's output:\n{text}"))?;
+    // "requests: 121075 total, 121575 started, 121075 done, 121075 succeeded, 0 failed, 0 errored, 0 timeout"
+    let counts = text
+        .lines()
+        .find_map(|l| l.strip_prefix("requests: "))
+        .ok_or_else(|| anyhow!("no request counts in h2load's output:\n{text}"))?;
+    let count = |name: &str| -> Result<u64> {
+        counts
+            .split(", ")
+            .find_map(|c| c.strip_suffix(name))
+            .and_then(|n| n.trim().parse().ok())
+            .ok_or_else(|| anyhow!("no {name:?} count in h2load's {counts:?}"))
+    };
+    let requests = count(" succeeded")?;
+    if count(" failed")? + count(" errored")? + count(" timeout")? > 0 || requests == 0 {
+        bail!("h2load saw errors: {counts}\n{text}");
+    }
+    Ok(ClientReport {
+        requests_per_second,
+        requests,
+        p99_ms: None,
+    })
 }
 
 /// User + system CPU time of a process, all threads, from /proc/PID/stat.
@@ -833,26 +1106,32 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok((ticks(11)? + ticks(12)?) / 100.0)
 }
 
-/// Instructions callgrind counts per `/health` request: one run with load,
-/// one without, so start-up is subtracted.
-fn instructions_per_request(server: &Server<'_>) -> Result<f64> {
+/// Instructions callgrind counts per request of each of [`WORKLOADS`]: one
+/// run with that load for each, one without, so start-up is subtracted.
+fn instructions_per_request(server: &Server<'_>) -> Result<Vec<f64>> {
     let (idle, _) = callgrind_run(server, None)?;
-    let (loaded, requests) = callgrind_run(server, Some(CALLGRIND_LOAD_SECONDS))?;
-    if requests == 0 {
-        bail!("no request was answered under callgrind");
-    }
-    Ok(loaded.saturating_sub(idle) as f64 / requests as f64)
+    WORKLOADS
+        .iter()
+        .map(|&workload| {
+            let (loaded, requests) = callgrind_run(server, Some(workload))?;
+            if requests == 0 {
+                bail!("no {} was answered under callgrind", workload.label());
+            }
+            Ok(loaded.saturating_sub(idle) as f64 / requests as f64)
+        })
+        .collect()
 }
 
-/// Runs the server under callgrind, optionally loads it with wrk for
-/// `seconds`, stops it with SIGTERM (callgrind writes its counts on the way
-/// out), and returns the instruction total and the requests wrk counted.
-fn callgrind_run(server: &Server<'_>, seconds: Option<u64>) -> Result<(u64, u64)> {
+/// Runs the server under callgrind, optionally loads it with `workload` for
+/// [`CALLGRIND_LOAD_SECONDS`], stops it with SIGTERM (callgrind writes its
+/// counts on the way out), and returns the instruction total and the
+/// requests the load client counted.
+fn callgrind_run(server: &Server<'_>, workload: Option<Workload>) -> Result<(u64, u64)> {
     let out = std::env::temp_dir().join(format!(
         "bench-callgrind-{}-{}-{}.out",
         std::process::id(),
         server.name,
-        seconds.unwrap_or(0)
+        workload.map_or_else(|| "idle".to_owned(), |w| w.label().replace([' ', '/'], "_"))
     ));
     let mut cmd = clean_command("valgrind");
     cmd.env("HOST", "127.0.0.1")
@@ -864,9 +1143,14 @@ fn callgrind_run(server: &Server<'_>, seconds: Option<u64>) -> Result<(u64, u64)
     let mut process = Process::spawn(cmd)?;
     let address = process.serving_address()?;
     let mut requests = 0;
-    if let Some(seconds) = seconds {
-        let text = run_wrk(address, &["--threads", "1", "--connections", "10"], seconds)?;
-        requests = wrk_requests(&text)?;
+    if let Some(workload) = workload {
+        let report = drive(
+            address,
+            workload,
+            CALLGRIND_CONNECTIONS,
+            CALLGRIND_LOAD_SECONDS,
+        )?;
+        requests = report.requests;
     }
     let status = Command::new("kill")
         .args(["-TERM", &process.pid().to_string()])
@@ -965,6 +1249,15 @@ impl Stats {
         }
     }
 
+    /// "0.97× (0.81–1.10)", or "0.97×" for a single sample.
+    fn show_ratio(&self) -> String {
+        if self.min == self.max {
+            format!("{:.2}×", self.median)
+        } else {
+            format!("{:.2}× ({:.2}–{:.2})", self.median, self.min, self.max)
+        }
+    }
+
     fn show(&self, unit: &str) -> String {
         let digits = if self.median >= 100.0 {
             0
@@ -1000,7 +1293,8 @@ struct Table {
 impl Table {
     /// `ours[i]` and `base[i]` must come from the same round.
     fn compare(&mut self, what: &str, unit: &str, ours: &[f64], base: &[f64], target: Target) {
-        let ratio = paired_ratio(ours, base);
+        let ratios = Stats::of(&paired_ratios(ours, base));
+        let ratio = ratios.median;
         let (ours, base) = (Stats::of(ours), Stats::of(base));
         let (target, met) = match target {
             Target::RatioAtMost(t) => (format!("≤ {t}×"), Some(ratio <= t)),
@@ -1009,9 +1303,10 @@ impl Table {
             Target::None => ("—".to_owned(), None),
         };
         self.rows.push(format!(
-            "| {what} | {} | {} | {ratio:.2}× | {target} | {} |",
+            "| {what} | {} | {} | {} | {target} | {} |",
             ours.show(unit),
             base.show(unit),
+            ratios.show_ratio(),
             verdict(met)
         ));
     }
@@ -1032,8 +1327,8 @@ impl Table {
         let mut out = String::new();
         out.push_str(&format!(
             "Machine: {}; load average {} before, {} after. Start-up: {} runs each, servers \
-             alternating; search: {} runs per row; load: {} rounds × {} s per server after a warm-up, \
-             alternating; figures are median (min–max); a ratio is the median of the \
+             alternating; search: {} runs per row; load: {} rounds × {} s per server and workload after a \
+             warm-up, servers taking turns; figures are median (min–max); a ratio is the median (min–max) of the \
              run-by-run ratios.\n\n",
             machine(),
             self.load_before,
@@ -1063,10 +1358,9 @@ impl Table {
     }
 }
 
-/// The median of `ours[i] / base[i]` over the rounds both have.
-fn paired_ratio(ours: &[f64], base: &[f64]) -> f64 {
-    let ratios: Vec<f64> = ours.iter().zip(base).map(|(o, b)| o / b).collect();
-    Stats::of(&ratios).median
+/// `ours[i] / base[i]` over the rounds both have.
+fn paired_ratios(ours: &[f64], base: &[f64]) -> Vec<f64> {
+    ours.iter().zip(base).map(|(o, b)| o / b).collect()
 }
 
 fn verdict(met: Option<bool>) -> &'static str {
