@@ -19,7 +19,8 @@
 //! WebSocket) stays counted until the upgraded stream is dropped, so a drain
 //! waits for it too, bounded by `SHUTDOWN_TIMEOUT`.
 //!
-//! This module never binds: it is handed a listener.
+//! This module never binds: it is handed listeners, TCP or Unix, each with
+//! its own service (the app, or the admin role's built-in routes).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -81,16 +82,54 @@ pub(crate) enum Stopped {
     Forced { open: usize },
 }
 
-/// Serves `service` on `listener` until `shutdown` completes, then stops
-/// accepting and lets open connections finish, bounded by
-/// `options.shutdown_timeout`, or cut short when `force` completes.
+/// A listening socket registered with tokio: TCP or Unix stream.
+#[derive(Debug)]
+pub(crate) enum Listener {
+    /// TCP.
+    Tcp(TcpListener),
+    /// A Unix stream socket.
+    #[cfg(unix)]
+    Unix(tokio::net::UnixListener),
+}
+
+impl Listener {
+    async fn accept(&self) -> std::io::Result<(Stream, Peer)> {
+        match self {
+            Listener::Tcp(listener) => {
+                let (stream, peer) = listener.accept().await?;
+                // Small answers should leave at once, not wait for Nagle.
+                let _ = stream.set_nodelay(true);
+                Ok((Stream::Tcp(stream), Peer::Tcp(peer)))
+            }
+            #[cfg(unix)]
+            Listener::Unix(listener) => {
+                let (stream, _) = listener.accept().await?;
+                let credentials = stream.peer_cred().ok();
+                Ok((Stream::Unix(stream), Peer::Unix(credentials)))
+            }
+        }
+    }
+}
+
+/// Who is at the other end of a connection, as handlers see it through
+/// `ConnectInfo`: a TCP peer's address, or a Unix peer's credentials.
+#[derive(Debug, Clone)]
+enum Peer {
+    Tcp(SocketAddr),
+    #[cfg(unix)]
+    Unix(Option<tokio::net::unix::UCred>),
+}
+
+/// Serves each listener with its own service until `shutdown` completes,
+/// then stops accepting on all of them and lets open connections finish,
+/// bounded by `options.shutdown_timeout`, or cut short when `force`
+/// completes. One accept loop per listener; one drain for all.
 ///
-/// The listener is dropped (closed) as soon as the stop begins, never shut
-/// down: when it was inherited, systemd or systemfd keep their copy open and
+/// The listeners are dropped (closed) as soon as the stop begins, never shut
+/// down: when one was inherited, systemd or systemfd keep their copy open and
 /// new connections queue there for the next process.
 pub(crate) async fn serve<S, B>(
-    listener: TcpListener,
-    service: S,
+    listeners: Vec<(Listener, S)>,
     shutdown: impl Future<Output = ()>,
     force: impl Future<Output = ()>,
     options: ServeOptions,
@@ -105,14 +144,65 @@ where
     B::Error: Into<BoxError>,
 {
     let stop = Arc::new(Stop::default());
+    let end_accepting = Arc::new(Stop::default());
     let connections = TaskTracker::new();
     let idle_grace = IDLE_GRACE.min(options.shutdown_timeout);
+    let loops: Vec<_> = listeners
+        .into_iter()
+        .map(|(listener, service)| {
+            tokio::spawn(accept_loop(
+                listener,
+                service,
+                Arc::clone(&end_accepting),
+                Arc::clone(&stop),
+                connections.clone(),
+                idle_grace,
+                options.limits,
+            ))
+        })
+        .collect();
+    shutdown.await;
+    end_accepting.begin();
+    for accepting in loops {
+        // Each loop drops its listener as it ends.
+        let _ = accepting.await;
+    }
+    stop.begin();
+    connections.close();
+    tracing::info!(
+        open = connections.len(),
+        "stopped accepting; finishing open connections"
+    );
+    tokio::select! {
+        () = connections.wait() => Stopped::Drained,
+        () = tokio::time::sleep(options.shutdown_timeout) => Stopped::TimedOut { open: connections.len() },
+        () = force => Stopped::Forced { open: connections.len() },
+    }
+}
+
+/// Accepts on one listener until `end` begins, spawning a task per connection.
+async fn accept_loop<S, B>(
+    listener: Listener,
+    service: S,
+    end: Arc<Stop>,
+    stop: Arc<Stop>,
+    connections: TaskTracker,
+    idle_grace: Duration,
+    limits: Limits,
+) where
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let mut backoff = AcceptBackoff::default();
-    tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
             biased;
-            () = &mut shutdown => break,
+            () = end.begun() => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
@@ -126,7 +216,7 @@ where
                     peer,
                     stop: Arc::clone(&stop),
                     idle_grace,
-                    limits: options.limits,
+                    limits,
                 };
                 tokio::spawn(connection.serve(service.clone()));
             }
@@ -134,24 +224,13 @@ where
             Err(err) => {
                 let pause = backoff.failed(&err);
                 tokio::select! {
-                    () = &mut shutdown => break,
+                    () = end.begun() => break,
                     () = tokio::time::sleep(pause) => {}
                 }
             }
         }
     }
     drop(listener);
-    stop.begin();
-    connections.close();
-    tracing::info!(
-        open = connections.len(),
-        "stopped accepting; finishing open connections"
-    );
-    tokio::select! {
-        () = connections.wait() => Stopped::Drained,
-        () = tokio::time::sleep(options.shutdown_timeout) => Stopped::TimedOut { open: connections.len() },
-        () = force => Stopped::Forced { open: connections.len() },
-    }
 }
 
 /// Errors that concern one connection only, as `axum::serve` classifies them.
@@ -263,10 +342,68 @@ async fn notified_until(notify: &Notify, holds: impl Fn() -> bool) {
     }
 }
 
+/// An accepted connection's stream: TCP or Unix.
+enum Stream {
+    Tcp(TcpStream),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixStream),
+}
+
+/// Calls `$call` on the inner stream of either kind.
+macro_rules! either {
+    ($stream:expr, $inner:ident => $call:expr) => {
+        match $stream {
+            Stream::Tcp($inner) => $call,
+            #[cfg(unix)]
+            Stream::Unix($inner) => $call,
+        }
+    };
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        either!(self.get_mut(), io => Pin::new(io).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        either!(self.get_mut(), io => Pin::new(io).poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        either!(self.get_mut(), io => Pin::new(io).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        either!(self, io => io.is_write_vectored())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        either!(self.get_mut(), io => Pin::new(io).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        either!(self.get_mut(), io => Pin::new(io).poll_shutdown(cx))
+    }
+}
+
 /// A connection's stream, counted as open by the drain until it is dropped:
 /// also after an upgrade hands it to a WebSocket handler.
 struct TrackedIo {
-    io: TcpStream,
+    io: Stream,
     _open: TaskTrackerToken,
 }
 
@@ -403,7 +540,7 @@ impl Activity {
 /// One accepted connection and what serving it needs.
 struct Connection {
     stream: TrackedIo,
-    peer: SocketAddr,
+    peer: Peer,
     stop: Arc<Stop>,
     idle_grace: Duration,
     limits: Limits,
@@ -420,8 +557,6 @@ impl Connection {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        // Small answers should leave at once, not wait for Nagle.
-        let _ = self.stream.io.set_nodelay(true);
         let activity = Arc::new(Activity::new(self.stop));
         let per_request = PerRequest {
             service,
@@ -488,14 +623,21 @@ fn log_connection_end(result: Result<(), BoxError>) {
     }
 }
 
-/// The hyper service of one connection: each request gets the peer's
-/// address (`ConnectInfo<SocketAddr>`) and is counted as in flight until its
-/// response has been sent whole.
+/// The hyper service of one connection: each request gets the peer, and is
+/// counted as in flight until its response has been sent whole.
+///
+/// The peer is `ConnectInfo<SocketAddr>` on a TCP connection and
+/// `ConnectInfo<tokio::net::unix::UCred>` (the peer process's pid, uid and
+/// gid) on a Unix socket connection, which has no address worth the name. A
+/// handler that extracts `ConnectInfo<SocketAddr>` therefore rejects a
+/// request that came through a Unix socket (500, "Missing request
+/// extension"); one that serves both looks the extension up with
+/// `request.extensions().get::<ConnectInfo<SocketAddr>>()` instead.
 #[derive(Clone)]
 struct PerRequest<S> {
     service: S,
     activity: Arc<Activity>,
-    peer: SocketAddr,
+    peer: Peer,
 }
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for PerRequest<S>
@@ -507,7 +649,17 @@ where
     type Future = Respond<S>;
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
-        request.extensions_mut().insert(ConnectInfo(self.peer));
+        match &self.peer {
+            Peer::Tcp(addr) => {
+                request.extensions_mut().insert(ConnectInfo(*addr));
+            }
+            #[cfg(unix)]
+            Peer::Unix(Some(credentials)) => {
+                request.extensions_mut().insert(ConnectInfo(*credentials));
+            }
+            #[cfg(unix)]
+            Peer::Unix(None) => {}
+        }
         let http1 = request.version() < Version::HTTP_2;
         Respond {
             in_flight: Some(self.activity.begin()),

@@ -129,6 +129,145 @@ pub(crate) fn search(ip: IpAddr, ports: impl Iterator<Item = u16>) -> Found {
     Found::Exhausted(Exhausted { busy })
 }
 
+/// Binds a Unix stream socket at `path` with permissions `mode`, listening.
+///
+/// There is no moment in which the socket is reachable with wider
+/// permissions than `mode`: it is bound inside a fresh private (0700)
+/// directory next to `path`, given its mode, and only then renamed into
+/// place. The rename also replaces a stale socket file (one nobody listens
+/// on) atomically; a live one is left alone.
+#[cfg(unix)]
+pub(crate) fn bind_unix_path(
+    path: &std::path::Path,
+    mode: u32,
+) -> Result<(std::os::unix::net::UnixListener, super::SocketFile), super::ListenError> {
+    use super::{ErrorClass, ListenError};
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+    let fail = |class: ErrorClass, reason: String| ListenError::UnixSocket {
+        endpoint: path.display().to_string(),
+        reason,
+        class,
+    };
+    let from_io = |err: io::Error, doing: &str| match err.kind() {
+        io::ErrorKind::NotFound => fail(
+            ErrorClass::Config,
+            format!(
+                "{doing}: the directory does not exist (create it, e.g. RuntimeDirectory= in the unit, or choose another path)"
+            ),
+        ),
+        io::ErrorKind::PermissionDenied => fail(
+            ErrorClass::Permission,
+            format!("{doing}: permission denied (the directory must be writable by this user)"),
+        ),
+        _ => fail(ErrorClass::System, format!("{doing}: {err}")),
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => {
+                    return Err(fail(
+                        ErrorClass::Busy,
+                        "another process is listening on this socket (stop it, or choose another path)".to_owned(),
+                    ));
+                }
+                Err(err) if err.kind() == io::ErrorKind::PermissionDenied => {
+                    return Err(from_io(err, "checking the existing socket"));
+                }
+                // Refused (or gone): stale, replaced below.
+                Err(_) => tracing::info!(path = %path.display(), "replacing a stale socket file"),
+            }
+        }
+        Ok(meta) => {
+            let what = if meta.is_dir() {
+                "a directory"
+            } else if meta.is_file() {
+                "a regular file"
+            } else {
+                "a file that is not a socket"
+            };
+            return Err(fail(
+                ErrorClass::Config,
+                format!("{what} is in the way (remove it, or choose another path)"),
+            ));
+        }
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(err) => return Err(from_io(err, "checking the path")),
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => std::path::Path::new("."),
+    };
+    let private = dir.join(format!(".pk{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(|err| from_io(err, "creating a private directory beside it"))?;
+    let temp = private.join("s");
+    let result = (|| {
+        let socket =
+            std::os::unix::net::UnixListener::bind(&temp).map_err(|err| from_io(err, "binding"))?;
+        std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(mode))
+            .map_err(|err| from_io(err, "setting UNIX_SOCKET_MODE"))?;
+        std::fs::rename(&temp, path).map_err(|err| from_io(err, "moving it into place"))?;
+        socket
+            .set_nonblocking(true)
+            .map_err(|err| from_io(err, "making it nonblocking"))?;
+        let meta = std::fs::symlink_metadata(path).map_err(|err| from_io(err, "reading it"))?;
+        Ok((
+            socket,
+            super::SocketFile {
+                path: path.to_owned(),
+                dev: meta.dev(),
+                ino: meta.ino(),
+            },
+        ))
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    result
+}
+
+/// Binds an abstract Unix stream socket (`@name`, Linux): no file, no mode.
+#[cfg(unix)]
+pub(crate) fn bind_unix_abstract(
+    name: &str,
+) -> Result<std::os::unix::net::UnixListener, super::ListenError> {
+    use super::{ErrorClass, ListenError};
+    let fail = |class: ErrorClass, reason: String| ListenError::UnixSocket {
+        endpoint: format!("@{name}"),
+        reason,
+        class,
+    };
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        #[cfg(target_os = "android")]
+        use std::os::android::net::SocketAddrExt;
+        #[cfg(target_os = "linux")]
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+            .map_err(|err| fail(ErrorClass::Config, err.to_string()))?;
+        let socket = std::os::unix::net::UnixListener::bind_addr(&addr).map_err(|err| {
+            if err.kind() == io::ErrorKind::AddrInUse {
+                fail(
+                    ErrorClass::Busy,
+                    "another process is listening on this abstract socket (stop it, or choose another name)".to_owned(),
+                )
+            } else {
+                fail(ErrorClass::System, err.to_string())
+            }
+        })?;
+        socket
+            .set_nonblocking(true)
+            .map_err(|err| fail(ErrorClass::System, err.to_string()))?;
+        Ok(socket)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    Err(fail(
+        ErrorClass::Config,
+        "abstract sockets exist only on Linux".to_owned(),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

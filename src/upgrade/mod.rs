@@ -117,25 +117,24 @@ pub struct Upgrader {
 }
 
 impl Upgrader {
-    /// Prepares for upgrades of `socket` (a duplicate is kept for the
-    /// children). Installs the SIGHUP handler at once, so a SIGHUP that comes
+    /// Prepares for upgrades that hand over `sockets` (duplicates kept for
+    /// the children, each with its name). An empty set turns upgrades off. Installs the SIGHUP handler at once, so a SIGHUP that comes
     /// right after we report ready is an upgrade and not the default "terminate".
     /// Must be called inside the tokio runtime.
     pub fn new(
         plan: Option<UpgradePlan>,
-        socket: &std::net::TcpListener,
-        fd_name: &str,
+        sockets: Vec<crate::listener::handover::Handed>,
         manager: Option<Arc<Notifier>>,
     ) -> Self {
         #[cfg(unix)]
         {
             Upgrader {
-                inner: imp::Upgrader::new(plan, socket, fd_name, manager),
+                inner: imp::Upgrader::new(plan, sockets, manager),
             }
         }
         #[cfg(not(unix))]
         {
-            let _ = (plan, socket, fd_name, manager);
+            let _ = (plan, sockets, manager);
             Upgrader {}
         }
     }
@@ -154,7 +153,6 @@ impl Upgrader {
 
 #[cfg(unix)]
 mod imp {
-    use std::net::TcpListener;
     use std::os::unix::net::UnixDatagram;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -168,8 +166,7 @@ mod imp {
 
     pub(super) struct Upgrader {
         plan: UpgradePlan,
-        socket: TcpListener,
-        fd_name: String,
+        sockets: Vec<handover::Handed>,
         manager: Option<Arc<Notifier>>,
         hangup: Option<Signal>,
         watch: Option<ExecutableWatch>,
@@ -178,8 +175,7 @@ mod imp {
     impl Upgrader {
         pub(super) fn new(
             plan: Option<UpgradePlan>,
-            socket: &TcpListener,
-            fd_name: &str,
+            sockets: Vec<handover::Handed>,
             manager: Option<Arc<Notifier>>,
         ) -> Option<Self> {
             let hangup = match signal(SignalKind::hangup()) {
@@ -197,21 +193,16 @@ mod imp {
                 // dropped, so a stray SIGHUP still does not kill the server.
                 return None;
             };
-            let socket = match socket.try_clone() {
-                Ok(socket) => socket,
-                Err(err) => {
-                    tracing::warn!(error = %err, "cannot keep a copy of the listener; binary upgrades are off");
-                    return None;
-                }
-            };
+            if sockets.is_empty() {
+                return None;
+            }
             let watch = plan.watch_executable.then(|| {
                 tracing::info!(executable = %plan.executable.display(), "RELOAD: watching the executable");
                 ExecutableWatch::new(plan.executable.clone())
             });
             Some(Upgrader {
                 plan,
-                socket,
-                fd_name: fd_name.to_owned(),
+                sockets,
                 manager,
                 hangup,
                 watch,
@@ -243,13 +234,8 @@ mod imp {
                 executable: executable.clone(),
                 source,
             };
-            let mut cmd = handover::command(
-                &self.plan.executable,
-                &self.plan.args,
-                &self.socket,
-                &self.fd_name,
-            )
-            .map_err(spawn_failed)?;
+            let mut cmd = handover::command(&self.plan.executable, &self.plan.args, &self.sockets)
+                .map_err(spawn_failed)?;
             cmd.env(HANDOFF_NOTIFY_VAR, &ready_name);
             let child = tokio::process::Command::from(cmd)
                 .spawn()
