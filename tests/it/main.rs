@@ -6,6 +6,7 @@
 mod app;
 mod configuration;
 mod listener_chain;
+mod listeners;
 mod logging;
 mod peers;
 mod reload;
