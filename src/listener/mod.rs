@@ -263,7 +263,7 @@ pub(crate) fn open(
         let listeners = inherit::adopt(offer, fd_name)?
             .into_iter()
             .map(|adopted| BoundListener {
-                socket: adopted.socket,
+                file: our_socket_file(offer.source, &adopted.address, plan),
                 info: ListenerInfo {
                     source: offer.source,
                     role: adopted.role,
@@ -272,7 +272,7 @@ pub(crate) fn open(
                     fd_name: adopted.name,
                     busy_ports: Vec::new(),
                 },
-                file: None,
+                socket: adopted.socket,
             })
             .collect();
         return Ok(Bound { listeners });
@@ -292,6 +292,34 @@ pub(crate) fn open(
         listeners.push(bind_spec(spec, plan.unix_mode)?);
     }
     Ok(Bound { listeners })
+}
+
+/// The socket file of a listener handed over by our predecessor, when our
+/// own `LISTEN` or `ADMIN_LISTEN` names its path: the predecessor bound it
+/// (the same settings), so the last process of the line removes it at a
+/// normal stop. A socket from systemd or systemfd is never ours to remove.
+#[cfg(unix)]
+fn our_socket_file(source: Source, address: &Endpoint, plan: &BindPlan) -> Option<SocketFile> {
+    use std::os::unix::fs::MetadataExt;
+    let Endpoint::Path(path) = address else {
+        return None;
+    };
+    let ours = source == Source::Handoff
+        && plan
+            .listen
+            .iter()
+            .flatten()
+            .chain(&plan.admin)
+            .any(|spec| spec.endpoint == *address);
+    if !ours {
+        return None;
+    }
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    Some(SocketFile {
+        path: path.clone(),
+        dev: meta.dev(),
+        ino: meta.ino(),
+    })
 }
 
 /// Binds one address of `LISTEN` or `ADMIN_LISTEN`.

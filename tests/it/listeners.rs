@@ -501,6 +501,21 @@ fn an_upgrade_hands_every_listener_over_with_its_role_and_keeps_the_socket_file(
         "the predecessor leaves the file to its successor"
     );
     assert_eq!(unix_get(&sock, "/").unwrap().0, 404);
+    // The last of the line, bound by the same LISTEN, removes it at its stop.
+    let pid = successor["pid"].as_u64().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let end = Instant::now() + DEADLINE;
+    while sock.exists() {
+        assert!(
+            Instant::now() < end,
+            "the successor left {}",
+            sock.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// nginx as a test-owned process: its own prefix and config in a temp dir,
