@@ -199,10 +199,13 @@ async fn accept_loop<S, B>(
     B::Error: Into<BoxError>,
 {
     let mut backoff = AcceptBackoff::default();
+    // One wait for the end, registered once, as the accept loop always had.
+    let ended = end.begun();
+    tokio::pin!(ended);
     loop {
         let accepted = tokio::select! {
             biased;
-            () = end.begun() => break,
+            () = &mut ended => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
@@ -224,7 +227,7 @@ async fn accept_loop<S, B>(
             Err(err) => {
                 let pause = backoff.failed(&err);
                 tokio::select! {
-                    () = end.begun() => break,
+                    () = &mut ended => break,
                     () = tokio::time::sleep(pause) => {}
                 }
             }
