@@ -62,15 +62,12 @@ pub(crate) fn interface_addresses() -> Vec<IpAddr> {
         .unwrap_or_default()
 }
 
-/// What a person can use to reach one listener: URLs for TCP, a `curl`
-/// line for a Unix socket.
+/// What a person can use to reach one listener: URLs for TCP,
+/// `unix:<path>` (or `unix:@name`) for a Unix socket.
 pub(crate) fn reach(info: &ListenerInfo) -> Vec<String> {
     match &info.address {
         Endpoint::Tcp(address) => urls_for(*address),
-        Endpoint::Path(_) | Endpoint::Abstract(_) => vec![format!(
-            "curl --unix-socket {} http://localhost/",
-            info.address
-        )],
+        Endpoint::Path(_) | Endpoint::Abstract(_) => vec![format!("unix:{}", info.address)],
         Endpoint::Unnamed => Vec::new(),
     }
 }
@@ -104,7 +101,15 @@ pub(crate) fn log_serving(info: &ListenerInfo, urls: &[String]) {
         info.source
     );
     for url in urls {
-        tracing::info!("open {url}");
+        match url.strip_prefix("unix:") {
+            Some(path) => match path.strip_prefix('@') {
+                Some(name) => {
+                    tracing::info!("try curl --abstract-unix-socket {name} http://localhost/")
+                }
+                None => tracing::info!("try curl --unix-socket {path} http://localhost/"),
+            },
+            None => tracing::info!("open {url}"),
+        }
     }
 }
 
