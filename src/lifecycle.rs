@@ -13,9 +13,7 @@ use tokio::sync::watch;
 use crate::announce;
 use crate::config::Config;
 use crate::error::Error;
-#[cfg(unix)]
-use crate::listener::handover;
-use crate::listener::{Bound, ListenerInfo, Role, Socket};
+use crate::listener::{Bound, Handed, ListenerInfo, Role, Socket};
 use crate::notify::{self, Notifier};
 use crate::routes::{self, AppState, Builtins, RouteSettings};
 use crate::serve::{self, ServeOptions, Stopped};
@@ -222,7 +220,7 @@ fn register(socket: Socket) -> std::io::Result<serve::Listener> {
 
 /// Every listener as a successor gets it: a duplicate fd and the name that
 /// gives it the same role there (`LISTEN_FD_NAME`, or `admin`).
-fn handed_over_set(bound: &Bound, fd_name: &str) -> Vec<handover::Handed> {
+fn handed_over_set(bound: &Bound, fd_name: &str) -> Vec<Handed> {
     #[cfg(unix)]
     {
         let mut set = Vec::new();
@@ -232,7 +230,7 @@ fn handed_over_set(bound: &Bound, fd_name: &str) -> Vec<handover::Handed> {
                 Role::Admin => crate::listener::ADMIN_FD_NAME,
             };
             match listener.socket.duplicate() {
-                Ok(fd) => set.push(handover::Handed {
+                Ok(fd) => set.push(Handed {
                     fd,
                     name: name.to_owned(),
                 }),

@@ -26,6 +26,13 @@ use serde::Serialize;
 use crate::config::BindPlan;
 
 pub use axum_serve::Listener;
+#[cfg(unix)]
+pub(crate) use handover::Handed;
+
+/// Binary upgrades hand sockets over on Unix only; elsewhere there is nothing to hand.
+#[cfg(not(unix))]
+#[derive(Debug)]
+pub(crate) struct Handed;
 
 /// Where the listener came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -123,7 +123,7 @@ impl Upgrader {
     /// Must be called inside the tokio runtime.
     pub fn new(
         plan: Option<UpgradePlan>,
-        sockets: Vec<crate::listener::handover::Handed>,
+        sockets: Vec<crate::listener::Handed>,
         manager: Option<Arc<Notifier>>,
     ) -> Self {
         #[cfg(unix)]
