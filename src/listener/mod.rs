@@ -287,16 +287,27 @@ pub(crate) fn open(
     #[cfg(not(unix))]
     let _ = fd_name;
     let mut listeners = Vec::new();
-    match &plan.listen {
-        Some(specs) => {
-            for spec in specs {
-                listeners.push(bind_spec(spec, plan.unix_mode)?);
+    let mut bind_all = || -> Result<(), ListenError> {
+        match &plan.listen {
+            Some(specs) => {
+                for spec in specs {
+                    listeners.push(bind_spec(spec, plan.unix_mode)?);
+                }
             }
+            None => listeners.push(bind_own(plan)?),
         }
-        None => listeners.push(bind_own(plan)?),
-    }
-    for spec in &plan.admin {
-        listeners.push(bind_spec(spec, plan.unix_mode)?);
+        for spec in &plan.admin {
+            listeners.push(bind_spec(spec, plan.unix_mode)?);
+        }
+        Ok(())
+    };
+    if let Err(err) = bind_all() {
+        // No socket file of ours outlives a failed start.
+        #[cfg(unix)]
+        for file in listeners.iter().filter_map(|l| l.file.as_ref()) {
+            file.remove();
+        }
+        return Err(err);
     }
     Ok(Bound { listeners })
 }
@@ -336,7 +347,7 @@ fn bind_spec(spec: &ListenSpec, unix_mode: u32) -> Result<BoundListener, ListenE
             let socket = match bind::try_bind(*addr) {
                 Ok(bind::Attempt::Bound(socket)) => socket,
                 Ok(bind::Attempt::Busy) => {
-                    return Err(ListenError::PortBusy {
+                    return Err(ListenError::ListedAddressBusy {
                         address: *addr,
                         holder: holder_of(addr.port()),
                     });
@@ -363,11 +374,12 @@ fn bind_spec(spec: &ListenSpec, unix_mode: u32) -> Result<BoundListener, ListenE
             let socket = bind::bind_unix_abstract(name)?;
             (Socket::Unix(socket), spec.endpoint.clone(), None)
         }
+        // Unix sockets off Unix; `Unnamed` never comes from the configuration.
         other => {
             let _ = unix_mode;
             return Err(ListenError::UnixSocket {
                 endpoint: other.to_string(),
-                reason: "Unix sockets are not supported here".to_owned(),
+                reason: "not an address this system can listen on".to_owned(),
                 class: ErrorClass::Config,
             });
         }
@@ -499,6 +511,14 @@ pub(crate) enum ListenError {
         /// Who holds it, when Linux can tell.
         holder: Option<String>,
     },
+    /// An address of `LISTEN` or `ADMIN_LISTEN` is taken.
+    #[error("cannot listen on {address}: address in use{} (stop that process, or change LISTEN or ADMIN_LISTEN)", held_by(.holder))]
+    ListedAddressBusy {
+        /// The address tried.
+        address: SocketAddr,
+        /// Who holds it, when Linux can tell.
+        holder: Option<String>,
+    },
     /// `API_PORT` and every port of the range are taken.
     #[error("cannot listen on {address} or any port of {}..={}: all {busy} port(s) tried are in use{} (widen PORT_RANGE_START..=PORT_RANGE_END, or free a port)", .range.start(), .range.end(), held_by(.holder))]
     RangeExhausted {
@@ -599,6 +619,7 @@ impl ListenError {
         matches!(
             self,
             ListenError::PortBusy { .. }
+                | ListenError::ListedAddressBusy { .. }
                 | ListenError::RangeExhausted { .. }
                 | ListenError::UnixSocket {
                     class: ErrorClass::Busy,

@@ -213,6 +213,25 @@ fn a_stale_socket_file_is_replaced_and_a_live_one_is_left_alone() {
     assert_eq!(unix_json(&sock, "/health").unwrap()["status"], "ok");
 }
 
+#[test]
+fn a_busy_listen_address_is_exit_69_naming_it_and_listen() {
+    let dir = TempDir::new();
+    let held = loopback_listener();
+    let addr = held.local_addr().unwrap();
+    let sock = dir.path().join("first.sock");
+    let mut cmd = portkeeper(dir.path());
+    cmd.env("LISTEN", format!("{},{addr}", sock.display()));
+    let (status, stderr) = run_to_exit(cmd, DEADLINE).unwrap();
+    assert_eq!(status.code(), Some(69), "{stderr}");
+    let line = last_line(&stderr);
+    assert!(line.contains(&format!("{addr}: address in use")), "{line}");
+    assert!(line.contains("change LISTEN"), "{line}");
+    assert!(
+        !sock.exists(),
+        "a failed start leaves no socket file behind"
+    );
+}
+
 fn last_line(stderr: &str) -> &str {
     stderr.lines().last().unwrap_or_default()
 }
