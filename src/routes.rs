@@ -1,7 +1,7 @@
 //! The routes portkeeper answers itself, and the stack every request passes through.
 //!
 //! The built-in routes are `/health` (liveness: always 200 while the process
-//! serves) and `/info` (pid, version, uptime, the listener), plus the
+//! serves) and `/info` (pid, version, uptime, the listeners), plus the
 //! [`crate::debug_routes`] with `DEBUG=true`. They answer first at their exact
 //! paths; every other request goes to the application's router. A user route
 //! at `/health` therefore never panics at start, it is simply not reached:
