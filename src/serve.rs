@@ -755,6 +755,84 @@ fn say_closing<B>(response: &mut Response<B>) {
 mod tests {
     use super::*;
 
+    /// Says which peer extension a request carried.
+    async fn peer(request: axum::extract::Request) -> String {
+        let tcp = request.extensions().get::<ConnectInfo<SocketAddr>>();
+        #[cfg(unix)]
+        let unix = request
+            .extensions()
+            .get::<ConnectInfo<tokio::net::unix::UCred>>();
+        #[cfg(not(unix))]
+        let unix: Option<()> = None;
+        match (tcp, unix) {
+            (Some(_), None) => "tcp".to_owned(),
+            #[cfg(unix)]
+            (None, Some(ConnectInfo(cred))) => format!("unix uid {}", cred.uid()),
+            _ => "neither".to_owned(),
+        }
+    }
+
+    async fn exchange(mut stream: impl AsyncRead + AsyncWrite + Unpin) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    }
+
+    /// Several listeners, TCP and Unix, each with its own service, one drain;
+    /// a Unix peer is `ConnectInfo<UCred>`, never a made-up `SocketAddr`.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn several_listeners_tcp_and_unix_one_drain() {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp_addr = tcp.local_addr().unwrap();
+        let dir = std::env::temp_dir().join(format!("pk-serve-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s");
+        let _ = std::fs::remove_file(&path);
+        let unix = tokio::net::UnixListener::bind(&path).unwrap();
+        let limits = Limits {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            max_body_bytes: 1024,
+        };
+        let app = axum::Router::new().route("/", axum::routing::get(peer));
+        let service = crate::routes::service(app, limits);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(serve(
+            vec![
+                (Listener::Tcp(tcp), service.clone()),
+                (Listener::Unix(unix), service),
+            ],
+            async move {
+                let _ = stopped.await;
+            },
+            std::future::pending(),
+            ServeOptions {
+                shutdown_timeout: Duration::from_secs(5),
+                limits,
+            },
+        ));
+        let over_tcp = exchange(TcpStream::connect(tcp_addr).await.unwrap()).await;
+        assert!(over_tcp.ends_with("tcp"), "{over_tcp}");
+        let over_unix = exchange(tokio::net::UnixStream::connect(&path).await.unwrap()).await;
+        assert!(over_unix.contains("unix uid "), "{over_unix}");
+        stop.send(()).unwrap();
+        let stopped = tokio::time::timeout(Duration::from_secs(10), serving)
+            .await
+            .expect("the drain ends")
+            .unwrap();
+        assert_eq!(stopped, Stopped::Drained);
+        // Both listeners are closed once serving has stopped.
+        assert!(TcpStream::connect(tcp_addr).await.is_err());
+        assert!(tokio::net::UnixStream::connect(&path).await.is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[tokio::test(start_paused = true)]
     async fn idle_a_timeout_after_the_last_response_never_during_a_request() {
         let timeout = Duration::from_secs(10);
