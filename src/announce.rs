@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::listener::ListenerInfo;
+use crate::listener::{Endpoint, ListenerInfo};
 
 /// The URLs a person can open to reach a server listening on `address`.
 ///
@@ -62,27 +62,54 @@ pub(crate) fn interface_addresses() -> Vec<IpAddr> {
         .unwrap_or_default()
 }
 
-/// Logs the start-up message: one structured "serving" event, then one line per URL.
+/// What a person can use to reach one listener: URLs for TCP,
+/// `unix:<path>` (or `unix:@name`) for a Unix socket.
+pub(crate) fn reach(info: &ListenerInfo) -> Vec<String> {
+    match &info.address {
+        Endpoint::Tcp(address) => urls_for(*address),
+        Endpoint::Path(_) | Endpoint::Abstract(_) => vec![format!("unix:{}", info.address)],
+        Endpoint::Unnamed => Vec::new(),
+    }
+}
+
+/// Logs the start-up message for one listener: one structured "serving"
+/// event, then one line per URL.
 ///
-/// The "serving" message repeats the address and source in words because
-/// `journalctl` shows only the message by default; its fields (`F_SOURCE`,
-/// `F_ADDRESS`, `F_PORT`, `F_PID`, `F_FD`, `F_FD_NAME` in the journal) are
-/// there for queries. A URL line is its message alone.
+/// The "serving" message repeats the address, role and source in words
+/// because `journalctl` shows only the message by default; its fields
+/// (`F_SOURCE`, `F_ROLE`, `F_ADDRESS`, `F_PORT`, `F_PATH`, `F_PID`, `F_FD`,
+/// `F_FD_NAME` in the journal) are there for queries. A URL line is its
+/// message alone.
 pub(crate) fn log_serving(info: &ListenerInfo, urls: &[String]) {
+    let path = match &info.address {
+        Endpoint::Tcp(_) => None,
+        other => Some(other.to_string()),
+    };
     tracing::info!(
         source = %info.source,
+        role = info.role.as_str(),
         address = %info.address,
-        port = info.address.port(),
+        port = info.address.tcp().map(|a| a.port()),
+        path,
         pid = std::process::id(),
         fd = info.fd,
         fd_name = info.fd_name.as_deref(),
         busy_ports = info.busy_ports.len(),
-        "serving {} (listener from {})",
+        "serving {} ({}, listener from {})",
         info.address,
+        info.role.as_str(),
         info.source
     );
     for url in urls {
-        tracing::info!("open {url}");
+        match url.strip_prefix("unix:") {
+            Some(path) => match path.strip_prefix('@') {
+                Some(name) => {
+                    tracing::info!("try curl --abstract-unix-socket {name} http://localhost/")
+                }
+                None => tracing::info!("try curl --unix-socket {path} http://localhost/"),
+            },
+            None => tracing::info!("open {url}"),
+        }
     }
 }
 

@@ -27,6 +27,7 @@ use std::time::Duration;
 use tracing::level_filters::LevelFilter;
 
 use crate::auth::{self, Auth};
+use crate::listener::{Endpoint, ListenSpec, Role};
 use crate::logging::{LogFormat, LogSettings};
 
 /// Every variable portkeeper reads, spelled as in the environment: the
@@ -52,6 +53,10 @@ pub(crate) const VARIABLES: &[&str] = &[
     "SHUTDOWN_TIMEOUT",
     "SHUTDOWN_DELAY",
     "LISTEN_FD_NAME",
+    "LISTEN",
+    "ADMIN_LISTEN",
+    "UNIX_SOCKET_MODE",
+    "PORT",
 ];
 
 /// The variables of the service-manager protocols (socket activation,
@@ -123,6 +128,14 @@ pub(crate) struct RawConfig {
     pub(crate) shutdown_delay: Option<String>,
     /// `LISTEN_FD_NAME`: which inherited socket to serve.
     pub(crate) listen_fd_name: Option<String>,
+    /// `LISTEN`: addresses to bind, comma-separated.
+    pub(crate) listen: Option<String>,
+    /// `ADMIN_LISTEN`: addresses for the built-in routes alone.
+    pub(crate) admin_listen: Option<String>,
+    /// `UNIX_SOCKET_MODE`: permissions of the Unix socket files we bind.
+    pub(crate) unix_socket_mode: Option<String>,
+    /// `PORT`: the platforms' port, used when `API_PORT` is unset.
+    pub(crate) port: Option<String>,
 }
 
 /// A secret's value (`API_TOKEN`): `Debug` shows `<redacted>`, never the value.
@@ -282,6 +295,12 @@ pub(crate) struct BindPlan {
     pub(crate) port: u16,
     /// With `AUTO_FIND_PORT=true`, the ports to try after `port`, in order.
     pub(crate) search: Option<RangeInclusive<u16>>,
+    /// `LISTEN`: when set, these addresses replace `HOST:API_PORT` and the search.
+    pub(crate) listen: Option<Vec<ListenSpec>>,
+    /// `ADMIN_LISTEN`: addresses for the built-in routes alone.
+    pub(crate) admin: Vec<ListenSpec>,
+    /// `UNIX_SOCKET_MODE`: permissions of the Unix socket files we bind.
+    pub(crate) unix_mode: u32,
 }
 
 /// The validated configuration.
@@ -334,6 +353,7 @@ mod defaults {
     pub(super) const HEADER_READ_TIMEOUT_SECS: u64 = 10;
     pub(super) const REQUEST_TIMEOUT_SECS: u64 = 30;
     pub(super) const MAX_BODY_BYTES: usize = 1024 * 1024;
+    pub(super) const UNIX_SOCKET_MODE: &str = "0660";
 }
 
 /// The longest header or request timeout: an hour is already generous for
@@ -390,6 +410,10 @@ impl RawConfig {
             shutdown_timeout: s("SHUTDOWN_TIMEOUT", &self.shutdown_timeout),
             shutdown_delay: s("SHUTDOWN_DELAY", &self.shutdown_delay),
             listen_fd_name: s("LISTEN_FD_NAME", &self.listen_fd_name),
+            listen: s("LISTEN", &self.listen),
+            admin_listen: s("ADMIN_LISTEN", &self.admin_listen),
+            unix_socket_mode: s("UNIX_SOCKET_MODE", &self.unix_socket_mode),
+            port: s("PORT", &self.port),
         }
     }
 }
@@ -416,6 +440,10 @@ struct Settings<'a> {
     shutdown_timeout: Setting<'a>,
     shutdown_delay: Setting<'a>,
     listen_fd_name: Setting<'a>,
+    listen: Setting<'a>,
+    admin_listen: Setting<'a>,
+    unix_socket_mode: Setting<'a>,
+    port: Setting<'a>,
 }
 
 impl TryFrom<RawConfig> for Config {
@@ -423,10 +451,45 @@ impl TryFrom<RawConfig> for Config {
 
     fn try_from(raw: RawConfig) -> Result<Self, ConfigError> {
         let s = raw.settings();
+        // First: with LISTEN, HOST and API_PORT are refused, whatever their values.
+        let listen = match s.listen.value {
+            None => None,
+            Some(_) => {
+                if let Some(other) = [&s.host, &s.api_port, &s.auto_find_port]
+                    .into_iter()
+                    .find(|setting| setting.value.is_some())
+                {
+                    return Err(ConfigError::Invalid {
+                        name: s.listen.name,
+                        value: s.listen.value.unwrap_or_default().to_owned(),
+                        expected: format!(
+                            "LISTEN alone: {} is set too (LISTEN replaces HOST, API_PORT and AUTO_FIND_PORT; unset one of them)",
+                            other.name
+                        ),
+                    });
+                }
+                Some(s.listen.parse_or("", |v| parse_listen(v, Role::App))?)
+            }
+        };
         let ip = s.host.parse_or(defaults::HOST, parse_host)?;
-        let port = s.api_port.parse_or(&defaults::API_PORT.to_string(), |v| {
+        // API_PORT wins; PORT (Heroku, Cloud Run, Render) is the fallback.
+        let port_setting = if s.api_port.value.is_none() && s.port.value.is_some() {
+            &s.port
+        } else {
+            &s.api_port
+        };
+        let port = port_setting.parse_or(&defaults::API_PORT.to_string(), |v| {
             parse_port(v, 0, "a port number from 0 to 65535 (0 = any free port)")
         })?;
+        let admin = match s.admin_listen.value {
+            None => Vec::new(),
+            Some(_) => s
+                .admin_listen
+                .parse_or("", |v| parse_listen(v, Role::Admin))?,
+        };
+        let unix_mode = s
+            .unix_socket_mode
+            .parse_or(defaults::UNIX_SOCKET_MODE, parse_mode)?;
         let auto_find_port = s.auto_find_port.parse_or("false", parse_bool)?;
         let range_start = s
             .port_range_start
@@ -497,6 +560,9 @@ impl TryFrom<RawConfig> for Config {
                 ip,
                 port,
                 search: auto_find_port.then_some(range_start..=range_end),
+                listen,
+                admin,
+                unix_mode,
             },
             log,
             debug,
@@ -621,6 +687,69 @@ fn parse_fd_name(value: &str) -> Result<String, String> {
         Ok(value.to_owned())
     } else {
         Err("a socket name of 1 to 255 printable characters without ':' or spaces".to_owned())
+    }
+}
+
+/// The longest Unix socket path: `sun_path` holds 108 bytes with the final NUL.
+const MAX_UNIX_PATH: usize = 107;
+
+/// Parses `LISTEN` or `ADMIN_LISTEN`: comma-separated addresses, each
+/// `IP:PORT`, `[V6]:PORT`, an absolute path (a Unix socket) or `@name` (an
+/// abstract one), optionally preceded by `app=` or `admin=` to choose the
+/// role (default: `role`).
+fn parse_listen(value: &str, role: Role) -> Result<Vec<ListenSpec>, String> {
+    const EXPECTED: &str = "comma-separated addresses: IP:PORT, [IPV6]:PORT, /absolute/path or @abstract, each optionally prefixed by app= or admin=";
+    let mut specs = Vec::new();
+    for entry in value.split(',').map(str::trim) {
+        if entry.is_empty() {
+            return Err(format!("{EXPECTED}; an entry is empty"));
+        }
+        let (role, address) = match entry.split_once('=') {
+            Some(("app", address)) => (Role::App, address.trim()),
+            Some(("admin", address)) => (Role::Admin, address.trim()),
+            Some((other, _)) => {
+                return Err(format!(
+                    "{EXPECTED}; {other:?} is not a role (the roles are app and admin)"
+                ));
+            }
+            None => (role, entry),
+        };
+        let endpoint = if let Some(name) = address.strip_prefix('@') {
+            if name.is_empty() || name.len() > MAX_UNIX_PATH - 1 {
+                return Err(format!(
+                    "{EXPECTED}; an abstract name has 1 to {} bytes",
+                    MAX_UNIX_PATH - 1
+                ));
+            }
+            Endpoint::Abstract(name.to_owned())
+        } else if address.starts_with('/') {
+            if address.len() > MAX_UNIX_PATH {
+                return Err(format!(
+                    "{EXPECTED}; the Unix socket path {address:?} has {} bytes, more than the {MAX_UNIX_PATH} a socket address holds (choose a shorter path)",
+                    address.len()
+                ));
+            }
+            if address.ends_with('/') {
+                return Err(format!("{EXPECTED}; {address:?} names a directory"));
+            }
+            Endpoint::Path(address.into())
+        } else {
+            match address.parse::<std::net::SocketAddr>() {
+                Ok(addr) => Endpoint::Tcp(addr),
+                Err(_) => return Err(format!("{EXPECTED}; {address:?} is none of these")),
+            }
+        };
+        specs.push(ListenSpec { role, endpoint });
+    }
+    Ok(specs)
+}
+
+/// An octal file mode such as 0660 or 660, at most 0777.
+fn parse_mode(value: &str) -> Result<u32, String> {
+    let digits = value.strip_prefix("0o").unwrap_or(value);
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if mode <= 0o777 && !digits.is_empty() => Ok(mode),
+        _ => Err("an octal file mode from 0000 to 0777, such as 0660".to_owned()),
     }
 }
 
@@ -920,6 +1049,71 @@ mod tests {
             Config::from_env(&ours).unwrap_err().to_string(),
             "HOST: the value is not valid UTF-8 (expected plain text)"
         );
+    }
+
+    #[test]
+    fn listen_takes_tcp_unix_and_abstract_addresses_with_roles() {
+        let cfg = config(&[
+            (
+                "LISTEN",
+                "127.0.0.1:5050, [::1]:5050,/run/pk.sock,@pk,admin=127.0.0.1:9",
+            ),
+            ("ADMIN_LISTEN", "/run/pk-admin.sock"),
+            ("UNIX_SOCKET_MODE", "0600"),
+        ])
+        .unwrap();
+        let listen = cfg.bind.listen.unwrap();
+        assert_eq!(listen.len(), 5);
+        assert_eq!(
+            listen[0].endpoint,
+            Endpoint::Tcp("127.0.0.1:5050".parse().unwrap())
+        );
+        assert_eq!(
+            listen[1].endpoint,
+            Endpoint::Tcp("[::1]:5050".parse().unwrap())
+        );
+        assert_eq!(listen[2].endpoint, Endpoint::Path("/run/pk.sock".into()));
+        assert_eq!(listen[3].endpoint, Endpoint::Abstract("pk".into()));
+        assert_eq!(listen[4].role, Role::Admin);
+        assert!(listen[..4].iter().all(|spec| spec.role == Role::App));
+        assert_eq!(cfg.bind.admin[0].role, Role::Admin);
+        assert_eq!(cfg.bind.unix_mode, 0o600);
+        assert_eq!(config(&[]).unwrap().bind.unix_mode, 0o660);
+    }
+
+    #[test]
+    fn bad_listen_values_are_refused_naming_listen() {
+        let long = format!("/{}", "x".repeat(120));
+        for value in [
+            "",
+            "localhost:80",
+            "127.0.0.1",
+            "a,,b",
+            "web=127.0.0.1:1",
+            long.as_str(),
+            "relative/path",
+        ] {
+            let err = error(&[("LISTEN", value)]);
+            assert!(err.starts_with("LISTEN: "), "{value}: {err}");
+        }
+        assert!(error(&[("LISTEN", &long)]).contains("more than the 107"));
+        assert!(error(&[("LISTEN", "web=127.0.0.1:1")]).contains("not a role"));
+        for other in ["HOST", "API_PORT", "AUTO_FIND_PORT"] {
+            let err = error(&[("LISTEN", "127.0.0.1:1"), (other, "1")]);
+            assert!(err.starts_with("LISTEN: ") && err.contains(other), "{err}");
+        }
+        assert!(error(&[("UNIX_SOCKET_MODE", "0999")]).starts_with("UNIX_SOCKET_MODE"));
+        assert!(error(&[("UNIX_SOCKET_MODE", "1777")]).starts_with("UNIX_SOCKET_MODE"));
+    }
+
+    #[test]
+    fn port_is_used_when_api_port_is_unset_and_api_port_wins() {
+        assert_eq!(config(&[("PORT", "8080")]).unwrap().bind.port, 8080);
+        let both = config(&[("PORT", "8080"), ("API_PORT", "7000")]).unwrap();
+        assert_eq!(both.bind.port, 7000);
+        assert!(error(&[("PORT", "x")]).starts_with("PORT: "));
+        // Platforms set PORT everywhere: with LISTEN it is ignored, not refused.
+        assert!(config(&[("PORT", "8080"), ("LISTEN", "127.0.0.1:1")]).is_ok());
     }
 
     /// `config.example.env` documents every variable, with its real default.

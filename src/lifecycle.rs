@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -12,7 +13,7 @@ use tokio::sync::watch;
 use crate::announce;
 use crate::config::Config;
 use crate::error::Error;
-use crate::listener::{Bound, Source};
+use crate::listener::{Bound, Handed, ListenerInfo, Role, Socket, Source};
 use crate::metrics::Metrics;
 use crate::notify::{self, Notifier};
 use crate::routes::{self, AppState, Builtins, Readiness, RouteSettings};
@@ -57,28 +58,37 @@ pub(crate) async fn run(plan: Plan, app: Router) -> Result<(), Error> {
     let notifier = supervision.notifier.map(Arc::new);
     let upgrader = Upgrader::new(
         succession.plan,
-        &bound.listener,
-        &config.listen_fd_name,
+        handed_over_set(&bound, &config.listen_fd_name),
         notifier.clone(),
     );
-    let listener = tokio::net::TcpListener::from_std(bound.listener)
-        .map_err(|err| Error::system("cannot register the listener with tokio", err))?;
-    let urls = announce::urls_for(bound.info.address);
-    announce::log_serving(&bound.info, &urls);
-    let metrics = Arc::new(Metrics::new([&bound.info]));
+    let primary = bound.primary().info.clone();
+    let primary_reach = announce::reach(&primary);
+    for listener in &bound.listeners {
+        if listener.info.address == primary.address {
+            announce::log_serving(&listener.info, &primary_reach);
+        } else {
+            announce::log_serving(&listener.info, &announce::reach(&listener.info));
+        }
+    }
+    let has_admin = bound.listeners.iter().any(|l| l.info.role == Role::Admin);
+    let mut infos: Vec<ListenerInfo> = bound.listeners.iter().map(|l| l.info.clone()).collect();
+    // The first app listener first, as `/info`'s readers expect.
+    infos.sort_by_key(|info| info.role != Role::App);
+    let metrics = Arc::new(Metrics::new(&infos));
     let readiness = Readiness::new();
-    let delay = shutdown_delay(config.shutdown_delay, bound.info.source, notifier.is_some());
+    // Every listener has the same source (one handoff, or one bind plan).
+    let delay = shutdown_delay(config.shutdown_delay, primary.source, notifier.is_some());
     let state = Arc::new(AppState {
-        listener: bound.info,
+        listeners: infos,
         started: Instant::now(),
         readiness: readiness.clone(),
         metrics: Arc::clone(&metrics),
     });
-    let url = urls.first().map(String::as_str).unwrap_or_default();
-    let ready = notify::ready_message(&format!(
-        "serving {url} (listener from {})",
-        state.listener.source
-    ));
+    let url = primary_reach
+        .first()
+        .map(String::as_str)
+        .unwrap_or_default();
+    let ready = notify::ready_message(&format!("serving {url} (listener from {})", primary.source));
     match (&succession.predecessor, &notifier) {
         // Started by a handoff: our predecessor waits for READY=1 and then
         // tells the manager (if any) that we are its main process now.
@@ -96,8 +106,10 @@ pub(crate) async fn run(plan: Plan, app: Router) -> Result<(), Error> {
 
     let mut first_stop = stop_requests.clone();
     let mut stop_during_delay = stop_requests.clone();
+    let handed_over = Arc::new(AtomicBool::new(false));
     let shutdown = {
         let notifier = notifier.clone();
+        let handed_over = Arc::clone(&handed_over);
         async move {
             let user_shutdown = async {
                 match user_shutdown {
@@ -122,7 +134,8 @@ pub(crate) async fn run(plan: Plan, app: Router) -> Result<(), Error> {
                         if let Some(watchdog) = &watchdog {
                             watchdog.abort();
                         }
-                        tracing::info!(successor, "handed the listener over; finishing open requests");
+                        tracing::info!(successor, "handed the listeners over; finishing open requests");
+                        handed_over.store(true, Ordering::Release);
                         false
                     }
                     Departure::HungUp => {
@@ -172,17 +185,40 @@ pub(crate) async fn run(plan: Plan, app: Router) -> Result<(), Error> {
         auth: config.auth.clone(),
         debug: config.debug,
     };
-    let service = routes::service(
-        routes::router(app, state, &settings),
-        config.limits,
-        Arc::clone(&metrics),
-    );
+    let mut listeners = Vec::with_capacity(bound.listeners.len());
+    #[cfg(unix)]
+    let mut files = Vec::new();
+    for listener in bound.listeners {
+        let router = routes::router_for(
+            listener.info.role,
+            has_admin,
+            app.clone(),
+            Arc::clone(&state),
+            &settings,
+        );
+        let socket = register(listener.socket)
+            .map_err(|err| Error::system("cannot register the listener with tokio", err))?;
+        listeners.push((
+            socket,
+            routes::service(router, config.limits, Arc::clone(&metrics)),
+        ));
+        #[cfg(unix)]
+        files.extend(listener.file);
+    }
     let options = ServeOptions {
         shutdown_timeout: config.shutdown_timeout,
         limits: config.limits,
         connections: metrics.connections(),
     };
-    let stopped = serve::serve(listener, service, shutdown, force, options).await;
+    let stopped = serve::serve(listeners, shutdown, force, options).await;
+    // A socket file we created goes with a normal stop; after a handoff the
+    // successor serves it.
+    #[cfg(unix)]
+    if !handed_over.load(Ordering::Acquire) {
+        for file in &files {
+            file.remove();
+        }
+    }
     match stopped {
         Stopped::Drained => {
             tracing::info!("stopped");
@@ -226,6 +262,46 @@ fn shutdown_delay(configured: Duration, source: Source, under_systemd: bool) -> 
         return Duration::ZERO;
     }
     configured
+}
+
+/// Registers a listening socket with tokio's reactor.
+fn register(socket: Socket) -> std::io::Result<serve::Listener> {
+    Ok(match socket {
+        Socket::Tcp(socket) => serve::Listener::Tcp(tokio::net::TcpListener::from_std(socket)?),
+        #[cfg(unix)]
+        Socket::Unix(socket) => serve::Listener::Unix(tokio::net::UnixListener::from_std(socket)?),
+    })
+}
+
+/// Every listener as a successor gets it: a duplicate fd and the name that
+/// gives it the same role there (`LISTEN_FD_NAME`, or `admin`).
+fn handed_over_set(bound: &Bound, fd_name: &str) -> Vec<Handed> {
+    #[cfg(unix)]
+    {
+        let mut set = Vec::new();
+        for listener in &bound.listeners {
+            let name = match listener.info.role {
+                Role::App => fd_name,
+                Role::Admin => crate::listener::ADMIN_FD_NAME,
+            };
+            match listener.socket.duplicate() {
+                Ok(fd) => set.push(Handed {
+                    fd,
+                    name: name.to_owned(),
+                }),
+                Err(err) => {
+                    tracing::warn!(error = %err, address = %listener.info.address, "cannot keep a copy of the listener; binary upgrades are off");
+                    return Vec::new();
+                }
+            }
+        }
+        set
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (bound, fd_name);
+        Vec::new()
+    }
 }
 
 /// Sends `WATCHDOG=1` while the runtime is alive: a hung runtime stops the

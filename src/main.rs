@@ -36,7 +36,11 @@ Configured by environment variables, and a .env file in the working directory
   MAX_BODY_BYTES       largest request body; 413 above (1048576)
   SHUTDOWN_TIMEOUT     seconds open requests get after a stop (30)
   SHUTDOWN_DELAY       seconds between a stop signal (/ready at 503) and the drain (0)
-  LISTEN_FD_NAME       which inherited socket to serve (http)
+  LISTEN_FD_NAME       inherited sockets of this name serve the app (http)
+  LISTEN               addresses instead of HOST:API_PORT: IP:PORT, /path, @name
+  ADMIN_LISTEN         addresses for /health and /info alone
+  UNIX_SOCKET_MODE     permissions of Unix socket files bound (0660)
+  PORT                 the platform's port, when API_PORT is unset
 
 Signals:
   SIGTERM, SIGINT      graceful stop; a second one stops at once
@@ -46,7 +50,7 @@ Signals:
 Exit status:
   0    stopped cleanly
   64   bad command line
-  69   the port (or the whole range) is in use
+  69   the port (or the whole range, or a Unix socket) is in use
   71   other system failure
   77   permission denied for the port
   78   a setting is wrong

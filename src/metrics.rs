@@ -113,6 +113,7 @@ impl Metrics {
         for listener in listeners {
             let labels = vec![
                 ("source", listener.source.to_string()),
+                ("role", listener.role.as_str().to_owned()),
                 ("address", listener.address.to_string()),
                 ("fd_name", listener.fd_name.clone().unwrap_or_default()),
             ];

@@ -4,7 +4,7 @@
 //! serves, also during a drain), `/ready` (readiness: 200 while serving, 503
 //! from the moment a stop begins, so a load balancer takes the instance out
 //! first), `/metrics` ([`crate::metrics`], for Prometheus) and `/info` (pid,
-//! version, uptime, the listener), plus the
+//! version, uptime, the listeners), plus the
 //! [`crate::debug_routes`] with `DEBUG=true`. `/health` and `/ready` are
 //! answered without a token under `AUTH_REQUIRED`, since probes carry none.
 //! The built-ins answer first at their exact paths; every other request goes
@@ -39,7 +39,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::auth::Auth;
 use crate::config::Limits;
-use crate::listener::ListenerInfo;
+use crate::listener::{ListenerInfo, Role};
 use crate::metrics::{self, Metrics};
 
 /// Where the built-in routes are mounted.
@@ -65,8 +65,8 @@ impl Builtins {
 /// What the built-in handlers can see.
 #[derive(Debug)]
 pub(crate) struct AppState {
-    /// The listener this process serves from.
-    pub(crate) listener: ListenerInfo,
+    /// Every listener this process serves from; the first app listener first.
+    pub(crate) listeners: Vec<ListenerInfo>,
     /// When the process started serving.
     pub(crate) started: Instant,
     /// What `/ready` answers.
@@ -102,6 +102,32 @@ pub(crate) struct RouteSettings {
     pub(crate) builtins: Builtins,
     pub(crate) auth: Auth,
     pub(crate) debug: bool,
+}
+
+/// The routes a listener of `role` answers: the one place that decides
+/// which listeners get the built-in routes.
+///
+/// - An admin listener: the built-in routes alone (everything else is 404).
+/// - An app listener when the server has an admin listener: the app alone.
+/// - An app listener otherwise: the built-in routes in front of the app.
+pub(crate) fn router_for(
+    role: Role,
+    has_admin_listener: bool,
+    app: Router,
+    state: Arc<AppState>,
+    settings: &RouteSettings,
+) -> Router {
+    match role {
+        Role::Admin => router(Router::new(), state, settings),
+        Role::App if has_admin_listener => {
+            let app_only = RouteSettings {
+                builtins: Builtins::Off,
+                ..settings.clone()
+            };
+            router(app, state, &app_only)
+        }
+        Role::App => router(app, state, settings),
+    }
 }
 
 /// The application's router with the built-in routes in front and the token
@@ -206,7 +232,9 @@ struct InfoBody<'a> {
     version: &'static str,
     pid: u32,
     uptime_seconds: f64,
-    listener: &'a ListenerInfo,
+    /// The first app listener (kept for clients that read one).
+    listener: Option<&'a ListenerInfo>,
+    listeners: &'a [ListenerInfo],
 }
 
 async fn info(State(state): State<Arc<AppState>>) -> impl IntoResponse {
@@ -215,7 +243,12 @@ async fn info(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         version: env!("CARGO_PKG_VERSION"),
         pid: std::process::id(),
         uptime_seconds: state.started.elapsed().as_secs_f64(),
-        listener: &state.listener,
+        listener: state
+            .listeners
+            .iter()
+            .find(|l| l.role == Role::App)
+            .or(state.listeners.first()),
+        listeners: &state.listeners,
     })
     .into_response()
 }
@@ -223,7 +256,7 @@ async fn info(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::listener::Source;
+    use crate::listener::{Endpoint, Source};
     use axum::body::Body;
     use http_body_util::BodyExt;
     use std::time::Duration;
@@ -232,14 +265,15 @@ mod tests {
     fn state() -> Arc<AppState> {
         let listener = ListenerInfo {
             source: Source::Searched,
-            address: "127.0.0.1:5053".parse().unwrap(),
+            role: Role::App,
+            address: Endpoint::Tcp("127.0.0.1:5053".parse().unwrap()),
             fd: None,
             fd_name: None,
             busy_ports: vec![5050, 5051, 5052],
         };
         Arc::new(AppState {
             metrics: Arc::new(Metrics::new([&listener])),
-            listener,
+            listeners: vec![listener],
             started: Instant::now(),
             readiness: Readiness::new(),
         })
@@ -324,7 +358,7 @@ mod tests {
             "portkeeper_http_request_duration_seconds_count 2\n",
             // The scrape itself is in flight while it renders.
             "portkeeper_http_requests_in_flight 1\n",
-            "portkeeper_listener_info{source=\"searched\",address=\"127.0.0.1:5053\",fd_name=\"\"} 1\n",
+            "portkeeper_listener_info{source=\"searched\",role=\"app\",address=\"127.0.0.1:5053\",fd_name=\"\"} 1\n",
             "portkeeper_upgrades_total{outcome=\"failed\"} 0\n",
         ] {
             assert!(text.contains(line), "{line} not in\n{text}");
@@ -345,6 +379,28 @@ mod tests {
             body["listener"]["busy_ports"],
             serde_json::json!([5050, 5051, 5052])
         );
+    }
+
+    #[tokio::test]
+    async fn an_admin_listener_takes_the_builtins_from_the_app_listeners() {
+        let user = Router::new().route("/hello", get(|| async { "hello" }));
+        let s = settings(root(), Auth::Open);
+        let admin = router_for(Role::Admin, true, user.clone(), state(), &s);
+        let app = router_for(Role::App, true, user.clone(), state(), &s);
+        let alone = router_for(Role::App, false, user, state(), &s);
+        for (router, path, status) in [
+            (&admin, "/info", StatusCode::OK),
+            (&admin, "/health", StatusCode::OK),
+            (&admin, "/hello", StatusCode::NOT_FOUND),
+            (&app, "/info", StatusCode::NOT_FOUND),
+            (&app, "/health", StatusCode::NOT_FOUND),
+            (&app, "/hello", StatusCode::OK),
+            (&alone, "/info", StatusCode::OK),
+            (&alone, "/hello", StatusCode::OK),
+        ] {
+            let got = send(router.clone(), get_req(path)).await.status();
+            assert_eq!(got, status, "{path}");
+        }
     }
 
     #[tokio::test]

@@ -19,7 +19,8 @@
 //! WebSocket) stays counted until the upgraded stream is dropped, so a drain
 //! waits for it too, bounded by `SHUTDOWN_TIMEOUT`.
 //!
-//! This module never binds: it is handed a listener.
+//! This module never binds: it is handed listeners, TCP or Unix, each with
+//! its own service (the app, or the admin role's built-in routes).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -84,16 +85,54 @@ pub(crate) enum Stopped {
     Forced { open: usize },
 }
 
-/// Serves `service` on `listener` until `shutdown` completes, then stops
-/// accepting and lets open connections finish, bounded by
-/// `options.shutdown_timeout`, or cut short when `force` completes.
+/// A listening socket registered with tokio: TCP or Unix stream.
+#[derive(Debug)]
+pub(crate) enum Listener {
+    /// TCP.
+    Tcp(TcpListener),
+    /// A Unix stream socket.
+    #[cfg(unix)]
+    Unix(tokio::net::UnixListener),
+}
+
+impl Listener {
+    async fn accept(&self) -> std::io::Result<(Stream, Peer)> {
+        match self {
+            Listener::Tcp(listener) => {
+                let (stream, peer) = listener.accept().await?;
+                // Small answers should leave at once, not wait for Nagle.
+                let _ = stream.set_nodelay(true);
+                Ok((Stream::Tcp(stream), Peer::Tcp(peer)))
+            }
+            #[cfg(unix)]
+            Listener::Unix(listener) => {
+                let (stream, _) = listener.accept().await?;
+                let credentials = stream.peer_cred().ok();
+                Ok((Stream::Unix(stream), Peer::Unix(credentials)))
+            }
+        }
+    }
+}
+
+/// Who is at the other end of a connection, as handlers see it through
+/// `ConnectInfo`: a TCP peer's address, or a Unix peer's credentials.
+#[derive(Debug, Clone)]
+enum Peer {
+    Tcp(SocketAddr),
+    #[cfg(unix)]
+    Unix(Option<tokio::net::unix::UCred>),
+}
+
+/// Serves each listener with its own service until `shutdown` completes,
+/// then stops accepting on all of them and lets open connections finish,
+/// bounded by `options.shutdown_timeout`, or cut short when `force`
+/// completes. One accept loop per listener; one drain for all.
 ///
-/// The listener is dropped (closed) as soon as the stop begins, never shut
-/// down: when it was inherited, systemd or systemfd keep their copy open and
+/// The listeners are dropped (closed) as soon as the stop begins, never shut
+/// down: when one was inherited, systemd or systemfd keep their copy open and
 /// new connections queue there for the next process.
 pub(crate) async fn serve<S, B>(
-    listener: TcpListener,
-    service: S,
+    listeners: Vec<(Listener, S)>,
     shutdown: impl Future<Output = ()>,
     force: impl Future<Output = ()>,
     options: ServeOptions,
@@ -108,43 +147,32 @@ where
     B::Error: Into<BoxError>,
 {
     let stop = Arc::new(Stop::default());
+    let end_accepting = Arc::new(Stop::default());
     let connections = TaskTracker::new();
     let idle_grace = IDLE_GRACE.min(options.shutdown_timeout);
-    let mut backoff = AcceptBackoff::default();
-    tokio::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            () = &mut shutdown => break,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                backoff.succeeded();
-                let connection = Connection {
-                    stream: TrackedIo {
-                        io: stream,
-                        _open: connections.token(),
-                        _counted: options.connections.open(),
-                    },
-                    peer,
+    let loops: Vec<_> = listeners
+        .into_iter()
+        .map(|(listener, service)| {
+            tokio::spawn(accept_loop(
+                listener,
+                service,
+                Accepting {
+                    end: Arc::clone(&end_accepting),
                     stop: Arc::clone(&stop),
+                    connections: connections.clone(),
+                    counted: options.connections.clone(),
                     idle_grace,
                     limits: options.limits,
-                };
-                tokio::spawn(connection.serve(service.clone()));
-            }
-            Err(err) if is_connection_error(&err) => {}
-            Err(err) => {
-                let pause = backoff.failed(&err);
-                tokio::select! {
-                    () = &mut shutdown => break,
-                    () = tokio::time::sleep(pause) => {}
-                }
-            }
-        }
+                },
+            ))
+        })
+        .collect();
+    shutdown.await;
+    end_accepting.begin();
+    for accepting in loops {
+        // Each loop drops its listener as it ends.
+        let _ = accepting.await;
     }
-    drop(listener);
     stop.begin();
     connections.close();
     tracing::info!(
@@ -156,6 +184,70 @@ where
         () = tokio::time::sleep(options.shutdown_timeout) => Stopped::TimedOut { open: connections.len() },
         () = force => Stopped::Forced { open: connections.len() },
     }
+}
+
+/// What one accept loop shares with the others and hands each connection.
+struct Accepting {
+    /// Begun when the loops must stop accepting.
+    end: Arc<Stop>,
+    /// Begun when the connections must drain.
+    stop: Arc<Stop>,
+    /// Every open connection, for the drain.
+    connections: TaskTracker,
+    /// The open-connections gauge.
+    counted: Connections,
+    idle_grace: Duration,
+    limits: Limits,
+}
+
+/// Accepts on one listener until `end` begins, spawning a task per connection.
+async fn accept_loop<S, B>(listener: Listener, service: S, accepting: Accepting)
+where
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut backoff = AcceptBackoff::default();
+    // One wait for the end, registered once, as the accept loop always had.
+    let ended = accepting.end.begun();
+    tokio::pin!(ended);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = &mut ended => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff.succeeded();
+                let connection = Connection {
+                    stream: TrackedIo {
+                        io: stream,
+                        _open: accepting.connections.token(),
+                        _counted: accepting.counted.open(),
+                    },
+                    peer,
+                    stop: Arc::clone(&accepting.stop),
+                    idle_grace: accepting.idle_grace,
+                    limits: accepting.limits,
+                };
+                tokio::spawn(connection.serve(service.clone()));
+            }
+            Err(err) if is_connection_error(&err) => {}
+            Err(err) => {
+                let pause = backoff.failed(&err);
+                tokio::select! {
+                    () = &mut ended => break,
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+    }
+    drop(listener);
 }
 
 /// Errors that concern one connection only, as `axum::serve` classifies them.
@@ -267,10 +359,68 @@ async fn notified_until(notify: &Notify, holds: impl Fn() -> bool) {
     }
 }
 
+/// An accepted connection's stream: TCP or Unix.
+enum Stream {
+    Tcp(TcpStream),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixStream),
+}
+
+/// Calls `$call` on the inner stream of either kind.
+macro_rules! either {
+    ($stream:expr, $inner:ident => $call:expr) => {
+        match $stream {
+            Stream::Tcp($inner) => $call,
+            #[cfg(unix)]
+            Stream::Unix($inner) => $call,
+        }
+    };
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        either!(self.get_mut(), io => Pin::new(io).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        either!(self.get_mut(), io => Pin::new(io).poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        either!(self.get_mut(), io => Pin::new(io).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        either!(self, io => io.is_write_vectored())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        either!(self.get_mut(), io => Pin::new(io).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        either!(self.get_mut(), io => Pin::new(io).poll_shutdown(cx))
+    }
+}
+
 /// A connection's stream, counted as open by the drain until it is dropped:
 /// also after an upgrade hands it to a WebSocket handler.
 struct TrackedIo {
-    io: TcpStream,
+    io: Stream,
     _open: TaskTrackerToken,
     _counted: OpenConnection,
 }
@@ -408,7 +558,7 @@ impl Activity {
 /// One accepted connection and what serving it needs.
 struct Connection {
     stream: TrackedIo,
-    peer: SocketAddr,
+    peer: Peer,
     stop: Arc<Stop>,
     idle_grace: Duration,
     limits: Limits,
@@ -425,8 +575,6 @@ impl Connection {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        // Small answers should leave at once, not wait for Nagle.
-        let _ = self.stream.io.set_nodelay(true);
         let activity = Arc::new(Activity::new(self.stop));
         let per_request = PerRequest {
             service,
@@ -493,14 +641,21 @@ fn log_connection_end(result: Result<(), BoxError>) {
     }
 }
 
-/// The hyper service of one connection: each request gets the peer's
-/// address (`ConnectInfo<SocketAddr>`) and is counted as in flight until its
-/// response has been sent whole.
+/// The hyper service of one connection: each request gets the peer, and is
+/// counted as in flight until its response has been sent whole.
+///
+/// The peer is `ConnectInfo<SocketAddr>` on a TCP connection and
+/// `ConnectInfo<tokio::net::unix::UCred>` (the peer process's pid, uid and
+/// gid) on a Unix socket connection, which has no address worth the name. A
+/// handler that extracts `ConnectInfo<SocketAddr>` therefore rejects a
+/// request that came through a Unix socket (500, "Missing request
+/// extension"); one that serves both looks the extension up with
+/// `request.extensions().get::<ConnectInfo<SocketAddr>>()` instead.
 #[derive(Clone)]
 struct PerRequest<S> {
     service: S,
     activity: Arc<Activity>,
-    peer: SocketAddr,
+    peer: Peer,
 }
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for PerRequest<S>
@@ -512,7 +667,17 @@ where
     type Future = Respond<S>;
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
-        request.extensions_mut().insert(ConnectInfo(self.peer));
+        match &self.peer {
+            Peer::Tcp(addr) => {
+                request.extensions_mut().insert(ConnectInfo(*addr));
+            }
+            #[cfg(unix)]
+            Peer::Unix(Some(credentials)) => {
+                request.extensions_mut().insert(ConnectInfo(*credentials));
+            }
+            #[cfg(unix)]
+            Peer::Unix(None) => {}
+        }
         let http1 = request.version() < Version::HTTP_2;
         Respond {
             in_flight: Some(self.activity.begin()),
@@ -604,6 +769,86 @@ fn say_closing<B>(response: &mut Response<B>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Says which peer extension a request carried.
+    async fn peer(request: axum::extract::Request) -> String {
+        let tcp = request.extensions().get::<ConnectInfo<SocketAddr>>();
+        #[cfg(unix)]
+        let unix = request
+            .extensions()
+            .get::<ConnectInfo<tokio::net::unix::UCred>>();
+        #[cfg(not(unix))]
+        let unix: Option<()> = None;
+        match (tcp, unix) {
+            (Some(_), None) => "tcp".to_owned(),
+            #[cfg(unix)]
+            (None, Some(ConnectInfo(cred))) => format!("unix uid {}", cred.uid()),
+            _ => "neither".to_owned(),
+        }
+    }
+
+    async fn exchange(mut stream: impl AsyncRead + AsyncWrite + Unpin) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    }
+
+    /// Several listeners, TCP and Unix, each with its own service, one drain;
+    /// a Unix peer is `ConnectInfo<UCred>`, never a made-up `SocketAddr`.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn several_listeners_tcp_and_unix_one_drain() {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp_addr = tcp.local_addr().unwrap();
+        let dir = std::env::temp_dir().join(format!("pk-serve-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s");
+        let _ = std::fs::remove_file(&path);
+        let unix = tokio::net::UnixListener::bind(&path).unwrap();
+        let limits = Limits {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            max_body_bytes: 1024,
+        };
+        let app = axum::Router::new().route("/", axum::routing::get(peer));
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new([]));
+        let service = crate::routes::service(app, limits, Arc::clone(&metrics));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(serve(
+            vec![
+                (Listener::Tcp(tcp), service.clone()),
+                (Listener::Unix(unix), service),
+            ],
+            async move {
+                let _ = stopped.await;
+            },
+            std::future::pending(),
+            ServeOptions {
+                shutdown_timeout: Duration::from_secs(5),
+                limits,
+                connections: metrics.connections(),
+            },
+        ));
+        let over_tcp = exchange(TcpStream::connect(tcp_addr).await.unwrap()).await;
+        assert!(over_tcp.ends_with("tcp"), "{over_tcp}");
+        let over_unix = exchange(tokio::net::UnixStream::connect(&path).await.unwrap()).await;
+        assert!(over_unix.contains("unix uid "), "{over_unix}");
+        stop.send(()).unwrap();
+        let stopped = tokio::time::timeout(Duration::from_secs(10), serving)
+            .await
+            .expect("the drain ends")
+            .unwrap();
+        assert_eq!(stopped, Stopped::Drained);
+        // Both listeners are closed once serving has stopped.
+        assert!(TcpStream::connect(tcp_addr).await.is_err());
+        assert!(tokio::net::UnixStream::connect(&path).await.is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[tokio::test(start_paused = true)]
     async fn idle_a_timeout_after_the_last_response_never_during_a_request() {

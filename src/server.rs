@@ -231,7 +231,7 @@ impl Server {
         let executable = std::env::current_exe();
         let handoff_notify = crate::config::protocol_var(upgrade::HANDOFF_NOTIFY_VAR);
         let bound = startup::open_listener(&config, handoff_notify.is_some())?;
-        startup::warn_if_debug_is_exposed(config.debug, bound.info.address);
+        startup::warn_if_debug_is_exposed(config.debug, &bound);
         let supervision = startup::supervision();
         let succession =
             startup::succession(&config, &bound, executable, handoff_notify.as_deref());
@@ -280,22 +280,33 @@ pub struct Listening {
 impl std::fmt::Debug for Listening {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Listening")
-            .field("address", &self.bound.info.address)
-            .field("source", &self.bound.info.source)
+            .field("address", &self.bound.primary().info.address)
+            .field("source", &self.bound.primary().info.source)
+            .field("listeners", &self.bound.listeners.len())
             .finish_non_exhaustive()
     }
 }
 
 impl Listening {
-    /// The address the listener is bound to (for `API_PORT=0`, the kernel's choice).
+    /// The TCP address of the first listener that serves the app (for
+    /// `API_PORT=0`, the kernel's choice); with several listeners (`LISTEN`,
+    /// several inherited sockets) the first app listener in order, else the
+    /// first TCP listener. `None` when every listener is a Unix socket.
     ///
     /// ```no_run
     /// let listening = portkeeper::Server::from_vars([("API_PORT", "0")]).listen()?;
-    /// println!("listening on {}", listening.local_addr());
+    /// if let Some(address) = listening.local_addr() {
+    ///     println!("listening on {address}");
+    /// }
     /// # Ok::<(), portkeeper::Error>(())
     /// ```
-    pub fn local_addr(&self) -> SocketAddr {
-        self.bound.info.address
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.bound.primary().info.address.tcp().or_else(|| {
+            self.bound
+                .listeners
+                .iter()
+                .find_map(|l| l.info.address.tcp())
+        })
     }
 
     /// Serves `app` beside the built-in routes until SIGTERM or SIGINT (or
@@ -331,6 +342,11 @@ impl Listening {
     /// The bare listening socket, for `axum::serve` or any server that takes an
     /// [`axum::serve::Listener`]. Must be called inside a tokio runtime.
     ///
+    /// Only for a server with exactly one listener, and a TCP one: with
+    /// several (`LISTEN`, `ADMIN_LISTEN`, several inherited sockets) or a Unix
+    /// socket, it returns an error saying so (exit status 78); serve those
+    /// with [`Listening::serve`].
+    ///
     /// ```no_run
     /// # async fn demo(listening: portkeeper::Listening) -> Result<(), portkeeper::Error> {
     /// let app = axum::Router::new();
@@ -339,8 +355,29 @@ impl Listening {
     /// # }
     /// ```
     pub fn into_listener(self) -> Result<Listener, Error> {
-        let socket = tokio::net::TcpListener::from_std(self.bound.listener)
-            .map_err(|err| Error::system("cannot register the listener with tokio", err))?;
-        Ok(Listener::new(socket, self.bound.info))
+        let count = self.bound.listeners.len();
+        let kinds = self
+            .bound
+            .listeners
+            .iter()
+            .map(|l| l.info.address.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut listeners = self.bound.listeners;
+        match (listeners.pop(), listeners.is_empty()) {
+            (
+                Some(listener::BoundListener {
+                    socket: listener::Socket::Tcp(socket),
+                    info,
+                    ..
+                }),
+                true,
+            ) => {
+                let socket = tokio::net::TcpListener::from_std(socket)
+                    .map_err(|err| Error::system("cannot register the listener with tokio", err))?;
+                Ok(Listener::new(socket, info))
+            }
+            _ => Err(listener::ListenError::NotOneTcpListener { count, kinds }.into()),
+        }
     }
 }

@@ -12,7 +12,7 @@ use crate::listener::{self, ListenError, Source};
 use crate::notify;
 use crate::upgrade::{self, Succession, UpgradePlan};
 
-/// Opens the listener by the chain. `from_predecessor`: a binary upgrade
+/// Opens the listeners by the chain. `from_predecessor`: a binary upgrade
 /// started us, so a socket handed to our pid is reported as `handoff`.
 #[cfg(unix)]
 pub(crate) fn open_listener(
@@ -86,9 +86,15 @@ fn is_single_threaded() -> bool {
     std::fs::read_dir("/proc/self/task").is_ok_and(|tasks| tasks.count() == 1)
 }
 
-/// DEBUG=true is meant for a developer's machine: say so loudly when the
+/// DEBUG=true is meant for a developer's machine: say so loudly when a TCP
 /// socket (whatever its source) is reachable from other hosts.
-pub(crate) fn warn_if_debug_is_exposed(debug: bool, address: std::net::SocketAddr) {
+pub(crate) fn warn_if_debug_is_exposed(debug: bool, bound: &listener::Bound) {
+    for address in bound.listeners.iter().filter_map(|l| l.info.address.tcp()) {
+        warn_if_exposed(debug, address);
+    }
+}
+
+fn warn_if_exposed(debug: bool, address: std::net::SocketAddr) {
     if debug && !address.ip().is_loopback() {
         tracing::warn!(
             %address,
@@ -138,8 +144,8 @@ pub(crate) fn succession(
     let predecessor = match handoff_notify {
         // Only a process that really took the socket over may report ready:
         // one that bound a port of its own would move the service elsewhere.
-        Some(value) if bound.info.source == Source::Handoff => {
-            notify::Notifier::connect(Some(value)).unwrap_or_else(|err| {
+        Some(value) if bound.came_by_handoff() => notify::Notifier::connect(Some(value))
+            .unwrap_or_else(|err| {
                 let cause = std::error::Error::source(&err).map(ToString::to_string);
                 tracing::warn!(
                     value,
@@ -148,12 +154,11 @@ pub(crate) fn succession(
                     upgrade::HANDOFF_NOTIFY_VAR
                 );
                 None
-            })
-        }
+            }),
         Some(value) => {
             tracing::warn!(
                 value,
-                source = %bound.info.source,
+                source = %bound.primary().info.source,
                 "{} is set but no socket was handed to us; not reporting to it",
                 upgrade::HANDOFF_NOTIFY_VAR
             );

@@ -129,9 +129,184 @@ pub(crate) fn search(ip: IpAddr, ports: impl Iterator<Item = u16>) -> Found {
     Found::Exhausted(Exhausted { busy })
 }
 
+/// Binds a Unix stream socket at `path` with permissions `mode`, listening.
+///
+/// There is no moment in which the socket file is more open than `mode`:
+/// the socket's own mode is set (`fchmod`) before `bind`, and Linux creates
+/// the file with that mode less the umask; a `chmod` after `bind` then adds
+/// back what the umask took (never more than `mode`). A stale socket file
+/// (one nobody listens on) is removed first; a live one is left alone.
+#[cfg(unix)]
+pub(crate) fn bind_unix_path(
+    path: &std::path::Path,
+    mode: u32,
+) -> Result<(std::os::unix::net::UnixListener, super::SocketFile), super::ListenError> {
+    use super::{ErrorClass, ListenError};
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    let fail = |class: ErrorClass, reason: String| ListenError::UnixSocket {
+        endpoint: path.display().to_string(),
+        reason,
+        class,
+    };
+    let busy = || {
+        fail(
+            ErrorClass::Busy,
+            "another process is listening on this socket (stop it, or choose another path)"
+                .to_owned(),
+        )
+    };
+    let from_io = |err: io::Error, doing: &str| match err.kind() {
+        io::ErrorKind::NotFound => fail(
+            ErrorClass::Config,
+            format!(
+                "{doing}: the directory does not exist (create it, e.g. RuntimeDirectory= in the unit, or choose another path)"
+            ),
+        ),
+        io::ErrorKind::PermissionDenied => fail(
+            ErrorClass::Permission,
+            format!("{doing}: permission denied (the directory must be writable by this user)"),
+        ),
+        io::ErrorKind::AddrInUse => busy(),
+        _ => fail(ErrorClass::System, format!("{doing}: {err}")),
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => return Err(busy()),
+                Err(err) if err.kind() == io::ErrorKind::PermissionDenied => {
+                    return Err(from_io(err, "checking the existing socket"));
+                }
+                // Refused (or gone): nobody listens, so it is stale.
+                Err(_) => {
+                    tracing::info!(path = %path.display(), "replacing a stale socket file");
+                    match std::fs::remove_file(path) {
+                        Ok(()) => {}
+                        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                        Err(err) => return Err(from_io(err, "removing the stale socket file")),
+                    }
+                }
+            }
+        }
+        Ok(meta) => {
+            let what = if meta.is_dir() {
+                "a directory"
+            } else if meta.is_file() {
+                "a regular file"
+            } else {
+                "a file that is not a socket"
+            };
+            return Err(fail(
+                ErrorClass::Config,
+                format!("{what} is in the way (remove it, or choose another path)"),
+            ));
+        }
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(err) => return Err(from_io(err, "checking the path")),
+    }
+    let socket = unix_socket_with_mode(mode).map_err(|err| from_io(err, "creating the socket"))?;
+    let address = socket2::SockAddr::unix(path).map_err(|err| from_io(err, "naming it"))?;
+    socket
+        .bind(&address)
+        .map_err(|err| from_io(err, "binding"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|err| from_io(err, "setting UNIX_SOCKET_MODE"))?;
+    socket
+        .listen(BACKLOG)
+        .map_err(|err| from_io(err, "listening"))?;
+    socket
+        .set_nonblocking(true)
+        .map_err(|err| from_io(err, "making it nonblocking"))?;
+    let meta = std::fs::symlink_metadata(path).map_err(|err| from_io(err, "reading it"))?;
+    let fd: std::os::fd::OwnedFd = socket.into();
+    Ok((
+        std::os::unix::net::UnixListener::from(fd),
+        super::SocketFile {
+            path: path.to_owned(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        },
+    ))
+}
+
+/// A Unix stream socket whose own mode is `mode`, so that `bind` creates its
+/// file with at most `mode` (Linux takes the file's mode from the socket's,
+/// less the umask). `fchmod` through `File`, which needs no `unsafe`.
+#[cfg(unix)]
+fn unix_socket_with_mode(mode: u32) -> io::Result<Socket> {
+    use std::os::unix::fs::PermissionsExt;
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    let file = std::fs::File::from(std::os::fd::OwnedFd::from(socket));
+    file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    Ok(Socket::from(std::os::fd::OwnedFd::from(file)))
+}
+
+/// Binds an abstract Unix stream socket (`@name`, Linux): no file, no mode.
+#[cfg(unix)]
+pub(crate) fn bind_unix_abstract(
+    name: &str,
+) -> Result<std::os::unix::net::UnixListener, super::ListenError> {
+    use super::{ErrorClass, ListenError};
+    let fail = |class: ErrorClass, reason: String| ListenError::UnixSocket {
+        endpoint: format!("@{name}"),
+        reason,
+        class,
+    };
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        #[cfg(target_os = "android")]
+        use std::os::android::net::SocketAddrExt;
+        #[cfg(target_os = "linux")]
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+            .map_err(|err| fail(ErrorClass::Config, err.to_string()))?;
+        let socket = std::os::unix::net::UnixListener::bind_addr(&addr).map_err(|err| {
+            if err.kind() == io::ErrorKind::AddrInUse {
+                fail(
+                    ErrorClass::Busy,
+                    "another process is listening on this abstract socket (stop it, or choose another name)".to_owned(),
+                )
+            } else {
+                fail(ErrorClass::System, err.to_string())
+            }
+        })?;
+        socket
+            .set_nonblocking(true)
+            .map_err(|err| fail(ErrorClass::System, err.to_string()))?;
+        Ok(socket)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    Err(fail(
+        ErrorClass::Config,
+        "abstract sockets exist only on Linux".to_owned(),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The file `bind` creates is never more open than the mode asked for,
+    /// before any `chmod`: there is no window.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_unix_socket_file_is_born_with_at_most_its_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("pk-mode-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for mode in [0o600, 0o660, 0o666] {
+            let path = dir.join(format!("{mode:o}.sock"));
+            let _ = std::fs::remove_file(&path);
+            let socket = unix_socket_with_mode(mode).unwrap();
+            socket
+                .bind(&socket2::SockAddr::unix(&path).unwrap())
+                .unwrap();
+            let born = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(born & !mode, 0, "{born:o} is wider than {mode:o}");
+            // The default socket mode (0777 less the umask) would be wider.
+            assert!(mode == 0o666 || born != 0o755, "{born:o}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
     use std::net::{Ipv4Addr, TcpListener};
 
     const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);

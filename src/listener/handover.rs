@@ -3,9 +3,11 @@
 //! [`inherit`](super::inherit) adopts a socket; this module passes one on, so
 //! a new executable can take over the port without it ever being closed (the
 //! binary upgrade of SIGUSR2, SIGHUP and `RELOAD=true`). The child receives:
-//! - the socket at fd 3, without close-on-exec, via `command-fds` (which does
-//!   the `dup2` between fork and exec, so we need no `unsafe` of our own);
-//! - `LISTEN_FDS=1` and `LISTEN_FDNAMES=<name>`;
+//! - every socket, at fds 3, 4, ..., without close-on-exec, via `command-fds`
+//!   (which does the `dup2` between fork and exec, so we need no `unsafe` of
+//!   our own);
+//! - `LISTEN_FDS=<count>` and `LISTEN_FDNAMES=<name>:<name>...`, one name per
+//!   socket (its role's name), so the child serves the same set;
 //! - `LISTEN_PID=<its own pid>`. The pid is unknown before the fork, so the
 //!   child is started through `/bin/sh -c 'LISTEN_PID=$$ ... exec "$0" "$@"'`:
 //!   `$$` is the shell's pid, which `exec` hands on to the executable. A
@@ -20,15 +22,23 @@
 //! at once instead of letting it drain.
 
 use std::ffi::OsString;
-use std::net::TcpListener;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::process::Command;
 
 use command_fds::{CommandFdExt, FdMapping};
 
-/// The fd number the child finds the socket at (`SD_LISTEN_FDS_START`).
+/// The fd number the child finds the first socket at (`SD_LISTEN_FDS_START`).
 const CHILD_FD: i32 = 3;
+
+/// One socket to hand over: our own duplicate of it, and its name.
+#[derive(Debug)]
+pub(crate) struct Handed {
+    /// A duplicate of the listening socket, kept for the children.
+    pub(crate) fd: OwnedFd,
+    /// Its LISTEN_FDNAMES entry in the child.
+    pub(crate) name: String,
+}
 
 /// Sets `LISTEN_PID` (and, when present, `WATCHDOG_PID`) to the shell's own
 /// pid, then becomes the executable in `$0` with the arguments in `$@`.
@@ -53,19 +63,26 @@ pub enum Parent {
     Reaper,
 }
 
-/// A command that starts `executable` with `args` and hands it `socket` as fd 3,
-/// named `fd_name`. The socket is duplicated; ours stays open and served.
+/// A command that starts `executable` with `args` and hands it `sockets` as
+/// fds 3, 4, ..., with their names. The sockets are duplicated; ours stay
+/// open and served.
 ///
 /// The rest of the environment is inherited as it is: `main.rs` has already
 /// removed the `LISTEN_*` variables we were started with.
 pub fn command(
     executable: &Path,
     args: &[OsString],
-    socket: &TcpListener,
-    fd_name: &str,
+    sockets: &[Handed],
     parent: Parent,
 ) -> std::io::Result<Command> {
-    let duplicate: OwnedFd = socket.try_clone()?.into();
+    let mut mappings = Vec::with_capacity(sockets.len());
+    for (child_fd, socket) in (CHILD_FD..).zip(sockets) {
+        mappings.push(FdMapping {
+            parent_fd: socket.fd.try_clone()?,
+            child_fd,
+        });
+    }
+    let names: Vec<&str> = sockets.iter().map(|s| s.name.as_str()).collect();
     let mut cmd = Command::new(SHELL);
     cmd.arg("-c");
     if parent == Parent::Reaper {
@@ -74,15 +91,11 @@ pub fn command(
     cmd.arg(EXEC_WITH_OWN_PID)
         .arg(executable)
         .args(args)
-        .env("LISTEN_FDS", "1")
-        .env("LISTEN_FDNAMES", fd_name)
+        .env("LISTEN_FDS", sockets.len().to_string())
+        .env("LISTEN_FDNAMES", names.join(":"))
         .env_remove("LISTEN_PID")
         .env_remove("LISTEN_FDS_FIRST_FD");
-    cmd.fd_mappings(vec![FdMapping {
-        parent_fd: duplicate,
-        child_fd: CHILD_FD,
-    }])
-    .map_err(std::io::Error::other)?;
+    cmd.fd_mappings(mappings).map_err(std::io::Error::other)?;
     Ok(cmd)
 }
 
@@ -90,20 +103,30 @@ pub fn command(
 mod tests {
     use super::*;
 
-    /// The shell trick, run for real: the child sees fd 3 open and its own pid.
+    /// The shell trick, run for real: the child sees fds 3 and 4 open and its own pid.
     #[cfg(target_os = "linux")] // /proc/self/fd
     #[test]
     fn child_gets_fd_3_and_its_own_pid() {
-        let socket = TcpListener::bind("127.0.0.1:0").unwrap();
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let sockets = [
+            Handed {
+                fd: socket.try_clone().unwrap().into(),
+                name: "web".to_owned(),
+            },
+            Handed {
+                fd: admin.try_clone().unwrap().into(),
+                name: "admin".to_owned(),
+            },
+        ];
         let mut cmd = command(
             Path::new(SHELL),
             &[
                 "-c".into(),
                 // Prints "<LISTEN_PID> <$$> <names> <fd 3 is open>".
-                r#"[ -e /proc/self/fd/3 ] && o=open || o=closed; echo "$LISTEN_PID $$ $LISTEN_FDNAMES $LISTEN_FDS $o""#.into(),
+                r#"[ -e /proc/self/fd/3 ] && [ -e /proc/self/fd/4 ] && o=open || o=closed; echo "$LISTEN_PID $$ $LISTEN_FDNAMES $LISTEN_FDS $o""#.into(),
             ],
-            &socket,
-            "web",
+            &sockets,
             Parent::Us,
         )
         .unwrap();
@@ -112,7 +135,7 @@ mod tests {
         let fields: Vec<&str> = text.split_whitespace().collect();
         assert_eq!(fields.len(), 5, "{text:?}");
         assert_eq!(fields[0], fields[1], "LISTEN_PID must be the child's pid");
-        assert_eq!(&fields[2..], ["web", "1", "open"]);
+        assert_eq!(&fields[2..], ["web:admin", "2", "open"]);
     }
 
     /// With `Parent::Reaper` the command exits at once and the new process
@@ -120,7 +143,11 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn an_orphaned_child_gets_fd_3_and_its_own_pid() {
-        let socket = TcpListener::bind("127.0.0.1:0").unwrap();
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let sockets = [Handed {
+            fd: socket.try_clone().unwrap().into(),
+            name: "web".to_owned(),
+        }];
         let dir = std::env::temp_dir().join(format!("pk-handover-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let out = dir.join("out");
@@ -132,8 +159,7 @@ mod tests {
                 "sh".into(),
                 out.clone().into(),
             ],
-            &socket,
-            "web",
+            &sockets,
             Parent::Reaper,
         )
         .unwrap();

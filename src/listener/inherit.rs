@@ -17,12 +17,11 @@
 //!   socket unit's name when none is set).
 
 use std::io;
-use std::net::{SocketAddr, TcpListener};
 
 use listenfd::ListenFd;
 use socket2::Socket;
 
-use super::{ListenError, Source};
+use super::{ADMIN_FD_NAME, Endpoint, ListenError, Role, Source};
 
 /// More inherited fds than this is not a handoff but garbage in LISTEN_FDS;
 /// the bound keeps us from walking millions of fd numbers.
@@ -88,14 +87,6 @@ pub(crate) struct Offer {
 }
 
 impl Offer {
-    /// The index of the socket to serve: the one named `wanted`, else the first.
-    pub(crate) fn choose(&self, wanted: &str) -> usize {
-        self.names
-            .as_ref()
-            .and_then(|names| names.iter().position(|name| name == wanted))
-            .unwrap_or(0)
-    }
-
     fn name(&self, index: usize) -> Option<&str> {
         self.names.as_ref()?.get(index).map(String::as_str)
     }
@@ -176,20 +167,57 @@ pub(crate) fn plan(vars: &HandoffVars, our_pid: u32) -> Result<Handoff, ListenEr
 #[derive(Debug)]
 pub(crate) struct Adopted {
     /// The listening socket, nonblocking and close-on-exec.
-    pub(crate) listener: TcpListener,
-    /// Its local address.
-    pub(crate) address: SocketAddr,
+    pub(crate) socket: super::Socket,
+    /// What it serves.
+    pub(crate) role: Role,
+    /// Its local address or path.
+    pub(crate) address: Endpoint,
     /// The fd number it arrived as.
     pub(crate) fd: i32,
     /// Its LISTEN_FDNAMES entry, if names were given.
     pub(crate) name: Option<String>,
 }
 
-/// Takes the socket chosen by `wanted` out of the environment's handoff.
+/// The role of each handed-over fd, by name: `wanted` (LISTEN_FD_NAME) is
+/// the app, [`ADMIN_FD_NAME`] the built-in routes, anything else is not
+/// served (`None`). Without names every fd serves the app. When names are
+/// given but none is `wanted` or admin, the first fd serves the app, with a
+/// warning, as a unit without `FileDescriptorName=` expects.
+pub(crate) fn roles(offer: &Offer, wanted: &str) -> Vec<Option<Role>> {
+    let Some(names) = &offer.names else {
+        return vec![Some(Role::App); offer.fds.len()];
+    };
+    let mut roles: Vec<Option<Role>> = names
+        .iter()
+        .map(|name| {
+            if name == wanted {
+                Some(Role::App)
+            } else if name == ADMIN_FD_NAME {
+                Some(Role::Admin)
+            } else {
+                None
+            }
+        })
+        .collect();
+    if !roles.contains(&Some(Role::App)) && roles.first() == Some(&None) {
+        if names.len() > 1 {
+            tracing::warn!(
+                wanted,
+                names = names.join(":"),
+                "no inherited socket is named LISTEN_FD_NAME; serving the first"
+            );
+        }
+        roles[0] = Some(Role::App);
+    }
+    roles
+}
+
+/// Takes every handed-over socket that has a role (see [`roles`]), checks
+/// each, and closes the others with a log line each.
 ///
 /// `listenfd` reads LISTEN_FDS/LISTEN_PID again and removes them from the
 /// environment, so this must run in the single-threaded part of `main`.
-pub(crate) fn adopt(offer: &Offer, wanted: &str) -> Result<Adopted, ListenError> {
+pub(crate) fn adopt(offer: &Offer, wanted: &str) -> Result<Vec<Adopted>, ListenError> {
     let mut handed = ListenFd::from_env();
     if handed.len() != offer.fds.len() {
         // Only possible if the environment changed between plan and adopt.
@@ -199,59 +227,96 @@ pub(crate) fn adopt(offer: &Offer, wanted: &str) -> Result<Adopted, ListenError>
             format!("{} socket(s), as read a moment earlier", offer.fds.len()),
         ));
     }
-    let index = offer.choose(wanted);
-    let fd = offer.fds[index];
-    let name = offer.name(index).map(str::to_owned);
-    if let Some(names) = &offer.names
-        && names.len() > 1
-        && names[index] != wanted
-    {
-        tracing::warn!(
-            wanted,
-            names = names.join(":"),
-            "no inherited socket is named LISTEN_FD_NAME; serving the first"
-        );
+    let mut adopted = Vec::new();
+    for (index, role) in roles(offer, wanted).into_iter().enumerate() {
+        let fd = offer.fds[index];
+        let name = offer.name(index).map(str::to_owned);
+        let Some(role) = role else {
+            let closed = take_any(&mut handed, index);
+            let name = name.unwrap_or_default();
+            match closed {
+                Ok(true) => {
+                    tracing::info!(fd, name, "closed an inherited socket that is not served")
+                }
+                _ => tracing::warn!(
+                    fd,
+                    name,
+                    "an inherited fd is not served and could not be closed"
+                ),
+            }
+            continue;
+        };
+        adopted.push(adopt_one(&mut handed, index, fd, name, role)?);
     }
+    Ok(adopted)
+}
+
+fn adopt_one(
+    handed: &mut ListenFd,
+    index: usize,
+    fd: i32,
+    name: Option<String>,
+    role: Role,
+) -> Result<Adopted, ListenError> {
     let unusable = |reason: String| ListenError::UnusableFd {
         fd,
         name: name.clone(),
         reason,
     };
-    let listener = match handed.take_tcp_listener(index) {
-        Ok(Some(listener)) => listener,
+    let (socket, unix) = match handed.take_tcp_listener(index) {
+        Ok(Some(listener)) => (Socket::from(listener), false),
         Ok(None) => return Err(unusable("it was already taken".to_owned())),
-        Err(_) => return Err(unusable(describe_non_tcp(&mut handed, index, fd))),
+        Err(_) => match handed.take_unix_listener(index) {
+            Ok(Some(listener)) => (Socket::from(listener), true),
+            Ok(None) => return Err(unusable("it was already taken".to_owned())),
+            Err(_) => return Err(unusable(describe_non_tcp(handed, index, fd))),
+        },
     };
-    let socket = Socket::from(listener);
+    let kind = if unix { "Unix stream" } else { "TCP" };
     match socket.is_listener() {
         Ok(true) => {}
         Ok(false) if socket.peer_addr().is_ok() => {
-            return Err(unusable(
-                "it is a connected TCP socket, not a listening one (a socket unit with \
+            return Err(unusable(format!(
+                "it is a connected {kind} socket, not a listening one (a socket unit with \
                  Accept=yes hands over connections; portkeeper needs Accept=no)"
-                    .to_owned(),
-            ));
+            )));
         }
         Ok(false) => {
-            return Err(unusable(
-                "it is a TCP socket that is not listening (whoever passed it must call \
+            return Err(unusable(format!(
+                "it is a {kind} socket that is not listening (whoever passed it must call \
                  listen() before handing it over)"
-                    .to_owned(),
-            ));
+            )));
         }
         Err(err) => return Err(unusable(format!("its state cannot be read: {err}"))),
     }
     socket
         .set_nonblocking(true)
         .map_err(|err| unusable(format!("it cannot be made nonblocking: {err}")))?;
-    let address = socket
+    let local = socket
         .local_addr()
-        .ok()
-        .and_then(|addr| addr.as_socket())
-        .ok_or_else(|| unusable("its local address cannot be read".to_owned()))?;
-    close_others(&mut handed, offer, index);
+        .map_err(|err| unusable(format!("its local address cannot be read: {err}")))?;
+    let (socket, address) = if unix {
+        let address = match local.as_pathname() {
+            Some(path) => Endpoint::Path(path.to_owned()),
+            None => match local.as_abstract_namespace() {
+                Some(name) => Endpoint::Abstract(String::from_utf8_lossy(name).into_owned()),
+                None => Endpoint::Unnamed,
+            },
+        };
+        let fd: std::os::fd::OwnedFd = socket.into();
+        (
+            super::Socket::Unix(std::os::unix::net::UnixListener::from(fd)),
+            address,
+        )
+    } else {
+        let address = local
+            .as_socket()
+            .ok_or_else(|| unusable("its local address cannot be read".to_owned()))?;
+        (super::Socket::Tcp(socket.into()), Endpoint::Tcp(address))
+    };
     Ok(Adopted {
-        listener: socket.into(),
+        socket,
+        role,
         address,
         fd,
         name,
@@ -261,11 +326,9 @@ pub(crate) fn adopt(offer: &Offer, wanted: &str) -> Result<Adopted, ListenError>
 /// Says what an fd that is not a TCP socket is instead. listenfd leaves a
 /// socket in place when a typed take fails, so each take is a probe.
 fn describe_non_tcp(handed: &mut ListenFd, index: usize, fd: i32) -> String {
-    const EXPECTED: &str = "expected a listening TCP socket (check ListenStream= in the socket unit, or -s http::PORT for systemfd)";
+    const EXPECTED: &str = "expected a listening TCP or Unix stream socket (check ListenStream= in the socket unit, or -s http::PORT for systemfd)";
     let kind = if handed.take_udp_socket(index).is_ok_and(|s| s.is_some()) {
         "a UDP socket".to_owned()
-    } else if handed.take_unix_listener(index).is_ok_and(|s| s.is_some()) {
-        "a Unix stream socket".to_owned()
     } else if handed.take_unix_datagram(index).is_ok_and(|s| s.is_some()) {
         "a Unix datagram socket".to_owned()
     } else {
@@ -287,24 +350,6 @@ fn describe_non_socket(fd: i32) -> String {
             "not open (nothing was passed at this fd)".to_owned()
         }
         Err(_) => VAGUE.to_owned(),
-    }
-}
-
-/// Closes the handed-over fds we do not serve, so they do not linger open
-/// (and keep a port busy) for the life of the process.
-fn close_others(handed: &mut ListenFd, offer: &Offer, served: usize) {
-    for index in (0..offer.fds.len()).filter(|&i| i != served) {
-        let fd = offer.fds[index];
-        let name = offer.name(index).unwrap_or("");
-        let closed = take_any(handed, index);
-        match closed {
-            Ok(true) => tracing::info!(fd, name, "closed an inherited socket that is not served"),
-            _ => tracing::warn!(
-                fd,
-                name,
-                "an inherited fd is not served and could not be closed"
-            ),
-        }
     }
 }
 
@@ -371,15 +416,25 @@ mod tests {
     }
 
     #[test]
-    fn names_choose_the_socket_else_the_first() {
+    fn names_give_roles_every_http_fd_serves_and_others_are_closed() {
         let Handoff::Offered(offer) =
-            plan(&vars(Some("3"), None, Some("metrics:http:admin")), 1).unwrap()
+            plan(&vars(Some("4"), None, Some("metrics:http:admin:http")), 1).unwrap()
         else {
             panic!("expected an offer");
         };
-        assert_eq!(offer.choose("http"), 1);
-        assert_eq!(offer.choose("admin"), 2);
-        assert_eq!(offer.choose("absent"), 0);
+        assert_eq!(
+            roles(&offer, "http"),
+            vec![None, Some(Role::App), Some(Role::Admin), Some(Role::App)]
+        );
+        // No fd named LISTEN_FD_NAME: the first serves the app, as before.
+        assert_eq!(
+            roles(&offer, "web"),
+            vec![Some(Role::App), None, Some(Role::Admin), None]
+        );
+        let Handoff::Offered(unnamed) = plan(&vars(Some("2"), None, None), 1).unwrap() else {
+            panic!("expected an offer");
+        };
+        assert_eq!(roles(&unnamed, "http"), vec![Some(Role::App); 2]);
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! This module is the policy (DESIGN.md's listener chain); the mechanisms live
 //! in submodules: `inherit` (the LISTEN_FDS protocol, Unix only), `bind`
 //! (socket2) and `holder` (who holds a busy port, Linux only). Whatever the
-//! path, the result is one [`Bound`] listener that is already listening, plus
-//! a [`ListenerInfo`] describing where it came from.
+//! path, the result is a [`Bound`] set of listeners (TCP or Unix, each with a
+//! [`Role`]), already listening, each with a [`ListenerInfo`] describing
+//! where it came from.
 
 mod axum_serve;
 mod bind;
@@ -25,6 +26,13 @@ use serde::Serialize;
 use crate::config::BindPlan;
 
 pub use axum_serve::Listener;
+#[cfg(unix)]
+pub(crate) use handover::Handed;
+
+/// Binary upgrades hand sockets over on Unix only; elsewhere there is nothing to hand.
+#[cfg(not(unix))]
+#[derive(Debug)]
+pub(crate) struct Handed;
 
 /// Where the listener came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -63,13 +71,89 @@ impl std::fmt::Display for Source {
     }
 }
 
-/// What the running server knows and reports about its listener.
+/// What a listener serves, chosen by its name (inherited fds) or by the
+/// variable that asked for it (`LISTEN`, `ADMIN_LISTEN`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Role {
+    /// The application (fds named `LISTEN_FD_NAME`, `http` by default).
+    App,
+    /// The built-in routes only (fds named [`ADMIN_FD_NAME`], `ADMIN_LISTEN`).
+    Admin,
+}
+
+impl Role {
+    /// The name shown in logs and `/info`.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Role::App => "app",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// The LISTEN_FDNAMES name of the admin role's sockets.
+pub(crate) const ADMIN_FD_NAME: &str = "admin";
+
+/// Where a listener listens: a TCP address, a Unix socket path, or an
+/// abstract Unix socket name (Linux).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Endpoint {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A Unix socket file.
+    Path(std::path::PathBuf),
+    /// An abstract Unix socket, `@name`.
+    Abstract(String),
+    /// A Unix socket without a name (inherited).
+    Unnamed,
+}
+
+impl Endpoint {
+    /// The TCP address, for a TCP listener.
+    pub(crate) fn tcp(&self) -> Option<SocketAddr> {
+        match self {
+            Endpoint::Tcp(addr) => Some(*addr),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Tcp(addr) => write!(f, "{addr}"),
+            Endpoint::Path(path) => write!(f, "{}", path.display()),
+            Endpoint::Abstract(name) => write!(f, "@{name}"),
+            Endpoint::Unnamed => f.write_str("(unnamed unix socket)"),
+        }
+    }
+}
+
+impl Serialize for Endpoint {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// One address of `LISTEN` or `ADMIN_LISTEN`, with the role it serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ListenSpec {
+    /// What it serves.
+    pub(crate) role: Role,
+    /// Where to listen (never [`Endpoint::Unnamed`]).
+    pub(crate) endpoint: Endpoint,
+}
+
+/// What the running server knows and reports about one listener.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct ListenerInfo {
     /// Where it came from.
     pub(crate) source: Source,
-    /// The local address it listens on.
-    pub(crate) address: SocketAddr,
+    /// What it serves.
+    pub(crate) role: Role,
+    /// The local address it listens on, or its Unix socket path.
+    pub(crate) address: Endpoint,
     /// The inherited fd number, if inherited.
     pub(crate) fd: Option<i32>,
     /// The inherited fd's LISTEN_FDNAMES entry, if any.
@@ -78,17 +162,101 @@ pub(crate) struct ListenerInfo {
     pub(crate) busy_ports: Vec<u16>,
 }
 
-/// A listening socket and its description.
+/// A listening stream socket, TCP or Unix.
 #[derive(Debug)]
-pub(crate) struct Bound {
-    /// The socket, listening and nonblocking, ready for `tokio::net::TcpListener::from_std`.
-    pub(crate) listener: TcpListener,
-    /// Where it came from.
-    pub(crate) info: ListenerInfo,
+pub(crate) enum Socket {
+    /// TCP.
+    Tcp(TcpListener),
+    /// A Unix stream socket.
+    #[cfg(unix)]
+    Unix(std::os::unix::net::UnixListener),
 }
 
-/// Opens the listener by the chain: an adopted socket if one was handed over,
-/// else `HOST:API_PORT`, else (with a search range) the first free port.
+impl Socket {
+    /// Another fd for the same socket.
+    #[cfg(unix)]
+    pub(crate) fn duplicate(&self) -> io::Result<std::os::fd::OwnedFd> {
+        Ok(match self {
+            Socket::Tcp(socket) => socket.try_clone()?.into(),
+            Socket::Unix(socket) => socket.try_clone()?.into(),
+        })
+    }
+}
+
+/// A socket file we created (`LISTEN=/path`): removed at a normal stop, if
+/// it is still ours, and left in place when a successor took the socket over.
+#[cfg(unix)]
+#[derive(Debug)]
+pub(crate) struct SocketFile {
+    path: std::path::PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+#[cfg(unix)]
+impl SocketFile {
+    /// Removes the file if it is still the socket we created (not one that
+    /// another process put there since).
+    pub(crate) fn remove(&self) {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(meta) if meta.dev() == self.dev && meta.ino() == self.ino => {
+                match std::fs::remove_file(&self.path) {
+                    Ok(()) => {
+                        tracing::debug!(path = %self.path.display(), "removed the socket file")
+                    }
+                    Err(err) => {
+                        tracing::warn!(path = %self.path.display(), error = %err, "cannot remove the socket file")
+                    }
+                }
+            }
+            _ => {
+                tracing::debug!(path = %self.path.display(), "the socket file is no longer ours; leaving it")
+            }
+        }
+    }
+}
+
+/// One listening socket and its description.
+#[derive(Debug)]
+pub(crate) struct BoundListener {
+    /// The socket, listening and nonblocking.
+    pub(crate) socket: Socket,
+    /// Where it came from and what it serves.
+    pub(crate) info: ListenerInfo,
+    /// The socket file to remove at a normal stop (Unix paths we bound).
+    #[cfg(unix)]
+    pub(crate) file: Option<SocketFile>,
+}
+
+/// Every listener the server serves: at least one.
+#[derive(Debug)]
+pub(crate) struct Bound {
+    /// In order: inherited fds in fd order, or `LISTEN` then `ADMIN_LISTEN`.
+    pub(crate) listeners: Vec<BoundListener>,
+}
+
+impl Bound {
+    /// The first listener of the app role (else the first): what
+    /// `Listening::local_addr`, `/info`'s `listener` and the ready status show.
+    pub(crate) fn primary(&self) -> &BoundListener {
+        self.listeners
+            .iter()
+            .find(|l| l.info.role == Role::App)
+            .unwrap_or(&self.listeners[0])
+    }
+
+    /// True when any listener came from a predecessor's handoff.
+    pub(crate) fn came_by_handoff(&self) -> bool {
+        self.listeners
+            .iter()
+            .any(|l| l.info.source == Source::Handoff)
+    }
+}
+
+/// Opens the listeners by the chain: the sockets handed over, if any; else
+/// `LISTEN` (and `ADMIN_LISTEN`); else `HOST:API_PORT`, else (with a search
+/// range) the first free port.
 pub(crate) fn open(
     #[cfg(unix)] handoff: Option<&inherit::Offer>,
     fd_name: &str,
@@ -96,24 +264,143 @@ pub(crate) fn open(
 ) -> Result<Bound, ListenError> {
     #[cfg(unix)]
     if let Some(offer) = handoff {
-        let adopted = inherit::adopt(offer, fd_name)?;
-        return Ok(Bound {
-            listener: adopted.listener,
-            info: ListenerInfo {
-                source: offer.source,
-                address: adopted.address,
-                fd: Some(adopted.fd),
-                fd_name: adopted.name,
-                busy_ports: Vec::new(),
-            },
-        });
+        if plan.listen.is_some() || !plan.admin.is_empty() {
+            tracing::info!("sockets were handed over; LISTEN and ADMIN_LISTEN are not bound");
+        }
+        let listeners = inherit::adopt(offer, fd_name)?
+            .into_iter()
+            .map(|adopted| BoundListener {
+                file: our_socket_file(offer.source, &adopted.address, plan),
+                info: ListenerInfo {
+                    source: offer.source,
+                    role: adopted.role,
+                    address: adopted.address,
+                    fd: Some(adopted.fd),
+                    fd_name: adopted.name,
+                    busy_ports: Vec::new(),
+                },
+                socket: adopted.socket,
+            })
+            .collect();
+        return Ok(Bound { listeners });
     }
     #[cfg(not(unix))]
     let _ = fd_name;
-    bind_own(plan)
+    let mut listeners = Vec::new();
+    let mut bind_all = || -> Result<(), ListenError> {
+        match &plan.listen {
+            Some(specs) => {
+                for spec in specs {
+                    listeners.push(bind_spec(spec, plan.unix_mode)?);
+                }
+            }
+            None => listeners.push(bind_own(plan)?),
+        }
+        for spec in &plan.admin {
+            listeners.push(bind_spec(spec, plan.unix_mode)?);
+        }
+        Ok(())
+    };
+    if let Err(err) = bind_all() {
+        // No socket file of ours outlives a failed start.
+        #[cfg(unix)]
+        for file in listeners.iter().filter_map(|l| l.file.as_ref()) {
+            file.remove();
+        }
+        return Err(err);
+    }
+    Ok(Bound { listeners })
 }
 
-fn bind_own(plan: &BindPlan) -> Result<Bound, ListenError> {
+/// The socket file of a listener handed over by our predecessor, when our
+/// own `LISTEN` or `ADMIN_LISTEN` names its path: the predecessor bound it
+/// (the same settings), so the last process of the line removes it at a
+/// normal stop. A socket from systemd or systemfd is never ours to remove.
+#[cfg(unix)]
+fn our_socket_file(source: Source, address: &Endpoint, plan: &BindPlan) -> Option<SocketFile> {
+    use std::os::unix::fs::MetadataExt;
+    let Endpoint::Path(path) = address else {
+        return None;
+    };
+    let ours = source == Source::Handoff
+        && plan
+            .listen
+            .iter()
+            .flatten()
+            .chain(&plan.admin)
+            .any(|spec| spec.endpoint == *address);
+    if !ours {
+        return None;
+    }
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    Some(SocketFile {
+        path: path.clone(),
+        dev: meta.dev(),
+        ino: meta.ino(),
+    })
+}
+
+/// Binds one address of `LISTEN` or `ADMIN_LISTEN`.
+fn bind_spec(spec: &ListenSpec, unix_mode: u32) -> Result<BoundListener, ListenError> {
+    let (socket, address, file) = match &spec.endpoint {
+        Endpoint::Tcp(addr) => {
+            let socket = match bind::try_bind(*addr) {
+                Ok(bind::Attempt::Bound(socket)) => socket,
+                Ok(bind::Attempt::Busy) => {
+                    return Err(ListenError::ListedAddressBusy {
+                        address: *addr,
+                        holder: holder_of(addr.port()),
+                    });
+                }
+                Err(source) => return Err(ListenError::bind_failed(*addr, source)),
+            };
+            socket
+                .set_nonblocking(true)
+                .map_err(|source| ListenError::bind_failed(*addr, source))?;
+            let address = socket
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .unwrap_or(*addr);
+            (Socket::Tcp(socket.into()), Endpoint::Tcp(address), None)
+        }
+        #[cfg(unix)]
+        Endpoint::Path(path) => {
+            let (socket, file) = bind::bind_unix_path(path, unix_mode)?;
+            (Socket::Unix(socket), spec.endpoint.clone(), Some(file))
+        }
+        #[cfg(unix)]
+        Endpoint::Abstract(name) => {
+            let socket = bind::bind_unix_abstract(name)?;
+            (Socket::Unix(socket), spec.endpoint.clone(), None)
+        }
+        // Unix sockets off Unix; `Unnamed` never comes from the configuration.
+        other => {
+            let _ = unix_mode;
+            return Err(ListenError::UnixSocket {
+                endpoint: other.to_string(),
+                reason: "not an address this system can listen on".to_owned(),
+                class: ErrorClass::Config,
+            });
+        }
+    };
+    tracing::debug!(%address, role = spec.role.as_str(), "listener opened");
+    Ok(BoundListener {
+        socket,
+        info: ListenerInfo {
+            source: Source::Fixed,
+            role: spec.role,
+            address,
+            fd: None,
+            fd_name: None,
+            busy_ports: Vec::new(),
+        },
+        #[cfg(unix)]
+        file,
+    })
+}
+
+fn bind_own(plan: &BindPlan) -> Result<BoundListener, ListenError> {
     let opening = std::time::Instant::now();
     let first = SocketAddr::new(plan.ip, plan.port);
     let (socket, source, busy_ports) = match &plan.search {
@@ -159,15 +446,18 @@ fn bind_own(plan: &BindPlan) -> Result<Bound, ListenError> {
         busy_ports = busy_ports.len(),
         "listener opened"
     );
-    Ok(Bound {
-        listener: socket.into(),
+    Ok(BoundListener {
+        socket: Socket::Tcp(socket.into()),
         info: ListenerInfo {
             source,
-            address,
+            role: Role::App,
+            address: Endpoint::Tcp(address),
             fd: None,
             fd_name: None,
             busy_ports,
         },
+        #[cfg(unix)]
+        file: None,
     })
 }
 
@@ -221,6 +511,14 @@ pub(crate) enum ListenError {
         /// Who holds it, when Linux can tell.
         holder: Option<String>,
     },
+    /// An address of `LISTEN` or `ADMIN_LISTEN` is taken.
+    #[error("cannot listen on {address}: address in use{} (stop that process, or change LISTEN or ADMIN_LISTEN)", held_by(.holder))]
+    ListedAddressBusy {
+        /// The address tried.
+        address: SocketAddr,
+        /// Who holds it, when Linux can tell.
+        holder: Option<String>,
+    },
     /// `API_PORT` and every port of the range are taken.
     #[error("cannot listen on {address} or any port of {}..={}: all {busy} port(s) tried are in use{} (widen PORT_RANGE_START..=PORT_RANGE_END, or free a port)", .range.start(), .range.end(), held_by(.holder))]
     RangeExhausted {
@@ -255,6 +553,26 @@ pub(crate) enum ListenError {
         #[source]
         source: io::Error,
     },
+    /// A Unix socket of `LISTEN` or `ADMIN_LISTEN` cannot be had.
+    #[error("cannot listen on {endpoint}: {reason}")]
+    UnixSocket {
+        /// The path or `@name`.
+        endpoint: String,
+        /// Why, and what to do.
+        reason: String,
+        /// Which exit status it deserves.
+        class: ErrorClass,
+    },
+    /// `Listening::into_listener` needs exactly one TCP listener.
+    #[error(
+        "into_listener needs exactly one TCP listener, and there are {count} listener(s) ({kinds}); serve them with Listening::serve"
+    )]
+    NotOneTcpListener {
+        /// How many listeners there are.
+        count: usize,
+        /// Their addresses.
+        kinds: String,
+    },
     /// Any other failure to bind or listen.
     #[error("cannot listen on {address}")]
     Bind {
@@ -266,6 +584,19 @@ pub(crate) enum ListenError {
     },
 }
 
+/// Which exit status a Unix socket error deserves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ErrorClass {
+    /// A setting to fix (78): a missing directory, a file in the way.
+    Config,
+    /// Another process listens there (69).
+    Busy,
+    /// Permission denied (77).
+    Permission,
+    /// Anything else (71).
+    System,
+}
+
 impl ListenError {
     /// True when the error is a setting to fix (exit 78) rather than a busy
     /// port (69) or a system failure.
@@ -275,6 +606,11 @@ impl ListenError {
             ListenError::InvalidHandoff { .. }
                 | ListenError::UnusableFd { .. }
                 | ListenError::AddressNotAvailable { .. }
+                | ListenError::NotOneTcpListener { .. }
+                | ListenError::UnixSocket {
+                    class: ErrorClass::Config,
+                    ..
+                }
         )
     }
 
@@ -282,13 +618,26 @@ impl ListenError {
     pub(crate) fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            ListenError::PortBusy { .. } | ListenError::RangeExhausted { .. }
+            ListenError::PortBusy { .. }
+                | ListenError::ListedAddressBusy { .. }
+                | ListenError::RangeExhausted { .. }
+                | ListenError::UnixSocket {
+                    class: ErrorClass::Busy,
+                    ..
+                }
         )
     }
 
     /// True when the system refused us the port for lack of privileges (exit 77).
     pub(crate) fn is_permission(&self) -> bool {
-        matches!(self, ListenError::PermissionDenied { .. })
+        matches!(
+            self,
+            ListenError::PermissionDenied { .. }
+                | ListenError::UnixSocket {
+                    class: ErrorClass::Permission,
+                    ..
+                }
+        )
     }
 
     #[cfg(unix)]

@@ -159,25 +159,25 @@ pub struct Upgrader {
 }
 
 impl Upgrader {
-    /// Prepares for upgrades of `socket` (a duplicate is kept for the
-    /// children). Installs the SIGUSR2 and SIGHUP handlers at once, so a
-    /// signal that comes right after we report ready is handled and not the
-    /// default "terminate". Must be called inside the tokio runtime.
+    /// Prepares for upgrades that hand over `sockets` (duplicates kept for
+    /// the children, each with its name); an empty set turns upgrades off.
+    /// Installs the SIGUSR2 and SIGHUP handlers at once, so a signal that
+    /// comes right after we report ready is handled and not the default
+    /// "terminate". Must be called inside the tokio runtime.
     pub fn new(
         plan: Option<UpgradePlan>,
-        socket: &std::net::TcpListener,
-        fd_name: &str,
+        sockets: Vec<crate::listener::Handed>,
         manager: Option<Arc<Notifier>>,
     ) -> Self {
         #[cfg(unix)]
         {
             Upgrader {
-                inner: imp::Upgrader::new(plan, socket, fd_name, manager),
+                inner: imp::Upgrader::new(plan, sockets, manager),
             }
         }
         #[cfg(not(unix))]
         {
-            let _ = (plan, socket, fd_name, manager);
+            let _ = (plan, sockets, manager);
             Upgrader {}
         }
     }
@@ -196,7 +196,6 @@ impl Upgrader {
 
 #[cfg(unix)]
 mod imp {
-    use std::net::TcpListener;
     use std::os::unix::net::UnixDatagram;
     use std::os::unix::process::CommandExt as _;
     use std::sync::Arc;
@@ -219,8 +218,7 @@ mod imp {
     /// What starting a successor needs.
     struct Handoff {
         plan: UpgradePlan,
-        socket: TcpListener,
-        fd_name: String,
+        sockets: Vec<handover::Handed>,
         manager: Option<Arc<Notifier>>,
     }
 
@@ -363,26 +361,21 @@ mod imp {
     impl Upgrader {
         pub(super) fn new(
             plan: Option<UpgradePlan>,
-            socket: &TcpListener,
-            fd_name: &str,
+            sockets: Vec<handover::Handed>,
             manager: Option<Arc<Notifier>>,
         ) -> Self {
             let signals = Signals::install();
-            let handoff = match (plan, socket.try_clone()) {
+            let handoff = match (plan, sockets.is_empty()) {
                 (None, _) => {
                     tracing::warn!(
                         "the executable's path is unknown; binary upgrades (SIGUSR2, SIGHUP, RELOAD) are off"
                     );
                     None
                 }
-                (Some(_), Err(err)) => {
-                    tracing::warn!(error = %err, "cannot keep a copy of the listener; binary upgrades are off");
-                    None
-                }
-                (Some(plan), Ok(socket)) => Some(Handoff {
+                (Some(_), true) => None,
+                (Some(plan), false) => Some(Handoff {
                     plan,
-                    socket,
-                    fd_name: fd_name.to_owned(),
+                    sockets,
                     manager,
                 }),
             };
@@ -457,8 +450,7 @@ mod imp {
             let mut cmd = handover::command(
                 &self.plan.executable,
                 &self.plan.args,
-                &self.socket,
-                &self.fd_name,
+                &self.sockets,
                 parent,
             )
             .map_err(spawn_failed)?;

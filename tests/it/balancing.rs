@@ -192,7 +192,9 @@ fn metrics_count_requests_by_class_behind_the_token_and_probes_stay_open() {
     assert!((1.0..=5.0).contains(&open), "{text}");
     let in_flight = sample(&text, "portkeeper_http_requests_in_flight").unwrap();
     assert!((1.0..=5.0).contains(&in_flight), "{text}");
-    let info = format!(r#"portkeeper_listener_info{{source="fixed",address="{addr}",fd_name=""}}"#);
+    let info = format!(
+        r#"portkeeper_listener_info{{source="fixed",role="app",address="{addr}",fd_name=""}}"#
+    );
     assert_eq!(sample(&text, &info), Some(1.0), "{text}");
     assert_eq!(
         sample(&text, r#"portkeeper_upgrades_total{outcome="done"}"#),

@@ -78,6 +78,20 @@ fn refuses_a_udp_socket() {
 }
 
 #[test]
+fn refuses_a_unix_datagram_socket_and_a_unix_stream_socket_that_does_not_listen() {
+    let dir = TempDir::new();
+    let datagram = std::os::unix::net::UnixDatagram::bind(dir.path().join("d")).unwrap();
+    let stderr = refused_handoff(OwnedFd::from(datagram), "unix-datagram");
+    assert!(stderr.contains("inherited fd 3"), "{stderr}");
+    assert!(stderr.contains("Unix datagram socket"), "{stderr}");
+
+    let (stream, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+    let stderr = refused_handoff(OwnedFd::from(stream), "unix-connected");
+    assert!(stderr.contains("inherited fd 3"), "{stderr}");
+    assert!(stderr.contains("Unix stream socket"), "{stderr}");
+}
+
+#[test]
 fn api_port_zero_takes_a_port_from_the_kernel() {
     let dir = TempDir::new();
     let mut cmd = loopback_server(&dir);

@@ -8,6 +8,7 @@ mod balancing;
 mod configuration;
 mod haproxy;
 mod listener_chain;
+mod listeners;
 mod logging;
 mod peers;
 mod reload;

@@ -52,25 +52,36 @@ fn systemd_socket_activate_hands_over_a_named_socket() {
 }
 
 #[test]
-fn with_several_sockets_the_one_named_listen_fd_name_serves() {
+fn with_several_sockets_every_one_named_listen_fd_name_serves_and_others_are_closed() {
     let Some(tool) = peer_tool("systemd-socket-activate") else {
         return;
     };
-    let (metrics, http) = (free_port(), free_port());
+    let (metrics, http, http2) = (free_port(), free_port(), free_port());
     let cmd = socket_activate(
         &tool,
         &[
             format!("--listen=127.0.0.1:{metrics}"),
             format!("--listen=127.0.0.1:{http}"),
-            "--fdname=metrics:http".to_owned(),
+            format!("--listen=127.0.0.1:{http2}"),
+            "--fdname=metrics:http:http".to_owned(),
         ],
     );
     let mut activator = Running::spawn(cmd, "socket-activate-2").unwrap();
-    activator.wait_for_line("as 4", DEADLINE).unwrap();
+    activator.wait_for_line("as 5", DEADLINE).unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
     let info = get_json(addr, "/info").unwrap();
     assert_eq!(info["listener"]["fd"], 4);
     assert_eq!(info["listener"]["fd_name"], "http");
+    // Both fds named http serve: a name maps to a list.
+    let second: SocketAddr = format!("127.0.0.1:{http2}").parse().unwrap();
+    let info = get_json(second, "/info").unwrap();
+    let fds: Vec<&serde_json::Value> = info["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| &l["fd"])
+        .collect();
+    assert_eq!(fds, [4, 5], "{info}");
     // The unused socket is closed, with a line saying so.
     activator
         .wait_for_line("closed an inherited socket that is not served", DEADLINE)

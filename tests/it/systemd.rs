@@ -627,6 +627,7 @@ fn the_serving_event_arrives_in_the_journal_with_its_fields() {
     );
     assert_eq!(get("F_PID"), Some(&*pid.to_string()), "{serving:?}");
     assert_eq!(get("F_FD"), Some("3"), "{serving:?}");
+    assert_eq!(get("F_ROLE"), Some("app"), "{serving:?}");
     // tracing-journald's default mapping: INFO is "notice" (5), DEBUG "info" (6).
     assert_eq!(get("PRIORITY"), Some("5"), "{serving:?}");
     assert_eq!(get("SYSLOG_IDENTIFIER"), Some("portkeeper"), "{serving:?}");
