@@ -68,13 +68,11 @@ mod lifecycle;
 mod listener;
 mod logging;
 mod metrics;
-#[allow(unreachable_pub)] // Until issue 13's upgrade work lands.
 mod notify;
 mod routes;
 mod serve;
 mod server;
 mod startup;
-#[allow(unreachable_pub)] // Until issue 13's upgrade work lands.
 mod upgrade;
 
 pub use error::Error;

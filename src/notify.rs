@@ -20,17 +20,17 @@ use std::time::{Duration, Instant};
 
 /// At most one "sd_notify failed" warning per this interval; the failures in
 /// between are counted and reported with the next warning.
-pub const WARNING_INTERVAL: Duration = Duration::from_secs(30);
+pub(crate) const WARNING_INTERVAL: Duration = Duration::from_secs(30);
 
 /// The shortest interval between two `WATCHDOG=1` pings, whatever
 /// `WATCHDOG_USEC` says. `WATCHDOG_USEC=1` would otherwise mean a ping every
 /// half microsecond: about a million datagrams in 3 s. systemd cannot check a
 /// watchdog that precisely anyway; a `WatchdogSec=` under 100 ms is a mistake.
-pub const MIN_WATCHDOG_INTERVAL: Duration = Duration::from_millis(50);
+pub(crate) const MIN_WATCHDOG_INTERVAL: Duration = Duration::from_millis(50);
 
 /// A connection to the service manager's notification socket.
 #[derive(Debug)]
-pub struct Notifier {
+pub(crate) struct Notifier {
     #[cfg(unix)]
     socket: std::os::unix::net::UnixDatagram,
     failures: Mutex<FailureLog>,
@@ -83,7 +83,7 @@ impl FailureLog {
 /// A `NOTIFY_SOCKET` value that cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("NOTIFY_SOCKET: {value:?} cannot be reached")]
-pub struct NotifyError {
+pub(crate) struct NotifyError {
     value: String,
     #[source]
     source: io::Error,
@@ -91,7 +91,7 @@ pub struct NotifyError {
 
 impl Notifier {
     /// Connects to the socket named by a `NOTIFY_SOCKET` value; `None` without one.
-    pub fn connect(notify_socket: Option<&str>) -> Result<Option<Self>, NotifyError> {
+    pub(crate) fn connect(notify_socket: Option<&str>) -> Result<Option<Self>, NotifyError> {
         let Some(value) = notify_socket.filter(|v| !v.is_empty()) else {
             return Ok(None);
         };
@@ -137,7 +137,7 @@ impl Notifier {
 
     /// Sends one notification: `KEY=value` lines, newline-separated. Never
     /// blocks: a full socket queue is an error of kind `WouldBlock`.
-    pub fn send(&self, message: &str) -> io::Result<()> {
+    pub(crate) fn send(&self, message: &str) -> io::Result<()> {
         #[cfg(unix)]
         self.socket.send(message.as_bytes())?;
         #[cfg(not(unix))]
@@ -148,7 +148,7 @@ impl Notifier {
     /// Sends a notification and logs, rather than fails, when it cannot be
     /// delivered: a manager that went away or stopped reading must not take
     /// the server with it. Warnings are rate limited (see the module docs).
-    pub fn notify(&self, message: &str) {
+    pub(crate) fn notify(&self, message: &str) {
         let result = self.send(message);
         // Decide under the lock, log after it: a slow log sink must not hold
         // up other senders.
@@ -184,17 +184,17 @@ impl Notifier {
 }
 
 /// `READY=1` with a one-line status.
-pub fn ready_message(status: &str) -> String {
+pub(crate) fn ready_message(status: &str) -> String {
     format!("READY=1\nSTATUS={}", one_line(status))
 }
 
 /// `STOPPING=1` with a one-line status.
-pub fn stopping_message(status: &str) -> String {
+pub(crate) fn stopping_message(status: &str) -> String {
     format!("STOPPING=1\nSTATUS={}", one_line(status))
 }
 
 /// The watchdog message.
-pub const WATCHDOG: &str = "WATCHDOG=1";
+pub(crate) const WATCHDOG: &str = "WATCHDOG=1";
 
 /// A newline would start a new `KEY=value` line, so statuses are flattened.
 fn one_line(status: &str) -> String {
@@ -204,13 +204,13 @@ fn one_line(status: &str) -> String {
 /// The `sd-daemon(3)` prefix that gives a line on stderr journal priority
 /// `err`: systemd reads a leading `<3>` on a line of the journal stream as
 /// the priority (`SyslogLevelPrefix=`, on by default) and strips it.
-pub const ERR_PREFIX: &str = "<3>";
+pub(crate) const ERR_PREFIX: &str = "<3>";
 
 /// True when our stderr is the journal's stream: `JOURNAL_STREAM` (its value
 /// passed in, `device:inode`) names the very file stderr is open on, as
 /// `systemd.exec(5)` advises to check. A process that inherited the variable
 /// but writes elsewhere (a terminal, a pipe) gets `false`.
-pub fn stderr_is_journal_stream(journal_stream: Option<&str>) -> bool {
+pub(crate) fn stderr_is_journal_stream(journal_stream: Option<&str>) -> bool {
     #[cfg(unix)]
     {
         use std::os::fd::AsFd as _;
@@ -238,7 +238,7 @@ pub fn stderr_is_journal_stream(journal_stream: Option<&str>) -> bool {
 /// How often to send `WATCHDOG=1`: half of `WATCHDOG_USEC`, as `sd_watchdog_enabled(3)`
 /// advises, but never more often than [`MIN_WATCHDOG_INTERVAL`]; only when the
 /// watchdog is meant for us (`WATCHDOG_PID` absent or ours).
-pub fn watchdog_interval(
+pub(crate) fn watchdog_interval(
     watchdog_usec: Option<&str>,
     watchdog_pid: Option<&str>,
     our_pid: u32,

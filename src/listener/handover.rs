@@ -55,7 +55,7 @@ const SHELL: &str = "/bin/sh";
 
 /// Whose child the new process is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Parent {
+pub(crate) enum Parent {
     /// Ours: we can wait for it and read its exit status.
     Us,
     /// The nearest subreaper's (under systemd: the service manager's); the
@@ -69,7 +69,7 @@ pub enum Parent {
 ///
 /// The rest of the environment is inherited as it is: `main.rs` has already
 /// removed the `LISTEN_*` variables we were started with.
-pub fn command(
+pub(crate) fn command(
     executable: &Path,
     args: &[OsString],
     sockets: &[Handed],

@@ -10,7 +10,6 @@
 mod axum_serve;
 mod bind;
 #[cfg(unix)]
-#[allow(unreachable_pub)] // Until issue 13's upgrade work lands.
 pub(crate) mod handover;
 #[cfg(target_os = "linux")]
 mod holder;

@@ -41,7 +41,7 @@
 //! (`SCM_CREDENTIALS`), and only a process of its group may report ready.
 
 #[cfg(unix)]
-pub mod watch;
+pub(crate) mod watch;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -53,38 +53,38 @@ use crate::notify::Notifier;
 /// The variable that tells a process started by a handoff where to report
 /// `READY=1`: its predecessor's private `sd_notify` socket (`@name` = abstract).
 /// `main.rs` reads and removes it, like the `LISTEN_*` variables.
-pub const HANDOFF_NOTIFY_VAR: &str = "PORTKEEPER_HANDOFF_NOTIFY";
+pub(crate) const HANDOFF_NOTIFY_VAR: &str = "PORTKEEPER_HANDOFF_NOTIFY";
 
 /// How long a new executable may take to say it is ready. Start-up is
 /// milliseconds (nothing is bound, the socket is inherited); the margin is for
 /// a loaded machine and a cold disk cache.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// What this process needs to start its successor, collected by `main.rs`.
 #[derive(Debug, Clone)]
-pub struct UpgradePlan {
+pub(crate) struct UpgradePlan {
     /// The executable's path, read at start-up: once the file is replaced,
     /// `/proc/self/exe` names the deleted old inode, while this path names the
     /// new file.
-    pub executable: PathBuf,
+    pub(crate) executable: PathBuf,
     /// Our command-line arguments, passed on unchanged.
-    pub args: Vec<OsString>,
+    pub(crate) args: Vec<OsString>,
     /// `RELOAD=true`: watch `executable` and hand over when it is replaced.
-    pub watch_executable: bool,
+    pub(crate) watch_executable: bool,
 }
 
 /// Both ends of the upgrade protocol, as far as this process takes part.
 #[derive(Debug, Default)]
-pub struct Succession {
+pub(crate) struct Succession {
     /// How to start a successor; `None` when the executable's path is unknown.
-    pub plan: Option<UpgradePlan>,
+    pub(crate) plan: Option<UpgradePlan>,
     /// Our predecessor, waiting for our `READY=1`, when a handoff started us.
-    pub predecessor: Option<Notifier>,
+    pub(crate) predecessor: Option<Notifier>,
 }
 
 /// Why a handoff was attempted.
 #[derive(Debug, Clone, Copy)]
-pub enum Trigger {
+pub(crate) enum Trigger {
     /// SIGUSR2, or SIGHUP without a controlling terminal; the signal's name.
     Signal(&'static str),
     /// `RELOAD=true` saw a new executable file.
@@ -102,7 +102,7 @@ impl std::fmt::Display for Trigger {
 
 /// Why this process stops serving, other than SIGTERM or SIGINT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Departure {
+pub(crate) enum Departure {
     /// A new process (this pid) took the listener over; drain and exit.
     HandedOver(u32),
     /// SIGHUP with a controlling terminal: the terminal was closed. Stop as
@@ -112,7 +112,7 @@ pub enum Departure {
 
 /// Why a handoff did not happen; the old process keeps serving.
 #[derive(Debug, thiserror::Error)]
-pub enum HandoffError {
+pub(crate) enum HandoffError {
     /// The executable could not be started at all.
     #[error("cannot start {executable}")]
     Spawn {
@@ -153,7 +153,7 @@ pub enum HandoffError {
 }
 
 /// Hands the listener over on request; see the module docs.
-pub struct Upgrader {
+pub(crate) struct Upgrader {
     #[cfg(unix)]
     inner: imp::Upgrader,
 }
@@ -164,7 +164,7 @@ impl Upgrader {
     /// Installs the SIGUSR2 and SIGHUP handlers at once, so a signal that
     /// comes right after we report ready is handled and not the default
     /// "terminate". Must be called inside the tokio runtime.
-    pub fn new(
+    pub(crate) fn new(
         plan: Option<UpgradePlan>,
         sockets: Vec<crate::listener::Handed>,
         manager: Option<Arc<Notifier>>,
@@ -186,7 +186,7 @@ impl Upgrader {
     /// process has taken over, or when the terminal hung up. Never returns
     /// when neither can happen here. Dropping the future kills a child that is
     /// not ready yet, with everything it started.
-    pub async fn until_handed_over(self) -> Departure {
+    pub(crate) async fn until_handed_over(self) -> Departure {
         #[cfg(unix)]
         return self.inner.until_handed_over().await;
         #[cfg(not(unix))]

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// How often the executable's metadata is read.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 /// What tells one executable file from another at the same path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,14 +53,14 @@ impl Identity {
 
 /// Watches one executable path; see the module docs.
 #[derive(Debug)]
-pub struct ExecutableWatch {
+pub(crate) struct ExecutableWatch {
     path: PathBuf,
     debounce: Debounce,
 }
 
 impl ExecutableWatch {
     /// Starts watching `path`, taking the file there now as the one we run.
-    pub fn new(path: PathBuf) -> Self {
+    pub(crate) fn new(path: PathBuf) -> Self {
         let running = Identity::of(&path);
         if running.is_none() {
             tracing::warn!(executable = %path.display(), "RELOAD: the executable cannot be read; waiting for it to appear");
@@ -73,7 +73,7 @@ impl ExecutableWatch {
 
     /// Completes when a new, settled executable is at the path. Cancel-safe:
     /// the state changes only between awaits.
-    pub async fn replaced(&mut self) {
+    pub(crate) async fn replaced(&mut self) {
         loop {
             tokio::time::sleep(POLL_INTERVAL).await;
             if self.debounce.observe(Identity::of(&self.path)) {
