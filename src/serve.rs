@@ -99,9 +99,11 @@ impl Listener {
     async fn accept(&self) -> std::io::Result<(Stream, Peer)> {
         match self {
             Listener::Tcp(listener) => {
+                // Nagle's algorithm stays on, as with axum::serve: a response
+                // is one write, which Linux sends at once, while HTTP/2's
+                // small frames coalesce instead of leaving one segment each
+                // (docs/benchmarks.md has the measurement).
                 let (stream, peer) = listener.accept().await?;
-                // Small answers should leave at once, not wait for Nagle.
-                let _ = stream.set_nodelay(true);
                 Ok((Stream::Tcp(stream), Peer::Tcp(peer)))
             }
             #[cfg(unix)]
