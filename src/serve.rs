@@ -34,7 +34,7 @@ use std::time::Duration;
 use axum::BoxError;
 use axum::body::Bytes;
 use axum::extract::ConnectInfo;
-use axum::http::{HeaderValue, Request, Response, Version, header};
+use axum::http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -681,19 +681,24 @@ where
             Peer::Unix(None) => {}
         }
         let http1 = request.version() < Version::HTTP_2;
+        // RFC 9112, section 3.2: an HTTP/1.1 request without Host is a 400.
+        let answer = (request.version() != Version::HTTP_11
+            || request.headers().contains_key(header::HOST))
+        .then(|| self.service.clone().oneshot(request));
         Respond {
             in_flight: Some(self.activity.begin()),
             http1,
-            answer: self.service.clone().oneshot(request),
+            answer,
         }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// One request's answer, counted as in flight.
+    /// One request's answer, counted as in flight; `None` for a request
+    /// refused before routing (400).
     struct Respond<S: tower::Service<Request<Incoming>>> {
         #[pin]
-        answer: Oneshot<S, Request<Incoming>>,
+        answer: Option<Oneshot<S, Request<Incoming>>>,
         in_flight: Option<InFlight>,
         http1: bool,
     }
@@ -707,12 +712,24 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let Ok(mut response) = std::task::ready!(this.answer.poll(cx));
+        let Some(answer) = this.answer.as_pin_mut() else {
+            let mut refused = Response::new(TrackedBody {
+                body: None,
+                in_flight: this.in_flight.take(),
+            });
+            *refused.status_mut() = StatusCode::BAD_REQUEST;
+            say_closing(&mut refused);
+            return Poll::Ready(Ok(refused));
+        };
+        let Ok(mut response) = std::task::ready!(answer.poll(cx));
         let in_flight = this.in_flight.take();
         if *this.http1 && in_flight.as_ref().is_some_and(|f| f.0.stop.has_begun()) {
             say_closing(&mut response);
         }
-        Poll::Ready(Ok(response.map(|body| TrackedBody { body, in_flight })))
+        Poll::Ready(Ok(response.map(|body| TrackedBody {
+            body: Some(body),
+            in_flight,
+        })))
     }
 }
 
@@ -720,8 +737,9 @@ pin_project_lite::pin_project! {
     /// A response body that keeps its request in flight until it has been
     /// sent whole, so streaming responses are never taken for idleness.
     pub(crate) struct TrackedBody<B> {
+        // `None`: an empty body of our own (a 400 before routing).
         #[pin]
-        body: B,
+        body: Option<B>,
         in_flight: Option<InFlight>,
     }
 }
@@ -739,7 +757,10 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
-        let frame = std::task::ready!(this.body.poll_frame(cx));
+        let frame = match this.body.as_pin_mut() {
+            Some(body) => std::task::ready!(body.poll_frame(cx)),
+            None => None,
+        };
         if frame.is_none() {
             this.in_flight.take();
         }
@@ -747,11 +768,13 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.body.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        self.body
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
 

@@ -145,3 +145,34 @@ fn after_running_out_of_descriptors_the_server_answers_within_2s() {
         "one line per spell of errors:\n{output}"
     );
 }
+
+/// RFC 9112, section 3.2: an HTTP/1.1 request without `Host` is answered 400
+/// (and the connection closed); HTTP/1.0 needs none.
+#[test]
+fn an_http_1_1_request_without_host_is_400() {
+    use std::io::Read;
+    let dir = TempDir::new();
+    let mut server = Running::spawn(loopback_server(&dir), "no-host").unwrap();
+    let addr = server.serving_address().unwrap();
+    let ask = |request: &str| -> String {
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    };
+    let missing = ask("GET /health HTTP/1.1\r\n\r\n");
+    assert!(missing.starts_with("HTTP/1.1 400"), "{missing}");
+    assert_eq!(
+        response_header(&missing, "connection"),
+        Some("close"),
+        "{missing}"
+    );
+    let old = ask("GET /health HTTP/1.0\r\n\r\n");
+    assert!(old.starts_with("HTTP/1.0 200"), "{old}");
+    let with_host = ask(&format!(
+        "GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    ));
+    assert!(with_host.starts_with("HTTP/1.1 200"), "{with_host}");
+}
