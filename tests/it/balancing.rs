@@ -221,7 +221,7 @@ fn a_failed_binary_upgrade_is_counted() {
     std::fs::write(&next, b"#!/bin/sh\nexit 1\n").unwrap();
     std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::rename(&next, &executable).unwrap();
-    server.signal("HUP").unwrap();
+    server.signal("USR2").unwrap();
     server
         .wait_for_line("binary upgrade failed", DEADLINE)
         .unwrap();
