@@ -52,8 +52,8 @@
 //! the runtime with [`Listening::serve`]. One that wants only the socket takes
 //! [`Listening::into_listener`], a [`Listener`] that `axum::serve` accepts.
 //!
-//! The built-in routes answer first at their exact paths (`/health`,
-//! `/info`); to serve your own `/health`, move them with
+//! The built-in routes answer first at their exact paths (`/health`, `/ready`,
+//! `/metrics`, `/info`); to serve your own `/health`, move them with
 //! [`Server::builtin_routes_at`] or turn them off.
 //!
 //! Configuration is by environment variables (and `.env`); `config.example.env`

@@ -32,7 +32,7 @@ enum ConfigSource {
 ///
 /// [`run`](crate::run) is `Server::from_env().run(app)`. Use the builder to
 /// take the configuration from somewhere else, to move or turn off the
-/// built-in `/health` and `/info`, or to stop on a signal of your own.
+/// built-in routes (`/health`, `/ready`, `/metrics`, `/info`), or to stop on a signal of your own.
 ///
 /// ```no_run
 /// use axum::{routing::get, Router};
@@ -122,7 +122,7 @@ impl Server {
         self
     }
 
-    /// Serves the app alone, without `/health` and `/info`.
+    /// Serves the app alone, without the built-in routes (`/health`, `/ready`, `/metrics`, `/info`).
     ///
     /// ```no_run
     /// let server = portkeeper::Server::from_env().without_builtin_routes();
