@@ -98,8 +98,9 @@ pub(crate) fn plan(vars: &HandoffVars, our_pid: u32) -> Result<Handoff, ListenEr
     let Some(count) = vars.listen_fds.as_deref() else {
         return Ok(Handoff::None);
     };
+    // No trimming: listenfd, which takes the fds afterwards, reads the
+    // value as it is, and " 1 " would mean 1 here and nothing there.
     let count: usize = count
-        .trim()
         .parse()
         .ok()
         .filter(|&n| n <= MAX_FDS)
@@ -107,7 +108,7 @@ pub(crate) fn plan(vars: &HandoffVars, our_pid: u32) -> Result<Handoff, ListenEr
             ListenError::invalid_handoff(
                 "LISTEN_FDS",
                 count,
-                format!("a count of inherited sockets from 0 to {MAX_FDS}"),
+                format!("a count of inherited sockets from 0 to {MAX_FDS}, digits only"),
             )
         })?;
     let source = match vars.listen_pid.as_deref().map(str::trim) {
@@ -441,6 +442,7 @@ mod tests {
     fn garbage_is_refused_with_the_variable_named() {
         for (v, name) in [
             (vars(Some("abc"), None, None), "LISTEN_FDS"),
+            (vars(Some(" 1 "), None, None), "LISTEN_FDS"),
             (vars(Some("-1"), None, None), "LISTEN_FDS"),
             (vars(Some("99999999"), None, None), "LISTEN_FDS"),
             (vars(Some("1"), Some("me"), None), "LISTEN_PID"),
