@@ -42,6 +42,9 @@ use crate::config::Limits;
 use crate::listener::{ListenerInfo, Role};
 use crate::metrics::{self, Metrics};
 
+/// The body limit axum's extractors apply when no `DefaultBodyLimit` says otherwise.
+const AXUM_DEFAULT_BODY_LIMIT: usize = 2 * 1024 * 1024;
+
 /// Where the built-in routes are mounted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Builtins {
@@ -181,7 +184,12 @@ pub(crate) fn service(
             StatusCode::SERVICE_UNAVAILABLE,
             limits.request_timeout,
         ))
-        .layer(DefaultBodyLimit::disable())
+        // axum's extractors cap bodies at 2 MiB of their own unless told
+        // otherwise, which costs an extension on every request: only needed
+        // when MAX_BODY_BYTES is above that (below, our limit cuts first).
+        .option_layer(
+            (limits.max_body_bytes > AXUM_DEFAULT_BODY_LIMIT).then(DefaultBodyLimit::disable),
+        )
         .service(router)
 }
 
