@@ -21,17 +21,15 @@
 //! and outside them the request metrics ([`crate::metrics::Layer`]), which
 //! therefore count their 413 and 503 too.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use hyper::body::Incoming;
 use serde::Serialize;
 use tower::ServiceBuilder;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -41,6 +39,7 @@ use crate::auth::Auth;
 use crate::config::Limits;
 use crate::listener::{ListenerInfo, Role};
 use crate::metrics::{self, Metrics};
+use crate::serve::AppService;
 
 /// The body limit axum's extractors apply when no `DefaultBodyLimit` says otherwise.
 const AXUM_DEFAULT_BODY_LIMIT: usize = 2 * 1024 * 1024;
@@ -161,22 +160,7 @@ pub(crate) fn router(app: Router, state: Arc<AppState>, settings: &RouteSettings
 
 /// The whole stack for one request: the request metrics, the body limit and
 /// the request timeout around `router`. Cloned for every connection.
-pub(crate) fn service(
-    router: Router,
-    limits: Limits,
-    metrics: Arc<Metrics>,
-) -> impl tower::Service<
-    Request<Incoming>,
-    Response = Response<
-        impl axum::body::HttpBody<Data = axum::body::Bytes, Error: Into<axum::BoxError>>
-        + Send
-        + 'static,
-    >,
-    Error = Infallible,
-    Future: Send + 'static,
-> + Clone
-+ Send
-+ 'static {
+pub(crate) fn service(router: Router, limits: Limits, metrics: Arc<Metrics>) -> impl AppService {
     ServiceBuilder::new()
         .layer(metrics::Layer(metrics))
         .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
@@ -521,29 +505,14 @@ mod tests {
     }
 
     /// Drives the stack with a body from a real hyper connection, as `serve` does.
-    async fn call<S, B>(service: S, request: axum::http::Request<Body>) -> StatusCode
-    where
-        S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
-        B::Error: Into<axum::BoxError>,
-    {
+    async fn call<S: AppService>(service: S, request: axum::http::Request<Body>) -> StatusCode {
         call_text(service, request).await.0
     }
 
-    async fn call_text<S, B>(service: S, request: axum::http::Request<Body>) -> (StatusCode, String)
-    where
-        S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
-        B::Error: Into<axum::BoxError>,
-    {
+    async fn call_text<S: AppService>(
+        service: S,
+        request: axum::http::Request<Body>,
+    ) -> (StatusCode, String) {
         use hyper_util::rt::TokioIo;
         let (client, server) = tokio::io::duplex(64 * 1024);
         tokio::spawn(async move {

@@ -74,6 +74,35 @@ pub(crate) struct ServeOptions {
     pub(crate) connections: Connections,
 }
 
+/// What [`serve`] runs for each request: a cloneable tower service from a
+/// hyper request to a response with a streaming body, that never fails
+/// (errors are responses). [`crate::routes::service`] builds one.
+pub(crate) trait AppService:
+    tower::Service<
+        Request<Incoming>,
+        Response = Response<Self::ResponseBody>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+    /// The response body.
+    type ResponseBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static;
+}
+
+impl<S, B> AppService for S
+where
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
+{
+    type ResponseBody = B;
+}
+
 /// How serving ended.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Stopped {
@@ -133,21 +162,12 @@ enum Peer {
 /// The listeners are dropped (closed) as soon as the stop begins, never shut
 /// down: when one was inherited, systemd or systemfd keep their copy open and
 /// new connections queue there for the next process.
-pub(crate) async fn serve<S, B>(
+pub(crate) async fn serve<S: AppService>(
     listeners: Vec<(Listener, S)>,
     shutdown: impl Future<Output = ()>,
     force: impl Future<Output = ()>,
     options: ServeOptions,
-) -> Stopped
-where
-    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
+) -> Stopped {
     let stop = Arc::new(Stop::default());
     let end_accepting = Arc::new(Stop::default());
     let connections = TaskTracker::new();
@@ -203,16 +223,7 @@ struct Accepting {
 }
 
 /// Accepts on one listener until `end` begins, spawning a task per connection.
-async fn accept_loop<S, B>(listener: Listener, service: S, accepting: Accepting)
-where
-    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
+async fn accept_loop<S: AppService>(listener: Listener, service: S, accepting: Accepting) {
     let mut backoff = AcceptBackoff::default();
     // One wait for the end, registered once, as the accept loop always had.
     let ended = accepting.end.begun();
@@ -567,16 +578,7 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve<S, B>(self, service: S)
-    where
-        S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
+    async fn serve<S: AppService>(self, service: S) {
         let activity = Arc::new(Activity::new(self.stop));
         let per_request = PerRequest {
             service,
