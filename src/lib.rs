@@ -73,6 +73,7 @@ mod routes;
 mod serve;
 mod server;
 mod startup;
+mod timeout;
 mod upgrade;
 
 pub use error::Error;

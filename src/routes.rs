@@ -17,7 +17,7 @@
 //! the whole router rather than around each route:
 //! tower-http's `RequestBodyLimit` (`MAX_BODY_BYTES`: 413 for a declared or
 //! streamed body above it; axum's own 2 MiB extractor default is turned off
-//! so that this is the one limit) and `Timeout` (`REQUEST_TIMEOUT`: 503),
+//! so that this is the one limit) and [`crate::timeout`] (`REQUEST_TIMEOUT`: 503),
 //! and outside them the request metrics ([`crate::metrics::Layer`]), which
 //! therefore count their 413 and 503 too.
 
@@ -33,13 +33,13 @@ use axum::{Json, Router};
 use serde::Serialize;
 use tower::ServiceBuilder;
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::timeout::TimeoutLayer;
 
 use crate::auth::Auth;
 use crate::config::Limits;
 use crate::listener::{ListenerInfo, Role};
 use crate::metrics::{self, Metrics};
 use crate::serve::AppService;
+use crate::timeout::TimeoutLayer;
 
 /// The body limit axum's extractors apply when no `DefaultBodyLimit` says otherwise.
 const AXUM_DEFAULT_BODY_LIMIT: usize = 2 * 1024 * 1024;
@@ -164,10 +164,7 @@ pub(crate) fn service(router: Router, limits: Limits, metrics: Arc<Metrics>) -> 
     ServiceBuilder::new()
         .layer(metrics::Layer(metrics))
         .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            limits.request_timeout,
-        ))
+        .layer(TimeoutLayer(limits.request_timeout))
         // axum's extractors cap bodies at 2 MiB of their own unless told
         // otherwise, which costs an extension on every request: only needed
         // when MAX_BODY_BYTES is above that (below, our limit cuts first).
