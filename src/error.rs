@@ -86,11 +86,10 @@ impl Error {
     /// and returns its exit status, for `main` to return.
     pub fn report(self) -> ExitCode {
         // On the journal's stream, "<3>" files the line at priority err, not info.
-        let journal = crate::notify::stderr_is_journal_stream(
-            crate::config::protocol_var("JOURNAL_STREAM").as_deref(),
-        );
+        let journal = crate::config::protocol_var("JOURNAL_STREAM")
+            .is_some_and(|value| crate::logging::stderr_is_journal_stream(&value));
         let prefix = if journal {
-            crate::notify::ERR_PREFIX
+            crate::logging::ERR_PREFIX
         } else {
             ""
         };

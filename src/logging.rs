@@ -171,9 +171,16 @@ fn filter(settings: &LogSettings) -> (EnvFilter, Vec<(String, String)>) {
     (filter, rejected)
 }
 
-/// Whether fd 2 is the stream `JOURNAL_STREAM` (`device:inode`, in decimal) names.
+/// The `sd-daemon(3)` prefix that gives a line on stderr journal priority
+/// `err`: systemd reads a leading `<3>` on a line of the journal stream as
+/// the priority (`SyslogLevelPrefix=`, on by default) and strips it.
+pub(crate) const ERR_PREFIX: &str = "<3>";
+
+/// Whether fd 2 is the stream `JOURNAL_STREAM` (`device:inode`, in decimal)
+/// names, as `systemd.exec(5)` advises to check: a process that inherited the
+/// variable but writes elsewhere (a terminal, a pipe) gets `false`.
 #[cfg(unix)]
-fn stderr_is_journal_stream(value: &str) -> bool {
+pub(crate) fn stderr_is_journal_stream(value: &str) -> bool {
     use std::os::fd::AsFd;
     use std::os::unix::fs::MetadataExt;
     let Some((device, inode)) = value.split_once(':') else {
@@ -193,7 +200,7 @@ fn stderr_is_journal_stream(value: &str) -> bool {
 }
 
 #[cfg(not(unix))]
-fn stderr_is_journal_stream(_: &str) -> bool {
+pub(crate) fn stderr_is_journal_stream(_: &str) -> bool {
     false
 }
 

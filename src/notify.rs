@@ -201,40 +201,6 @@ fn one_line(status: &str) -> String {
     status.replace('\n', " ")
 }
 
-/// The `sd-daemon(3)` prefix that gives a line on stderr journal priority
-/// `err`: systemd reads a leading `<3>` on a line of the journal stream as
-/// the priority (`SyslogLevelPrefix=`, on by default) and strips it.
-pub(crate) const ERR_PREFIX: &str = "<3>";
-
-/// True when our stderr is the journal's stream: `JOURNAL_STREAM` (its value
-/// passed in, `device:inode`) names the very file stderr is open on, as
-/// `systemd.exec(5)` advises to check. A process that inherited the variable
-/// but writes elsewhere (a terminal, a pipe) gets `false`.
-pub(crate) fn stderr_is_journal_stream(journal_stream: Option<&str>) -> bool {
-    #[cfg(unix)]
-    {
-        use std::os::fd::AsFd as _;
-        use std::os::unix::fs::MetadataExt as _;
-        let Some((device, inode)) = journal_stream.and_then(|v| v.trim().split_once(':')) else {
-            return false;
-        };
-        let (Ok(device), Ok(inode)) = (device.parse::<u64>(), inode.parse::<u64>()) else {
-            return false;
-        };
-        let Ok(stderr) = std::io::stderr().as_fd().try_clone_to_owned() else {
-            return false;
-        };
-        std::fs::File::from(stderr)
-            .metadata()
-            .is_ok_and(|meta| meta.dev() == device && meta.ino() == inode)
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = journal_stream;
-        false
-    }
-}
-
 /// How often to send `WATCHDOG=1`: half of `WATCHDOG_USEC`, as `sd_watchdog_enabled(3)`
 /// advises, but never more often than [`MIN_WATCHDOG_INTERVAL`]; only when the
 /// watchdog is meant for us (`WATCHDOG_PID` absent or ours).
@@ -340,16 +306,6 @@ mod tests {
             Some(0),
             "after a recovery the next failure is news"
         );
-    }
-
-    #[test]
-    fn only_a_matching_journal_stream_counts() {
-        assert!(!stderr_is_journal_stream(None));
-        assert!(!stderr_is_journal_stream(Some("")));
-        assert!(!stderr_is_journal_stream(Some("not:numbers")));
-        // No file is device 0, inode 0 (the test's stderr is whatever cargo
-        // gave it); the matching case is tested on the binary (tests/it/systemd.rs).
-        assert!(!stderr_is_journal_stream(Some("0:0")));
     }
 
     #[test]
