@@ -365,7 +365,7 @@ fn long_lived_connections_finish_on_the_old_process(start: Start) -> Result<()> 
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let successor = Successor(new_pid);
+    let successor = Successor(u32::try_from(new_pid)?);
 
     // The WebSocket still talks to the old process, after the handoff.
     rt.block_on(async {
@@ -390,7 +390,7 @@ fn long_lived_connections_finish_on_the_old_process(start: Start) -> Result<()> 
         assert!(launcher.wait_exit(DEADLINE)?.success());
     } else {
         let end = Instant::now() + DEADLINE;
-        while is_running(old_pid) {
+        while !has_exited(u32::try_from(old_pid)?) {
             if Instant::now() > end {
                 bail!("old pid {old_pid} still running");
             }
@@ -399,27 +399,6 @@ fn long_lived_connections_finish_on_the_old_process(start: Start) -> Result<()> 
     }
     assert_eq!(get_json(addr, "/info")?["pid"], successor.0);
     Ok(())
-}
-
-/// True while `pid` exists and has not exited (a zombie waiting for its
-/// parent to reap it has exited).
-fn is_running(pid: u64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        // The state follows the parenthesised command name.
-        let state = stat.rsplit_once(") ").map(|(_, rest)| rest.chars().next());
-        state != Some(Some('Z'))
-    })
-}
-
-/// A process that outlived its parent; killed by pid on drop.
-struct Successor(u64);
-
-impl Drop for Successor {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", &self.0.to_string()])
-            .status();
-    }
 }
 
 #[test]

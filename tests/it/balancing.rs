@@ -78,12 +78,7 @@ fn a_second_stop_signal_during_the_delay_stops_at_once() {
     let mut server = Running::spawn(cmd, "delay-twice").unwrap();
     let addr = server.serving_address().unwrap();
     // A request in flight, so that only the second signal can end the drain early.
-    let mut slow = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    write!(
-        slow,
-        "GET /debug/sleep?ms=10000 HTTP/1.1\r\nHost: {addr}\r\n\r\n"
-    )
-    .unwrap();
+    let _slow = start_slow_request(addr, 10_000).unwrap();
     server.wait_for_line("debug: sleeping", DEADLINE).unwrap();
     server.signal("TERM").unwrap();
     server

@@ -455,17 +455,6 @@ fn systemfd_unix_sockets_are_adopted_like_its_tcp_ones() {
     assert_eq!(get_json(tcp, "/health").unwrap()["status"], "ok");
 }
 
-/// A process that outlived its parent; killed by pid on drop.
-struct Orphan(u64);
-
-impl Drop for Orphan {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", &self.0.to_string()])
-            .status();
-    }
-}
-
 #[test]
 fn an_upgrade_hands_every_listener_over_with_its_role_and_keeps_the_socket_file() {
     let dir = TempDir::new();
@@ -494,7 +483,7 @@ fn an_upgrade_hands_every_listener_over_with_its_role_and_keeps_the_socket_file(
         assert!(Instant::now() < end, "no successor after {asked} rounds");
         std::thread::sleep(Duration::from_millis(20));
     };
-    let _orphan = Orphan(successor["pid"].as_u64().unwrap());
+    let _orphan = Successor(successor["pid"].as_u64().unwrap() as u32);
     assert!(server.wait_exit(DEADLINE).unwrap().success());
     let listeners = successor["listeners"].as_array().unwrap();
     let summary: Vec<(String, String, String)> = listeners
@@ -661,7 +650,7 @@ fn nginx_in_front_of_the_unix_socket_answers_no_502_through_ten_upgrades() {
             assert!(Instant::now() < end, "upgrade {round}: no successor");
             std::thread::sleep(Duration::from_millis(20));
         };
-        orphans.push(Orphan(next));
+        orphans.push(Successor(next as u32));
         pid = next;
         // Let the load run against the new process a moment.
         std::thread::sleep(Duration::from_millis(200));

@@ -21,17 +21,6 @@ use anyhow::{Context, Result, bail};
 
 use crate::support::*;
 
-/// A process that outlived its parent; killed by pid on drop.
-struct Successor(u32);
-
-impl Drop for Successor {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", &self.0.to_string()])
-            .status();
-    }
-}
-
 fn loopback(cmd: &mut Command) -> &mut Command {
     cmd.env("HOST", "127.0.0.1").env("API_PORT", "0")
 }
@@ -57,17 +46,6 @@ fn wait_for_successor(addr: SocketAddr, old: u64) -> Result<serde_json::Value> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// Sends a slow request (`/debug/sleep`) and returns the open connection.
-fn start_slow_request(addr: SocketAddr, ms: u64) -> Result<TcpStream> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(DEADLINE))?;
-    write!(
-        stream,
-        "GET /debug/sleep?ms={ms} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    Ok(stream)
 }
 
 fn finish_slow_request(mut stream: TcpStream) -> Result<serde_json::Value> {
@@ -150,24 +128,11 @@ fn spawn_fresh_copy(cmd: Command, label: &str) -> Running {
     }
 }
 
-/// Fields of `/proc/<pid>/stat` after the command name: state, ppid, pgrp,
-/// session, tty_nr, ...; `None` once the process is gone.
-fn proc_stat(pid: u32) -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    Some(rest.split_whitespace().map(str::to_owned).collect())
-}
-
 /// The controlling terminal's device number (0: none).
 fn controlling_terminal(pid: u32) -> u64 {
     proc_stat(pid).expect("the process is running")[4]
         .parse()
         .unwrap()
-}
-
-/// True once `pid` has exited (gone, or a zombie nobody reaped yet).
-fn has_exited(pid: u32) -> bool {
-    proc_stat(pid).is_none_or(|fields| fields[0] == "Z" || fields[0] == "X")
 }
 
 /// Waits until `done` holds, for at most `deadline`.

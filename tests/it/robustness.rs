@@ -68,12 +68,7 @@ fn a_second_stop_signal_during_the_drain_stops_at_once() {
         cmd.env("DEBUG", "true").env("SHUTDOWN_TIMEOUT", "60");
         let mut server = Running::spawn(cmd, &format!("second-{signal}")).unwrap();
         let addr = server.serving_address().unwrap();
-        let mut slow = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-        write!(
-            slow,
-            "GET /debug/sleep?ms=10000 HTTP/1.1\r\nHost: {addr}\r\n\r\n"
-        )
-        .unwrap();
+        let _slow = start_slow_request(addr, 10_000).unwrap();
         server.wait_for_line("debug: sleeping", DEADLINE).unwrap();
         server.signal(signal).unwrap();
         server.wait_for_line("stopped accepting", DEADLINE).unwrap();

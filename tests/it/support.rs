@@ -458,3 +458,38 @@ pub(crate) fn hand_over(cmd: &mut Command, sockets: Vec<std::os::fd::OwnedFd>) {
     cmd.fd_mappings(mappings)
         .expect("fd mappings do not collide");
 }
+
+/// A process that outlived its parent; killed by pid on drop.
+pub(crate) struct Successor(pub(crate) u32);
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .status();
+    }
+}
+
+/// Sends a slow request (`/debug/sleep`) and returns the open connection.
+pub(crate) fn start_slow_request(addr: SocketAddr, ms: u64) -> Result<TcpStream> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(DEADLINE))?;
+    write!(
+        stream,
+        "GET /debug/sleep?ms={ms} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    Ok(stream)
+}
+
+/// Fields of `/proc/<pid>/stat` after the command name: state, ppid, pgrp,
+/// session, tty_nr, ...; `None` once the process is gone.
+pub(crate) fn proc_stat(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// True once `pid` has exited (gone, or a zombie nobody reaped yet).
+pub(crate) fn has_exited(pid: u32) -> bool {
+    proc_stat(pid).is_none_or(|fields| fields[0] == "Z" || fields[0] == "X")
+}
