@@ -133,13 +133,13 @@ impl Listener {
                 // small frames coalesce instead of leaving one segment each
                 // (docs/benchmarks.md has the measurement).
                 let (stream, peer) = listener.accept().await?;
-                Ok((Stream::Tcp(stream), Peer::Tcp(peer)))
+                Ok((Stream::Left(stream), Peer::Tcp(peer)))
             }
             #[cfg(unix)]
             Listener::Unix(listener) => {
                 let (stream, _) = listener.accept().await?;
                 let credentials = stream.peer_cred().ok();
-                Ok((Stream::Unix(stream), Peer::Unix(credentials)))
+                Ok((Stream::Right(stream), Peer::Unix(credentials)))
             }
         }
     }
@@ -372,63 +372,12 @@ async fn notified_until(notify: &Notify, holds: impl Fn() -> bool) {
     }
 }
 
-/// An accepted connection's stream: TCP or Unix.
-enum Stream {
-    Tcp(TcpStream),
-    #[cfg(unix)]
-    Unix(tokio::net::UnixStream),
-}
-
-/// Calls `$call` on the inner stream of either kind.
-macro_rules! either {
-    ($stream:expr, $inner:ident => $call:expr) => {
-        match $stream {
-            Stream::Tcp($inner) => $call,
-            #[cfg(unix)]
-            Stream::Unix($inner) => $call,
-        }
-    };
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        either!(self.get_mut(), io => Pin::new(io).poll_read(cx, buf))
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        either!(self.get_mut(), io => Pin::new(io).poll_write(cx, buf))
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        either!(self.get_mut(), io => Pin::new(io).poll_write_vectored(cx, bufs))
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        either!(self, io => io.is_write_vectored())
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        either!(self.get_mut(), io => Pin::new(io).poll_flush(cx))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        either!(self.get_mut(), io => Pin::new(io).poll_shutdown(cx))
-    }
-}
+/// An accepted connection's stream: TCP (`Left`) or Unix (`Right`).
+#[cfg(unix)]
+type Stream = tokio_util::either::Either<TcpStream, tokio::net::UnixStream>;
+// Without Unix sockets the right side is never made; TCP keeps the type simple.
+#[cfg(not(unix))]
+type Stream = tokio_util::either::Either<TcpStream, TcpStream>;
 
 /// A connection's stream, counted as open by the drain until it is dropped:
 /// also after an upgrade hands it to a WebSocket handler.
