@@ -198,17 +198,14 @@ pub(crate) async fn run(plan: Plan, app: Router) -> Result<(), Error> {
         );
         let socket = register(listener.socket)
             .map_err(|err| Error::system("cannot register the listener with tokio", err))?;
-        listeners.push((
-            socket,
-            routes::service(router, config.limits, Arc::clone(&metrics)),
-        ));
+        listeners.push((socket, routes::service(router, config.limits)));
         #[cfg(unix)]
         files.extend(listener.file);
     }
     let options = ServeOptions {
         shutdown_timeout: config.shutdown_timeout,
         limits: config.limits,
-        connections: metrics.connections(),
+        metrics: Arc::clone(&metrics),
     };
     let stopped = serve::serve(listeners, shutdown, force, options).await;
     // A socket file we created goes with a normal stop; after a handoff the

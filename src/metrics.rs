@@ -18,15 +18,10 @@
 //! The upgrade counters are the process's, not one server's: a handoff hands
 //! over the process's sockets. They live in a static and every registry shows them.
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, LazyLock};
-use std::task::{Context, Poll};
-use std::time::Instant;
+use std::sync::LazyLock;
+use std::time::Duration;
 
-use axum::http::{Request, Response};
-use hyper::body::{Body, Frame, SizeHint};
+use axum::http::StatusCode;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -129,6 +124,23 @@ impl Metrics {
         }
     }
 
+    /// Counts a request as in flight, until [`Metrics::request_ended`].
+    pub(crate) fn request_began(&self) {
+        self.in_flight.inc();
+    }
+
+    /// Counts a request's answer by status class, and the time its response
+    /// head took.
+    pub(crate) fn request_answered(&self, status: StatusCode, took: Duration) {
+        self.duration.observe(took.as_secs_f64());
+        self.classes[class_index(status.as_u16())].inc();
+    }
+
+    /// A request's response has been sent whole, or it was cancelled.
+    pub(crate) fn request_ended(&self) {
+        self.in_flight.dec();
+    }
+
     /// The open-connections gauge, for the accept loop.
     pub(crate) fn connections(&self) -> Connections {
         self.connections.clone()
@@ -162,132 +174,6 @@ pub(crate) struct OpenConnection(Gauge);
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.dec();
-    }
-}
-
-/// The tower layer that counts every request: wrapped around the whole
-/// stack, so the limits' 413 and 503, the token check's 401 and the
-/// application's routes are all counted.
-#[derive(Debug, Clone)]
-pub(crate) struct Layer(pub(crate) Arc<Metrics>);
-
-impl<S> tower::Layer<S> for Layer {
-    type Service = Counted<S>;
-
-    fn layer(&self, inner: S) -> Counted<S> {
-        Counted {
-            inner,
-            metrics: Arc::clone(&self.0),
-        }
-    }
-}
-
-/// A service whose requests are counted; see [`Layer`].
-#[derive(Debug, Clone)]
-pub(crate) struct Counted<S> {
-    inner: S,
-    metrics: Arc<Metrics>,
-}
-
-impl<S, RqB, B> tower::Service<Request<RqB>> for Counted<S>
-where
-    S: tower::Service<Request<RqB>, Response = Response<B>, Error = Infallible>,
-{
-    type Response = Response<CountedBody<B>>;
-    type Error = Infallible;
-    type Future = CountedFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<RqB>) -> Self::Future {
-        self.metrics.in_flight.inc();
-        CountedFuture {
-            inner: self.inner.call(request),
-            in_flight: Some(InFlight(Arc::clone(&self.metrics))),
-            started: Instant::now(),
-        }
-    }
-}
-
-/// One request in flight, counted until dropped: with the response body,
-/// or with the future when the request is cancelled.
-#[derive(Debug)]
-struct InFlight(Arc<Metrics>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.dec();
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// The response future of [`Counted`].
-    pub(crate) struct CountedFuture<F> {
-        #[pin]
-        inner: F,
-        in_flight: Option<InFlight>,
-        started: Instant,
-    }
-}
-
-impl<F, B> Future for CountedFuture<F>
-where
-    F: Future<Output = Result<Response<B>, Infallible>>,
-{
-    type Output = Result<Response<CountedBody<B>>, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let Ok(response) = std::task::ready!(this.inner.poll(cx));
-        let in_flight = this.in_flight.take();
-        if let Some(InFlight(metrics)) = &in_flight {
-            metrics
-                .duration
-                .observe(this.started.elapsed().as_secs_f64());
-            metrics.classes[class_index(response.status().as_u16())].inc();
-        }
-        Poll::Ready(Ok(response.map(|body| CountedBody {
-            inner: body,
-            in_flight,
-        })))
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A response body that keeps its request counted in flight until it is
-    /// sent whole or dropped.
-    pub(crate) struct CountedBody<B> {
-        #[pin]
-        inner: B,
-        in_flight: Option<InFlight>,
-    }
-}
-
-impl<B: Body> Body for CountedBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let mut this = self.project();
-        let frame = std::task::ready!(this.inner.as_mut().poll_frame(cx));
-        if frame.is_none() || this.inner.is_end_stream() {
-            // Sent whole: no longer in flight, even if hyper keeps the body a while.
-            this.in_flight.take();
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

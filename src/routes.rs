@@ -17,9 +17,9 @@
 //! the whole router rather than around each route:
 //! tower-http's `RequestBodyLimit` (`MAX_BODY_BYTES`: 413 for a declared or
 //! streamed body above it; axum's own 2 MiB extractor default is turned off
-//! so that this is the one limit) and [`crate::timeout`] (`REQUEST_TIMEOUT`: 503),
-//! and outside them the request metrics ([`crate::metrics::Layer`]), which
-//! therefore count their 413 and 503 too.
+//! so that this is the one limit) and [`crate::timeout`] (`REQUEST_TIMEOUT`: 503).
+//! The serving core counts each request for [`crate::metrics`] outside all
+//! of this, so their 413 and 503 are counted too.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -158,11 +158,10 @@ pub(crate) fn router(app: Router, state: Arc<AppState>, settings: &RouteSettings
     crate::auth::protect(routes, &settings.auth, settings.builtins.public_paths())
 }
 
-/// The whole stack for one request: the request metrics, the body limit and
-/// the request timeout around `router`. Cloned for every connection.
-pub(crate) fn service(router: Router, limits: Limits, metrics: Arc<Metrics>) -> impl AppService {
+/// The whole stack for one request: the body limit and the request timeout
+/// around `router`. Cloned for every connection.
+pub(crate) fn service(router: Router, limits: Limits) -> impl AppService {
     ServiceBuilder::new()
-        .layer(metrics::Layer(metrics))
         .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
         .layer(TimeoutLayer(limits.request_timeout))
         // axum's extractors cap bodies at 2 MiB of their own unless told
@@ -323,30 +322,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn metrics_count_the_user_routes_by_status_class() {
-        let state = state();
-        let metrics = Arc::clone(&state.metrics);
-        let user = Router::new().route("/hello", get(|| async { "hello" }));
-        let app = router(user, state, &settings(root(), Auth::Open));
-        let limits = Limits {
-            header_read_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(10),
-            max_body_bytes: 64,
-        };
-        let stack = service(app, limits, metrics);
-        assert_eq!(call(stack.clone(), get_req("/hello")).await, StatusCode::OK);
-        assert_eq!(
-            call(stack.clone(), get_req("/nope")).await,
-            StatusCode::NOT_FOUND
-        );
-        let (status, text) = call_text(stack, get_req("/metrics")).await;
-        assert_eq!(status, StatusCode::OK);
+    async fn metrics_render_the_listeners_and_the_upgrades() {
+        let app = router(Router::new(), state(), &settings(root(), Auth::Open));
+        let response = send(app, get_req("/metrics")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let text = body_text(response).await;
         for line in [
-            "portkeeper_http_requests_total{class=\"2xx\"} 1\n",
-            "portkeeper_http_requests_total{class=\"4xx\"} 1\n",
-            "portkeeper_http_request_duration_seconds_count 2\n",
-            // The scrape itself is in flight while it renders.
-            "portkeeper_http_requests_in_flight 1\n",
             "portkeeper_listener_info{source=\"searched\",role=\"app\",address=\"127.0.0.1:5053\",fd_name=\"\"} 1\n",
             "portkeeper_upgrades_total{outcome=\"failed\"} 0\n",
         ] {
@@ -495,8 +476,7 @@ mod tests {
             }),
         );
         let started = Instant::now();
-        let metrics = Arc::new(Metrics::new([]));
-        let status = call(service(slow, limits, metrics), get_req("/slow")).await;
+        let status = call(service(slow, limits), get_req("/slow")).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(started.elapsed() < Duration::from_secs(5));
     }

@@ -27,15 +27,16 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::BoxError;
 use axum::body::Bytes;
-use axum::extract::ConnectInfo;
-use axum::http::{HeaderValue, Request, Response, StatusCode, Version, header};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use axum::http::{Request, Response};
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
+use hyper::body::{Body, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -43,11 +44,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
-use tower::ServiceExt as _;
-use tower::util::Oneshot;
 
 use crate::config::Limits;
-use crate::metrics::{Connections, OpenConnection};
+use crate::metrics::{Connections, Metrics, OpenConnection};
+use accept::AcceptBackoff;
+use request::{Activity, PerRequest};
+
+mod accept;
+mod request;
 
 /// How long, once a stop begins, an idle connection may take to send its next request.
 ///
@@ -57,12 +61,6 @@ use crate::metrics::{Connections, OpenConnection};
 /// when browsers hold idle keep-alive connections.
 pub(crate) const IDLE_GRACE: Duration = Duration::from_millis(500);
 
-/// The first pause after an accept error such as EMFILE, doubled while the
-/// error lasts, up to [`ACCEPT_BACKOFF_MAX`]: short, so the server answers
-/// again as soon as descriptors are free.
-const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(1);
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(100);
-
 /// Settings for [`serve`].
 #[derive(Debug, Clone)]
 pub(crate) struct ServeOptions {
@@ -70,8 +68,8 @@ pub(crate) struct ServeOptions {
     pub(crate) shutdown_timeout: Duration,
     /// Time and size bounds for each connection and request.
     pub(crate) limits: Limits,
-    /// The open-connections gauge of `/metrics`.
-    pub(crate) connections: Connections,
+    /// What `/metrics` counts: requests and open connections.
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// What [`serve`] runs for each request: a cloneable tower service from a
@@ -182,7 +180,8 @@ pub(crate) async fn serve<S: AppService>(
                     end: Arc::clone(&end_accepting),
                     stop: Arc::clone(&stop),
                     connections: connections.clone(),
-                    counted: options.connections.clone(),
+                    counted: options.metrics.connections(),
+                    metrics: Arc::clone(&options.metrics),
                     idle_grace,
                     limits: options.limits,
                 },
@@ -218,6 +217,8 @@ struct Accepting {
     connections: TaskTracker,
     /// The open-connections gauge.
     counted: Connections,
+    /// The request metrics, for each connection's requests.
+    metrics: Arc<Metrics>,
     idle_grace: Duration,
     limits: Limits,
 }
@@ -245,6 +246,7 @@ async fn accept_loop<S: AppService>(listener: Listener, service: S, accepting: A
                     },
                     peer,
                     stop: Arc::clone(&accepting.stop),
+                    metrics: Arc::clone(&accepting.metrics),
                     idle_grace: accepting.idle_grace,
                     limits: accepting.limits,
                 };
@@ -271,67 +273,6 @@ fn is_connection_error(err: &std::io::Error) -> bool {
             | std::io::ErrorKind::ConnectionAborted
             | std::io::ErrorKind::ConnectionReset
     )
-}
-
-/// The pause after accept errors (EMFILE and friends): growing while they
-/// last, with one log line when a spell of errors begins and one when it is
-/// over. A spell is over at the first success [`ACCEPT_SPELL_QUIET`] after its
-/// last error: while descriptors trickle free, successes and errors alternate.
-#[derive(Debug, Default)]
-struct AcceptBackoff {
-    /// Zero after a success, so the next error pauses the least.
-    pause: Duration,
-    spell: Option<ErrorSpell>,
-}
-
-#[derive(Debug)]
-struct ErrorSpell {
-    began: std::time::Instant,
-    last_error: std::time::Instant,
-    errors: u64,
-}
-
-/// How long accepts must go without an error for a spell of errors to be over.
-const ACCEPT_SPELL_QUIET: Duration = Duration::from_secs(1);
-
-impl AcceptBackoff {
-    fn failed(&mut self, err: &std::io::Error) -> Duration {
-        let now = std::time::Instant::now();
-        match &mut self.spell {
-            Some(spell) => {
-                spell.errors += 1;
-                spell.last_error = now;
-            }
-            None => {
-                tracing::error!(error = %err, "accept failed; retrying with a short backoff until it succeeds");
-                self.spell = Some(ErrorSpell {
-                    began: now,
-                    last_error: now,
-                    errors: 1,
-                });
-            }
-        }
-        self.pause = if self.pause.is_zero() {
-            ACCEPT_BACKOFF_MIN
-        } else {
-            (self.pause * 2).min(ACCEPT_BACKOFF_MAX)
-        };
-        self.pause
-    }
-
-    fn succeeded(&mut self) {
-        self.pause = Duration::ZERO;
-        let Some(spell) = &self.spell else { return };
-        if spell.last_error.elapsed() >= ACCEPT_SPELL_QUIET {
-            let lasted_ms = spell.last_error.duration_since(spell.began).as_millis();
-            tracing::warn!(
-                errors = spell.errors,
-                lasted_ms = u64::try_from(lasted_ms).unwrap_or(u64::MAX),
-                "accepting connections again"
-            );
-            self.spell = None;
-        }
-    }
 }
 
 /// The server's stop, as its connections see it: one atomic load per response.
@@ -433,102 +374,19 @@ enum Watched {
     Idle,
 }
 
-/// Counts requests on one connection, so a stop can tell idle from busy.
-#[derive(Debug)]
-struct Activity {
-    /// Requests whose response has not been sent whole yet.
-    in_flight: AtomicUsize,
-    /// Requests begun so far, and a wake-up for the stop path when one begins.
-    started: AtomicU64,
-    request_began: Notify,
-    /// When the connection was accepted, the origin of `idle_since_nanos`.
-    /// tokio's clock, so tests can pause it.
-    born: tokio::time::Instant,
-    /// When the connection last became idle (accepted, or its last response
-    /// sent whole), in nanoseconds after `born`.
-    idle_since_nanos: AtomicU64,
-    /// The server's stop, checked as each response leaves.
-    stop: Arc<Stop>,
-}
-
-/// Marks one request as in flight until dropped: when its response body has
-/// been sent whole, or dropped (also on cancellation).
-#[derive(Debug)]
-struct InFlight(Arc<Activity>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let now = u64::try_from(self.0.born.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.0.idle_since_nanos.store(now, Ordering::Release);
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-impl Activity {
-    fn new(stop: Arc<Stop>) -> Self {
-        Activity {
-            stop,
-            in_flight: AtomicUsize::new(0),
-            started: AtomicU64::new(0),
-            request_began: Notify::new(),
-            born: tokio::time::Instant::now(),
-            idle_since_nanos: AtomicU64::new(0),
-        }
-    }
-
-    fn begin(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.started.fetch_add(1, Ordering::AcqRel);
-        self.request_began.notify_one();
-        InFlight(Arc::clone(self))
-    }
-
-    /// Since when the connection has been idle, if it is (no request in flight).
-    fn idle_since(&self) -> Option<tokio::time::Instant> {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
-            return None;
-        }
-        let nanos = self.idle_since_nanos.load(Ordering::Acquire);
-        Some(self.born + Duration::from_nanos(nanos))
-    }
-
-    /// Completes once the connection has been idle for `timeout`: since it
-    /// was accepted, or since its last response was sent whole. This is the
-    /// header-read timeout (a slow-loris head counts as idle, since no request
-    /// has begun) and the idle keep-alive timeout, for HTTP/1 and HTTP/2 alike.
-    async fn idle_for(&self, timeout: Duration) {
-        loop {
-            let deadline = match self.idle_since() {
-                Some(since) if since.elapsed() >= timeout => return,
-                Some(since) => since + timeout,
-                // Busy: the end of the request restarts the clock; look again later.
-                None => tokio::time::Instant::now() + timeout,
-            };
-            tokio::time::sleep_until(deadline).await;
-        }
-    }
-
-    /// Completes once more than `seen` requests have begun.
-    async fn began_after(&self, seen: u64) {
-        notified_until(&self.request_began, || {
-            self.started.load(Ordering::Acquire) > seen
-        })
-        .await;
-    }
-}
-
 /// One accepted connection and what serving it needs.
 struct Connection {
     stream: TrackedIo,
     peer: Peer,
     stop: Arc<Stop>,
+    metrics: Arc<Metrics>,
     idle_grace: Duration,
     limits: Limits,
 }
 
 impl Connection {
     async fn serve<S: AppService>(self, service: S) {
-        let activity = Arc::new(Activity::new(self.stop));
+        let activity = Arc::new(Activity::new(self.stop, self.metrics));
         let per_request = PerRequest {
             service,
             activity: Arc::clone(&activity),
@@ -545,17 +403,23 @@ impl Connection {
         tokio::pin!(connection);
 
         let header_timeout = self.limits.header_read_timeout;
+        // In a FuturesUnordered, the stop and idle watch is polled only when
+        // its own waker fires; in the select! itself it would be polled at
+        // every wake of the connection, that is at every request.
+        let mut watch: FuturesUnordered<_> = [async {
+            tokio::select! {
+                () = activity.stop.begun() => Watched::StopBegun,
+                () = activity.idle_for(header_timeout) => Watched::Idle,
+            }
+        }]
+        .into_iter()
+        .collect();
         tokio::select! {
             result = connection.as_mut() => {
                 log_connection_end(result);
                 return;
             }
-            watched = async {
-                tokio::select! {
-                    () = activity.stop.begun() => Watched::StopBegun,
-                    () = activity.idle_for(header_timeout) => Watched::Idle,
-                }
-            } => {
+            Some(watched) = watch.next() => {
                 if let Watched::Idle = watched {
                     // Slow-loris headers or an idle keep-alive connection:
                     // dropping the connection closes it without a response.
@@ -594,157 +458,10 @@ fn log_connection_end(result: Result<(), BoxError>) {
     }
 }
 
-/// The hyper service of one connection: each request gets the peer, and is
-/// counted as in flight until its response has been sent whole.
-///
-/// The peer is `ConnectInfo<SocketAddr>` on a TCP connection and
-/// `ConnectInfo<tokio::net::unix::UCred>` (the peer process's pid, uid and
-/// gid) on a Unix socket connection, which has no address worth the name. A
-/// handler that extracts `ConnectInfo<SocketAddr>` therefore rejects a
-/// request that came through a Unix socket (500, "Missing request
-/// extension"); one that serves both looks the extension up with
-/// `request.extensions().get::<ConnectInfo<SocketAddr>>()` instead.
-#[derive(Clone)]
-struct PerRequest<S> {
-    service: S,
-    activity: Arc<Activity>,
-    peer: Peer,
-}
-
-impl<S, B> hyper::service::Service<Request<Incoming>> for PerRequest<S>
-where
-    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone,
-{
-    type Response = Response<TrackedBody<B>>;
-    type Error = Infallible;
-    type Future = Respond<S>;
-
-    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
-        match &self.peer {
-            Peer::Tcp(addr) => {
-                request.extensions_mut().insert(ConnectInfo(*addr));
-            }
-            #[cfg(unix)]
-            Peer::Unix(Some(credentials)) => {
-                request.extensions_mut().insert(ConnectInfo(*credentials));
-            }
-            #[cfg(unix)]
-            Peer::Unix(None) => {}
-        }
-        let http1 = request.version() < Version::HTTP_2;
-        // RFC 9112, section 3.2: an HTTP/1.1 request without Host is a 400.
-        let answer = (request.version() != Version::HTTP_11
-            || request.headers().contains_key(header::HOST))
-        .then(|| self.service.clone().oneshot(request));
-        Respond {
-            in_flight: Some(self.activity.begin()),
-            http1,
-            answer,
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// One request's answer, counted as in flight; `None` for a request
-    /// refused before routing (400).
-    struct Respond<S: tower::Service<Request<Incoming>>> {
-        #[pin]
-        answer: Option<Oneshot<S, Request<Incoming>>>,
-        in_flight: Option<InFlight>,
-        http1: bool,
-    }
-}
-
-impl<S, B> Future for Respond<S>
-where
-    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
-{
-    type Output = Result<Response<TrackedBody<B>>, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let Some(answer) = this.answer.as_pin_mut() else {
-            let mut refused = Response::new(TrackedBody {
-                body: None,
-                in_flight: this.in_flight.take(),
-            });
-            *refused.status_mut() = StatusCode::BAD_REQUEST;
-            say_closing(&mut refused);
-            return Poll::Ready(Ok(refused));
-        };
-        let Ok(mut response) = std::task::ready!(answer.poll(cx));
-        let in_flight = this.in_flight.take();
-        if *this.http1 && in_flight.as_ref().is_some_and(|f| f.0.stop.has_begun()) {
-            say_closing(&mut response);
-        }
-        Poll::Ready(Ok(response.map(|body| TrackedBody {
-            body: Some(body),
-            in_flight,
-        })))
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A response body that keeps its request in flight until it has been
-    /// sent whole, so streaming responses are never taken for idleness.
-    pub(crate) struct TrackedBody<B> {
-        // `None`: an empty body of our own (a 400 before routing).
-        #[pin]
-        body: Option<B>,
-        in_flight: Option<InFlight>,
-    }
-}
-
-impl<B> Body for TrackedBody<B>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        let frame = match this.body.as_pin_mut() {
-            Some(body) => std::task::ready!(body.poll_frame(cx)),
-            None => None,
-        };
-        if frame.is_none() {
-            this.in_flight.take();
-        }
-        Poll::Ready(frame.map(|frame| frame.map_err(Into::into)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.as_ref().is_none_or(Body::is_end_stream)
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
-    }
-}
-
-/// Marks a response as the connection's last, once a stop has begun.
-///
-/// hyper can answer a request, write the response and go back to reading in
-/// a single poll, before this connection's task sees the stop. Had that
-/// response said keep-alive, closing the connection afterwards would cut off
-/// the client's next request. With `Connection: close` the client knows to
-/// reconnect, and hyper closes the connection right after writing it.
-fn say_closing<B>(response: &mut Response<B>) {
-    response
-        .headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::extract::ConnectInfo;
 
     /// Says which peer extension a request carried.
     async fn peer(request: axum::extract::Request) -> String {
@@ -763,12 +480,18 @@ mod tests {
         }
     }
 
-    async fn exchange(mut stream: impl AsyncRead + AsyncWrite + Unpin) -> String {
+    async fn exchange(stream: impl AsyncRead + AsyncWrite + Unpin) -> String {
+        send(
+            stream,
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await
+    }
+
+    /// Writes `request` and reads the response until the server closes.
+    async fn send(mut stream: impl AsyncRead + AsyncWrite + Unpin, request: &str) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).await.unwrap();
         response
@@ -793,7 +516,7 @@ mod tests {
         };
         let app = axum::Router::new().route("/", axum::routing::get(peer));
         let metrics = std::sync::Arc::new(crate::metrics::Metrics::new([]));
-        let service = crate::routes::service(app, limits, Arc::clone(&metrics));
+        let service = crate::routes::service(app, limits);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let serving = tokio::spawn(serve(
             vec![
@@ -807,7 +530,7 @@ mod tests {
             ServeOptions {
                 shutdown_timeout: Duration::from_secs(5),
                 limits,
-                connections: metrics.connections(),
+                metrics,
             },
         ));
         let over_tcp = exchange(TcpStream::connect(tcp_addr).await.unwrap()).await;
@@ -826,60 +549,75 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn idle_a_timeout_after_the_last_response_never_during_a_request() {
-        let timeout = Duration::from_secs(10);
-        let activity = Arc::new(Activity::new(Arc::default()));
-        let in_flight = activity.begin();
-        // A request in flight for three timeouts is not idleness.
-        let busy = tokio::time::timeout(timeout * 3, activity.idle_for(timeout)).await;
-        assert!(busy.is_err(), "idle while a request was in flight");
-        drop(in_flight);
-        let started = tokio::time::Instant::now();
-        tokio::time::timeout(timeout * 2, activity.idle_for(timeout))
-            .await
-            .expect("idle within two timeouts of the response");
-        let waited = started.elapsed();
-        assert!(
-            waited >= timeout && waited < timeout + Duration::from_secs(1),
-            "idle after {waited:?}, expected {timeout:?} after the response"
-        );
-    }
-
+    /// Every request is counted once, by status class, including those the
+    /// serving core refuses itself (an HTTP/1.1 request without `Host`).
     #[tokio::test]
-    async fn the_stop_path_wakes_for_a_new_request_only() {
-        let activity = Arc::new(Activity::new(Arc::default()));
-        // A request that began and ended before the stop leaves a wake-up
-        // behind; it must not count as the one the stop path waits for.
-        drop(activity.begin());
-        let seen = activity.started.load(Ordering::Acquire);
-        let quiet = tokio::time::timeout(Duration::from_millis(50), activity.began_after(seen));
-        assert!(quiet.await.is_err(), "woke without a new request");
-
-        let waiter = tokio::spawn({
-            let activity = Arc::clone(&activity);
-            async move { activity.began_after(seen).await }
-        });
-        let _request = activity.begin();
-        tokio::time::timeout(Duration::from_secs(10), waiter)
+    async fn requests_are_counted_by_status_class() {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let metrics = Arc::new(Metrics::new([]));
+        let scraped = Arc::clone(&metrics);
+        let app = axum::Router::new()
+            .route("/hello", axum::routing::get(|| async { "hello" }))
+            .route(
+                "/metrics",
+                axum::routing::get(move || async move { scraped.render() }),
+            );
+        let limits = Limits {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            max_body_bytes: 64,
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(serve(
+            vec![(Listener::Tcp(tcp), crate::routes::service(app, limits))],
+            async move {
+                let _ = stopped.await;
+            },
+            std::future::pending(),
+            ServeOptions {
+                shutdown_timeout: Duration::from_secs(5),
+                limits,
+                metrics,
+            },
+        ));
+        let request = |line: &str, host: bool| {
+            let host = if host { "Host: x\r\n" } else { "" };
+            format!("{line}\r\n{host}Connection: close\r\n\r\n")
+        };
+        for (line, host, status) in [
+            ("GET /hello HTTP/1.1", true, "200"),
+            ("GET /nope HTTP/1.1", true, "404"),
+            ("GET /hello HTTP/1.1", false, "400"),
+        ] {
+            let response = send(
+                TcpStream::connect(addr).await.unwrap(),
+                &request(line, host),
+            )
+            .await;
+            assert!(
+                response.starts_with(&format!("HTTP/1.1 {status}")),
+                "{response}"
+            );
+        }
+        let text = send(
+            TcpStream::connect(addr).await.unwrap(),
+            &request("GET /metrics HTTP/1.1", true),
+        )
+        .await;
+        for line in [
+            "portkeeper_http_requests_total{class=\"2xx\"} 1\n",
+            "portkeeper_http_requests_total{class=\"4xx\"} 2\n",
+            "portkeeper_http_request_duration_seconds_count 3\n",
+            // The scrape itself is in flight while it renders.
+            "portkeeper_http_requests_in_flight 1\n",
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), serving)
             .await
-            .expect("a new request wakes the stop path")
+            .expect("the drain ends")
             .unwrap();
-        assert_eq!(activity.in_flight.load(Ordering::Acquire), 1);
-    }
-
-    #[test]
-    fn accept_backoff_grows_to_its_cap_and_resets() {
-        let mut backoff = AcceptBackoff::default();
-        let err = std::io::Error::from_raw_os_error(24); // EMFILE
-        let pauses: Vec<Duration> = (0..10).map(|_| backoff.failed(&err)).collect();
-        assert_eq!(pauses[0], ACCEPT_BACKOFF_MIN);
-        assert_eq!(pauses[1], ACCEPT_BACKOFF_MIN * 2);
-        assert!(pauses.windows(2).all(|w| w[0] <= w[1]), "{pauses:?}");
-        assert_eq!(*pauses.last().unwrap(), ACCEPT_BACKOFF_MAX);
-        backoff.succeeded();
-        assert_eq!(backoff.failed(&err), ACCEPT_BACKOFF_MIN);
-        // Within a spell, a success resets the pause but not the spell.
-        assert_eq!(backoff.spell.as_ref().map(|s| s.errors), Some(11));
     }
 }
