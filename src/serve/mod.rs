@@ -48,7 +48,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use crate::config::Limits;
 use crate::metrics::{Connections, Metrics, OpenConnection};
 use accept::AcceptBackoff;
-use request::{Activity, PerRequest};
+use request::{Activity, PerRequest, peer_extensions};
 
 mod accept;
 mod request;
@@ -390,7 +390,7 @@ impl Connection {
         let per_request = PerRequest {
             service,
             activity: Arc::clone(&activity),
-            peer: self.peer,
+            peer: peer_extensions(&self.peer),
         };
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // The header-read timeout is `Activity::idle_for`, for both protocols;

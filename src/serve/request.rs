@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use axum::BoxError;
 use axum::body::Bytes;
 use axum::extract::ConnectInfo;
-use axum::http::{HeaderValue, Request, Response, StatusCode, Version, header};
+use axum::http::{Extensions, HeaderValue, Request, Response, StatusCode, Version, header};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::sync::Notify;
 use tower::ServiceExt as _;
@@ -113,6 +113,41 @@ impl Activity {
     }
 }
 
+/// A connection's peer as request extensions, made once per connection and
+/// cloned into each of its requests: `ConnectInfo<SocketAddr>` for TCP,
+/// `ConnectInfo<UCred>` for a Unix socket (none when the kernel would not
+/// say).
+///
+/// The map is made with room for axum's own three extensions too
+/// (`OriginalUri`, `MatchedPath`, the path parameters). Inserted into each
+/// request's empty map instead, the peer would make axum's third insert grow
+/// the map (a new allocation and a rehash), which was most of what
+/// `ConnectInfo` cost a request (docs/benchmarks.md).
+pub(super) fn peer_extensions(peer: &Peer) -> Extensions {
+    /// Placeholders that grow the map to room for four; removing them keeps the room.
+    #[derive(Clone)]
+    struct Room<const N: usize>;
+    let mut extensions = Extensions::new();
+    extensions.insert(Room::<1>);
+    extensions.insert(Room::<2>);
+    extensions.insert(Room::<3>);
+    match peer {
+        Peer::Tcp(addr) => {
+            extensions.insert(ConnectInfo(*addr));
+        }
+        #[cfg(unix)]
+        Peer::Unix(Some(credentials)) => {
+            extensions.insert(ConnectInfo(*credentials));
+        }
+        #[cfg(unix)]
+        Peer::Unix(None) => {}
+    }
+    extensions.remove::<Room<1>>();
+    extensions.remove::<Room<2>>();
+    extensions.remove::<Room<3>>();
+    extensions
+}
+
 /// The hyper service of one connection: each request gets the peer, and is
 /// counted as in flight until its response has been sent whole.
 ///
@@ -127,7 +162,8 @@ impl Activity {
 pub(super) struct PerRequest<S> {
     pub(super) service: S,
     pub(super) activity: Arc<Activity>,
-    pub(super) peer: Peer,
+    /// The peer as each request's first extension: see [`peer_extensions`].
+    pub(super) peer: Extensions,
 }
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for PerRequest<S>
@@ -139,17 +175,8 @@ where
     type Future = Respond<S>;
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
-        match &self.peer {
-            Peer::Tcp(addr) => {
-                request.extensions_mut().insert(ConnectInfo(*addr));
-            }
-            #[cfg(unix)]
-            Peer::Unix(Some(credentials)) => {
-                request.extensions_mut().insert(ConnectInfo(*credentials));
-            }
-            #[cfg(unix)]
-            Peer::Unix(None) => {}
-        }
+        // Empty on arrival but for HTTP/2's `:protocol`, which is kept.
+        request.extensions_mut().extend(self.peer.clone());
         let http1 = request.version() < Version::HTTP_2;
         // RFC 9112, section 3.2: an HTTP/1.1 request without Host is a 400.
         let answer = (request.version() != Version::HTTP_11
@@ -277,6 +304,21 @@ fn say_closing<B>(response: &mut Response<B>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_extensions_hold_the_peer_alone() {
+        let addr: std::net::SocketAddr = "127.0.0.1:5050".parse().unwrap();
+        let extensions = peer_extensions(&Peer::Tcp(addr));
+        assert_eq!(extensions.len(), 1, "a placeholder was left behind");
+        assert_eq!(
+            extensions
+                .get::<ConnectInfo<std::net::SocketAddr>>()
+                .map(|info| info.0),
+            Some(addr)
+        );
+        #[cfg(unix)]
+        assert!(peer_extensions(&Peer::Unix(None)).is_empty());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn idle_a_timeout_after_the_last_response_never_during_a_request() {
