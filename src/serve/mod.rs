@@ -488,6 +488,37 @@ mod tests {
         .await
     }
 
+    const LIMITS: Limits = Limits {
+        header_read_timeout: Duration::from_secs(10),
+        request_timeout: Duration::from_secs(10),
+        max_body_bytes: 1024,
+    };
+
+    /// Serves `listeners` in a task until the sender is used; the task
+    /// returns how serving ended.
+    fn start<S: AppService>(
+        listeners: Vec<(Listener, S)>,
+        metrics: Arc<Metrics>,
+    ) -> (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<Stopped>,
+    ) {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(serve(
+            listeners,
+            async move {
+                let _ = stopped.await;
+            },
+            std::future::pending(),
+            ServeOptions {
+                shutdown_timeout: Duration::from_secs(5),
+                limits: LIMITS,
+                metrics,
+            },
+        ));
+        (stop, serving)
+    }
+
     /// Writes `request` and reads the response until the server closes.
     async fn send(mut stream: impl AsyncRead + AsyncWrite + Unpin, request: &str) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -509,30 +540,15 @@ mod tests {
         let path = dir.join("s");
         let _ = std::fs::remove_file(&path);
         let unix = tokio::net::UnixListener::bind(&path).unwrap();
-        let limits = Limits {
-            header_read_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(10),
-            max_body_bytes: 1024,
-        };
         let app = axum::Router::new().route("/", axum::routing::get(peer));
-        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new([]));
-        let service = crate::routes::service(app, limits);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let serving = tokio::spawn(serve(
+        let service = crate::routes::service(app, LIMITS);
+        let (stop, serving) = start(
             vec![
                 (Listener::Tcp(tcp), service.clone()),
                 (Listener::Unix(unix), service),
             ],
-            async move {
-                let _ = stopped.await;
-            },
-            std::future::pending(),
-            ServeOptions {
-                shutdown_timeout: Duration::from_secs(5),
-                limits,
-                metrics,
-            },
-        ));
+            Arc::new(Metrics::new([])),
+        );
         let over_tcp = exchange(TcpStream::connect(tcp_addr).await.unwrap()).await;
         assert!(over_tcp.ends_with("tcp"), "{over_tcp}");
         let over_unix = exchange(tokio::net::UnixStream::connect(&path).await.unwrap()).await;
@@ -563,24 +579,10 @@ mod tests {
                 "/metrics",
                 axum::routing::get(move || async move { scraped.render() }),
             );
-        let limits = Limits {
-            header_read_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(10),
-            max_body_bytes: 64,
-        };
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let serving = tokio::spawn(serve(
-            vec![(Listener::Tcp(tcp), crate::routes::service(app, limits))],
-            async move {
-                let _ = stopped.await;
-            },
-            std::future::pending(),
-            ServeOptions {
-                shutdown_timeout: Duration::from_secs(5),
-                limits,
-                metrics,
-            },
-        ));
+        let (stop, serving) = start(
+            vec![(Listener::Tcp(tcp), crate::routes::service(app, LIMITS))],
+            metrics,
+        );
         let request = |line: &str, host: bool| {
             let host = if host { "Host: x\r\n" } else { "" };
             format!("{line}\r\n{host}Connection: close\r\n\r\n")

@@ -212,21 +212,18 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let Some(answer) = this.answer.as_pin_mut() else {
-            let mut refused = Response::new(TrackedBody {
-                body: None,
-                in_flight: this.in_flight.take(),
-            });
-            *refused.status_mut() = StatusCode::BAD_REQUEST;
-            say_closing(&mut refused);
-            if let Some(InFlight(activity)) = &refused.body().in_flight {
-                activity
-                    .metrics
-                    .request_answered(refused.status(), this.started.elapsed());
+        let mut response = match this.answer.as_pin_mut() {
+            Some(answer) => {
+                let Ok(response) = std::task::ready!(answer.poll(cx));
+                response.map(Some)
             }
-            return Poll::Ready(Ok(refused));
+            None => {
+                let mut refused = Response::new(None);
+                *refused.status_mut() = StatusCode::BAD_REQUEST;
+                say_closing(&mut refused);
+                refused
+            }
         };
-        let Ok(mut response) = std::task::ready!(answer.poll(cx));
         let in_flight = this.in_flight.take();
         if let Some(InFlight(activity)) = &in_flight {
             activity
@@ -236,10 +233,7 @@ where
                 say_closing(&mut response);
             }
         }
-        Poll::Ready(Ok(response.map(|body| TrackedBody {
-            body: Some(body),
-            in_flight,
-        })))
+        Poll::Ready(Ok(response.map(|body| TrackedBody { body, in_flight })))
     }
 }
 
