@@ -73,12 +73,14 @@ mod routes;
 mod serve;
 mod server;
 mod startup;
+mod stopping;
 mod timeout;
 mod upgrade;
 
 pub use error::Error;
 pub use listener::Listener;
 pub use server::{Listening, Server};
+pub use stopping::Stopping;
 
 /// Serves `app` with everything portkeeper does, configured by the
 /// environment and `.env`; returns the exit status for `main`.

@@ -10,7 +10,7 @@ use axum::Router;
 
 use crate::config::{Config, ConfigError, Environment};
 use crate::error::Error;
-use crate::lifecycle::{self, Supervision};
+use crate::lifecycle::{self, StopSettings, Supervision};
 use crate::listener::{self, Listener};
 use crate::routes::Builtins;
 use crate::upgrade::{self, Succession};
@@ -327,7 +327,14 @@ impl Listening {
     pub async fn serve(self, app: Router) -> Result<(), Error> {
         lifecycle::run(
             lifecycle::Plan {
-                config: self.config,
+                stop: StopSettings {
+                    shutdown_timeout: self.config.shutdown_timeout,
+                    shutdown_delay: self.config.shutdown_delay,
+                },
+                limits: self.config.limits,
+                auth: self.config.auth,
+                debug: self.config.debug,
+                fd_name: self.config.listen_fd_name,
                 bound: self.bound,
                 supervision: self.supervision,
                 succession: self.succession,

@@ -47,6 +47,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::config::Limits;
 use crate::metrics::{Connections, Metrics, OpenConnection};
+use crate::stopping::Stopping;
 use accept::AcceptBackoff;
 use request::{Activity, PerRequest, peer_extensions};
 
@@ -70,6 +71,8 @@ pub(crate) struct ServeOptions {
     pub(crate) limits: Limits,
     /// What `/metrics` counts: requests and open connections.
     pub(crate) metrics: Arc<Metrics>,
+    /// Begun when this server stops or hands over; every request can extract it.
+    pub(crate) stopping: Stopping,
 }
 
 /// What [`serve`] runs for each request: a cloneable tower service from a
@@ -184,6 +187,7 @@ pub(crate) async fn serve<S: AppService>(
                     metrics: Arc::clone(&options.metrics),
                     idle_grace,
                     limits: options.limits,
+                    stopping: options.stopping.clone(),
                 },
             ))
         })
@@ -221,6 +225,7 @@ struct Accepting {
     metrics: Arc<Metrics>,
     idle_grace: Duration,
     limits: Limits,
+    stopping: Stopping,
 }
 
 /// Accepts on one listener until `end` begins, spawning a task per connection.
@@ -249,6 +254,7 @@ async fn accept_loop<S: AppService>(listener: Listener, service: S, accepting: A
                     metrics: Arc::clone(&accepting.metrics),
                     idle_grace: accepting.idle_grace,
                     limits: accepting.limits,
+                    stopping: accepting.stopping.clone(),
                 };
                 tokio::spawn(connection.serve(service.clone()));
             }
@@ -382,6 +388,7 @@ struct Connection {
     metrics: Arc<Metrics>,
     idle_grace: Duration,
     limits: Limits,
+    stopping: Stopping,
 }
 
 impl Connection {
@@ -390,7 +397,7 @@ impl Connection {
         let per_request = PerRequest {
             service,
             activity: Arc::clone(&activity),
-            peer: peer_extensions(&self.peer),
+            peer: peer_extensions(&self.peer, &self.stopping),
         };
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // The header-read timeout is `Activity::idle_for`, for both protocols;
@@ -514,6 +521,7 @@ mod tests {
                 shutdown_timeout: Duration::from_secs(5),
                 limits: LIMITS,
                 metrics,
+                stopping: Stopping::new(),
             },
         ));
         (stop, serving)

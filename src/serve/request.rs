@@ -22,6 +22,7 @@ use tower::util::Oneshot;
 
 use super::{Peer, Stop, notified_until};
 use crate::metrics::Metrics;
+use crate::stopping::Stopping;
 
 /// Counts requests on one connection, so a stop can tell idle from busy.
 #[derive(Debug)]
@@ -123,7 +124,7 @@ impl Activity {
 /// request's empty map instead, the peer would make axum's third insert grow
 /// the map (a new allocation and a rehash), which was most of what
 /// `ConnectInfo` cost a request (docs/benchmarks.md).
-pub(super) fn peer_extensions(peer: &Peer) -> Extensions {
+pub(super) fn peer_extensions(peer: &Peer, stopping: &Stopping) -> Extensions {
     /// Placeholders that grow the map to room for four; removing them keeps the room.
     #[derive(Clone)]
     struct Room<const N: usize>;
@@ -142,6 +143,7 @@ pub(super) fn peer_extensions(peer: &Peer) -> Extensions {
         #[cfg(unix)]
         Peer::Unix(None) => {}
     }
+    extensions.insert(stopping.clone());
     extensions.remove::<Room<1>>();
     extensions.remove::<Room<2>>();
     extensions.remove::<Room<3>>();
@@ -302,8 +304,8 @@ mod tests {
     #[test]
     fn peer_extensions_hold_the_peer_alone() {
         let addr: std::net::SocketAddr = "127.0.0.1:5050".parse().unwrap();
-        let extensions = peer_extensions(&Peer::Tcp(addr));
-        assert_eq!(extensions.len(), 1, "a placeholder was left behind");
+        let extensions = peer_extensions(&Peer::Tcp(addr), &Stopping::new());
+        assert_eq!(extensions.len(), 2, "a placeholder was left behind");
         assert_eq!(
             extensions
                 .get::<ConnectInfo<std::net::SocketAddr>>()
@@ -311,7 +313,7 @@ mod tests {
             Some(addr)
         );
         #[cfg(unix)]
-        assert!(peer_extensions(&Peer::Unix(None)).is_empty());
+        assert!(peer_extensions(&Peer::Unix(None), &Stopping::new()).len() == 1);
     }
 
     #[tokio::test(start_paused = true)]

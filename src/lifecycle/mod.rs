@@ -11,14 +11,19 @@ use axum::Router;
 use tokio::sync::watch;
 
 use crate::announce;
-use crate::config::Config;
+use crate::auth::Auth;
+use crate::config::Limits;
 use crate::error::Error;
 use crate::listener::{Bound, Handed, ListenerInfo, Role, Socket, Source};
 use crate::metrics::Metrics;
 use crate::notify::{self, Notifier};
 use crate::routes::{self, AppState, Builtins, Readiness, RouteSettings};
 use crate::serve::{self, ServeOptions, Stopped};
+use crate::stopping::Stopping;
 use crate::upgrade::{Departure, Succession, Upgrader};
+
+mod settings;
+pub(crate) use settings::StopSettings;
 
 /// What the process learned about its manager before the runtime started.
 #[derive(Debug, Default)]
@@ -31,7 +36,13 @@ pub(crate) struct Supervision {
 
 /// Everything prepared before the runtime, to be served inside it.
 pub(crate) struct Plan {
-    pub(crate) config: Config,
+    pub(crate) stop: StopSettings,
+    pub(crate) limits: Limits,
+    pub(crate) auth: Auth,
+    /// `DEBUG`: the debug routes.
+    pub(crate) debug: bool,
+    /// The name that gives a handed-over listener the app's role in a successor.
+    pub(crate) fd_name: String,
     pub(crate) bound: Bound,
     pub(crate) supervision: Supervision,
     pub(crate) succession: Succession,
@@ -45,7 +56,11 @@ pub(crate) struct Plan {
 /// Must run inside a tokio runtime.
 pub(crate) async fn run(plan: Plan, app: Router) -> Result<(), Error> {
     let Plan {
-        config,
+        stop: stop_settings,
+        limits,
+        auth,
+        debug,
+        fd_name,
         bound,
         supervision,
         succession,
@@ -58,7 +73,7 @@ pub(crate) async fn run(plan: Plan, app: Router) -> Result<(), Error> {
     let notifier = supervision.notifier.map(Arc::new);
     let upgrader = Upgrader::new(
         succession.plan,
-        handed_over_set(&bound, &config.listen_fd_name),
+        handed_over_set(&bound, &fd_name),
         notifier.clone(),
     );
     let primary = bound.primary().info.clone();
@@ -77,7 +92,11 @@ pub(crate) async fn run(plan: Plan, app: Router) -> Result<(), Error> {
     let metrics = Arc::new(Metrics::new(&infos));
     let readiness = Readiness::new();
     // Every listener has the same source (one handoff, or one bind plan).
-    let delay = shutdown_delay(config.shutdown_delay, primary.source, notifier.is_some());
+    let delay = shutdown_delay(
+        stop_settings.shutdown_delay,
+        primary.source,
+        notifier.is_some(),
+    );
     let state = Arc::new(AppState {
         listeners: infos,
         started: Instant::now(),
@@ -104,12 +123,14 @@ pub(crate) async fn run(plan: Plan, app: Router) -> Result<(), Error> {
         )))
     });
 
+    let stopping = Stopping::new();
     let mut first_stop = stop_requests.clone();
     let mut stop_during_delay = stop_requests.clone();
     let handed_over = Arc::new(AtomicBool::new(false));
     let shutdown = {
         let notifier = notifier.clone();
         let handed_over = Arc::clone(&handed_over);
+        let stopping_signal = stopping.clone();
         async move {
             let user_shutdown = async {
                 match user_shutdown {
@@ -144,6 +165,8 @@ pub(crate) async fn run(plan: Plan, app: Router) -> Result<(), Error> {
                     }
                 },
             };
+            // Long-lived streams may end now, on a stop and on a handoff alike.
+            stopping_signal.begin();
             if stopping {
                 // Not on a handoff: the socket stays open in the successor,
                 // which is ready, so the instance is too.
@@ -182,8 +205,8 @@ pub(crate) async fn run(plan: Plan, app: Router) -> Result<(), Error> {
 
     let settings = RouteSettings {
         builtins,
-        auth: config.auth.clone(),
-        debug: config.debug,
+        auth,
+        debug,
     };
     let mut listeners = Vec::with_capacity(bound.listeners.len());
     #[cfg(unix)]
@@ -198,14 +221,15 @@ pub(crate) async fn run(plan: Plan, app: Router) -> Result<(), Error> {
         );
         let socket = register(listener.socket)
             .map_err(|err| Error::system("cannot register the listener with tokio", err))?;
-        listeners.push((socket, routes::service(router, config.limits)));
+        listeners.push((socket, routes::service(router, limits)));
         #[cfg(unix)]
         files.extend(listener.file);
     }
     let options = ServeOptions {
-        shutdown_timeout: config.shutdown_timeout,
-        limits: config.limits,
+        shutdown_timeout: stop_settings.shutdown_timeout,
+        limits,
         metrics: Arc::clone(&metrics),
+        stopping,
     };
     let stopped = serve::serve(listeners, shutdown, force, options).await;
     // A socket file we created goes with a normal stop; after a handoff the
@@ -224,7 +248,7 @@ pub(crate) async fn run(plan: Plan, app: Router) -> Result<(), Error> {
         Stopped::TimedOut { open } => {
             tracing::warn!(
                 open,
-                timeout_seconds = config.shutdown_timeout.as_secs(),
+                timeout_seconds = stop_settings.shutdown_timeout.as_secs(),
                 "SHUTDOWN_TIMEOUT passed; closing the connections still open"
             );
             Ok(())

@@ -1,0 +1,64 @@
+//! [`Stopping`]: how a handler learns that this process has begun to stop or to hand over.
+
+use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use tokio_util::sync::CancellationToken;
+
+/// Tells a handler that this process has begun to stop (SIGTERM, SIGINT, the
+/// graceful-shutdown future) or to hand its listeners to a successor (a
+/// binary upgrade), so that a long-lived stream (a WebSocket, server-sent
+/// events) can end itself instead of holding the drain until
+/// `SHUTDOWN_TIMEOUT`.
+///
+/// An axum extractor, available to every request that portkeeper serves:
+///
+/// ```no_run
+/// use axum::{Router, routing::get};
+/// use portkeeper::Stopping;
+///
+/// async fn events(stopping: Stopping) -> &'static str {
+///     // A real handler would stream until `stopping.wait()` completes.
+///     stopping.wait().await;
+///     "bye"
+/// }
+///
+/// let app: Router = Router::new().route("/events", get(events));
+/// # let _ = app;
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Stopping(CancellationToken);
+
+impl Stopping {
+    /// A new signal, not begun.
+    pub(crate) fn new() -> Self {
+        Stopping(CancellationToken::new())
+    }
+
+    /// Begins the stop: every [`Stopping::wait`] completes.
+    pub(crate) fn begin(&self) {
+        self.0.cancel();
+    }
+
+    /// Completes once this process has begun to stop or to hand over; at
+    /// once if it already has.
+    pub async fn wait(&self) {
+        self.0.cancelled().await;
+    }
+
+    /// Whether this process has begun to stop or to hand over.
+    pub fn is_stopping(&self) -> bool {
+        self.0.is_cancelled()
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Stopping {
+    type Rejection = (StatusCode, &'static str);
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<Stopping>().cloned().ok_or((
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "portkeeper::Stopping is available only to requests that portkeeper serves",
+        ))
+    }
+}
