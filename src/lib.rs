@@ -72,6 +72,8 @@ mod notify;
 mod routes;
 mod serve;
 mod server;
+#[cfg(unix)]
+mod signals;
 mod startup;
 mod stopping;
 mod timeout;
@@ -79,7 +81,7 @@ mod upgrade;
 
 pub use error::Error;
 pub use listener::Listener;
-pub use server::{Listening, Server};
+pub use server::{Listening, Serve, Server};
 pub use stopping::Stopping;
 
 /// Serves `app` with everything portkeeper does, configured by the

@@ -1,6 +1,6 @@
 //! The public entry points: [`run`](crate::run), the [`Server`] builder, and [`Listening`].
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
@@ -52,6 +52,16 @@ pub struct Server {
     source: ConfigSource,
     builtins: Builtins,
     shutdown: Option<ShutdownSignal>,
+    effects: Effects,
+}
+
+/// The process-wide effects a host program may turn off.
+#[derive(Debug, Clone, Copy)]
+struct Effects {
+    /// SIGTERM and SIGINT handlers while serving.
+    signals: bool,
+    /// SIGUSR2 and SIGHUP handlers, and re-executing the program on upgrade.
+    upgrades: bool,
 }
 
 impl std::fmt::Debug for Server {
@@ -60,6 +70,7 @@ impl std::fmt::Debug for Server {
             .field("source", &self.source)
             .field("builtins", &self.builtins)
             .field("shutdown", &self.shutdown.as_ref().map(|_| "user future"))
+            .field("effects", &self.effects)
             .finish()
     }
 }
@@ -78,6 +89,10 @@ impl Server {
             source: ConfigSource::Environment,
             builtins: Builtins::At(String::new()),
             shutdown: None,
+            effects: Effects {
+                signals: true,
+                upgrades: true,
+            },
         }
     }
 
@@ -153,6 +168,42 @@ impl Server {
         self
     }
 
+    /// Whether portkeeper handles SIGTERM and SIGINT (default: yes): the
+    /// first begins the graceful stop, a second cuts the drain short. With
+    /// `false` no handler is installed and the host stops the server through
+    /// [`Server::with_graceful_shutdown`] or [`Serve::with_graceful_shutdown`].
+    /// Either way, once serving ends the signals do again what they did
+    /// before (terminate, or stay ignored).
+    ///
+    /// ```no_run
+    /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// let server = portkeeper::Server::from_env()
+    ///     .signals(false)
+    ///     .with_graceful_shutdown(async {
+    ///         let _ = stopped.await;
+    ///     });
+    /// # let _ = (server, stop);
+    /// ```
+    pub fn signals(mut self, handle: bool) -> Self {
+        self.effects.signals = handle;
+        self
+    }
+
+    /// Whether binary upgrades are on (default: yes): SIGUSR2, SIGHUP
+    /// without a terminal, and `RELOAD=true` start the executable again with
+    /// the listeners. With `false` no SIGUSR2 or SIGHUP handler is installed
+    /// (the host's own keep working), the executable is not watched, and
+    /// nothing is ever re-executed.
+    ///
+    /// ```no_run
+    /// let server = portkeeper::Server::from_env().upgrades(false);
+    /// # let _ = server;
+    /// ```
+    pub fn upgrades(mut self, on: bool) -> Self {
+        self.effects.upgrades = on;
+        self
+    }
+
     /// Does everything: reads and checks the configuration, opens the
     /// listener, starts the runtime, serves `app` beside the built-in routes
     /// until a stop, and returns the exit status for `main` (0 after a clean
@@ -178,7 +229,7 @@ impl Server {
             Ok(runtime) => runtime,
             Err(err) => return Error::system("cannot start the async runtime", err).report(),
         };
-        match runtime.block_on(listening.serve(app)) {
+        match runtime.block_on(listening.serve(app).into_future()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => err.report(),
         }
@@ -205,7 +256,7 @@ impl Server {
     ///     };
     ///     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     ///     let app = Router::new().route("/", get(|| async { "hello" }));
-    ///     match runtime.block_on(listening.serve(app)) {
+    ///     match runtime.block_on(std::future::IntoFuture::into_future(listening.serve(app))) {
     ///         Ok(()) => std::process::ExitCode::SUCCESS,
     ///         Err(err) => err.report(),
     ///     }
@@ -242,6 +293,7 @@ impl Server {
             succession,
             builtins: self.builtins,
             shutdown: self.shutdown,
+            effects: self.effects,
         })
     }
 }
@@ -275,6 +327,7 @@ pub struct Listening {
     succession: Succession,
     builtins: Builtins,
     shutdown: Option<ShutdownSignal>,
+    effects: Effects,
 }
 
 impl std::fmt::Debug for Listening {
@@ -310,40 +363,40 @@ impl Listening {
     }
 
     /// Serves `app` beside the built-in routes until SIGTERM or SIGINT (or
-    /// the graceful-shutdown future), then drains; hands the listener to a new
-    /// executable on SIGUSR2 (or SIGHUP without a terminal, or `RELOAD`).
-    /// Tells systemd it is ready, and feeds its watchdog. Must run inside a
-    /// tokio runtime (with the time, IO and signal drivers: `enable_all`).
+    /// a graceful-shutdown future), then drains; hands the listeners to a
+    /// new executable on SIGUSR2 (or SIGHUP without a terminal, or `RELOAD`).
+    /// Tells systemd it is ready, and feeds its watchdog. Await it (or spawn
+    /// it) inside a tokio runtime with the time, IO and signal drivers
+    /// (`enable_all`); like `axum::serve`, the value is a [`Serve`] that
+    /// becomes a `Send` future, so `tokio::spawn` takes it.
     ///
-    /// Returns once the drain is over: `Ok(())` after a clean stop or a
-    /// handoff.
+    /// The future ends once the drain is over: `Ok(())` after a clean stop
+    /// or a handoff; when `SHUTDOWN_TIMEOUT` passes, the connections still
+    /// open are closed first.
     ///
     /// ```no_run
     /// # use axum::Router;
     /// # async fn demo(listening: portkeeper::Listening, app: Router) -> Result<(), portkeeper::Error> {
-    /// listening.serve(app).await
+    /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// let server = tokio::spawn(
+    ///     listening
+    ///         .serve(app)
+    ///         .with_graceful_shutdown(async {
+    ///             let _ = stopped.await;
+    ///         })
+    ///         .into_future(),
+    /// );
+    /// // ... later:
+    /// let _ = stop.send(());
+    /// server.await.expect("the server task")?;
+    /// # Ok(())
     /// # }
     /// ```
-    pub async fn serve(self, app: Router) -> Result<(), Error> {
-        lifecycle::run(
-            lifecycle::Plan {
-                stop: StopSettings {
-                    shutdown_timeout: self.config.shutdown_timeout,
-                    shutdown_delay: self.config.shutdown_delay,
-                },
-                limits: self.config.limits,
-                auth: self.config.auth,
-                debug: self.config.debug,
-                fd_name: self.config.listen_fd_name,
-                bound: self.bound,
-                supervision: self.supervision,
-                succession: self.succession,
-                builtins: self.builtins,
-                shutdown: self.shutdown,
-            },
+    pub fn serve(self, app: Router) -> Serve {
+        Serve {
+            listening: self,
             app,
-        )
-        .await
+        }
     }
 
     /// The bare listening socket, for `axum::serve` or any server that takes an
@@ -386,5 +439,84 @@ impl Listening {
             }
             _ => Err(listener::ListenError::NotOneTcpListener { count, kinds }.into()),
         }
+    }
+}
+
+/// A server about to serve, from [`Listening::serve`]: await it (it is
+/// [`IntoFuture`], and the future is `Send`), or add a stop signal first with
+/// [`Serve::with_graceful_shutdown`]. Shaped like `axum::serve`'s.
+#[must_use = "a Serve does nothing until it is awaited"]
+pub struct Serve {
+    listening: Listening,
+    app: Router,
+}
+
+impl std::fmt::Debug for Serve {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Serve")
+            .field("listening", &self.listening)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Serve {
+    /// Stops gracefully when `signal` completes, as on SIGTERM (see
+    /// [`Server::with_graceful_shutdown`]); a stop signal given to the
+    /// [`Server`] still counts too, whichever comes first.
+    ///
+    /// ```no_run
+    /// # async fn demo(listening: portkeeper::Listening) -> Result<(), portkeeper::Error> {
+    /// listening
+    ///     .serve(axum::Router::new())
+    ///     .with_graceful_shutdown(async {
+    ///         let _ = tokio::signal::ctrl_c().await;
+    ///     })
+    ///     .await
+    /// # }
+    /// ```
+    pub fn with_graceful_shutdown(
+        mut self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> Self {
+        self.listening.shutdown = Some(match self.listening.shutdown.take() {
+            None => Box::pin(signal),
+            Some(earlier) => Box::pin(async move {
+                tokio::select! {
+                    () = earlier => {}
+                    () = signal => {}
+                }
+            }),
+        });
+        self
+    }
+}
+
+impl IntoFuture for Serve {
+    type Output = Result<(), Error>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'static>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        let Serve { listening, app } = self;
+        let config = listening.config;
+        Box::pin(lifecycle::run(
+            lifecycle::Plan {
+                stop: StopSettings {
+                    shutdown_timeout: config.shutdown_timeout,
+                    shutdown_delay: config.shutdown_delay,
+                },
+                limits: config.limits,
+                auth: config.auth,
+                debug: config.debug,
+                fd_name: config.listen_fd_name,
+                signals: listening.effects.signals,
+                upgrades: listening.effects.upgrades,
+                bound: listening.bound,
+                supervision: listening.supervision,
+                succession: listening.succession,
+                builtins: listening.builtins,
+                shutdown: listening.shutdown,
+            },
+            app,
+        ))
     }
 }

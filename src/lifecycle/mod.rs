@@ -43,6 +43,11 @@ pub(crate) struct Plan {
     pub(crate) debug: bool,
     /// The name that gives a handed-over listener the app's role in a successor.
     pub(crate) fd_name: String,
+    /// Whether SIGTERM and SIGINT stop the server (`Server::signals`).
+    pub(crate) signals: bool,
+    /// Whether SIGUSR2, a service's SIGHUP and `RELOAD` start a successor
+    /// (`Server::upgrades`).
+    pub(crate) upgrades: bool,
     pub(crate) bound: Bound,
     pub(crate) supervision: Supervision,
     pub(crate) succession: Succession,
@@ -61,21 +66,34 @@ pub(crate) async fn run(plan: Plan, app: Router) -> Result<(), Error> {
         auth,
         debug,
         fd_name,
+        signals,
+        upgrades,
         bound,
         supervision,
         succession,
         builtins,
         shutdown: user_shutdown,
     } = plan;
-    // Signal handlers first: a signal that comes right after READY=1 must
-    // find them installed, not the default action (terminate).
-    let stop_requests = StopSignals::install();
+    // Signal dispositions first: a signal that comes right after READY=1
+    // must find our handlers installed, not the default action (terminate);
+    // and they go back to what they were when this function returns.
+    #[cfg(unix)]
+    let _held = crate::signals::Held::new(&held_signals(signals, upgrades));
+    let stop_requests = if signals {
+        StopSignals::install()
+    } else {
+        StopSignals::none()
+    };
     let notifier = supervision.notifier.map(Arc::new);
-    let upgrader = Upgrader::new(
-        succession.plan,
-        handed_over_set(&bound, &fd_name),
-        notifier.clone(),
-    );
+    let upgrader = if upgrades {
+        Upgrader::new(
+            succession.plan,
+            handed_over_set(&bound, &fd_name),
+            notifier.clone(),
+        )
+    } else {
+        Upgrader::off()
+    };
     let primary = bound.primary().info.clone();
     let primary_reach = announce::reach(&primary);
     for listener in &bound.listeners {
@@ -103,6 +121,30 @@ pub(crate) async fn run(plan: Plan, app: Router) -> Result<(), Error> {
         readiness: readiness.clone(),
         metrics: Arc::clone(&metrics),
     });
+    // Registered with tokio before READY=1: a failure here must come while
+    // the predecessor (or the manager) still holds the sockets.
+    let settings = RouteSettings {
+        builtins,
+        auth,
+        debug,
+    };
+    let mut listeners = Vec::with_capacity(bound.listeners.len());
+    #[cfg(unix)]
+    let mut files = Vec::new();
+    for listener in bound.listeners {
+        let router = routes::router_for(
+            listener.info.role,
+            has_admin,
+            app.clone(),
+            Arc::clone(&state),
+            &settings,
+        );
+        let socket = register(listener.socket)
+            .map_err(|err| Error::system("cannot register the listener with tokio", err))?;
+        listeners.push((socket, routes::service(router, limits)));
+        #[cfg(unix)]
+        files.extend(listener.file);
+    }
     let url = primary_reach
         .first()
         .map(String::as_str)
@@ -117,10 +159,10 @@ pub(crate) async fn run(plan: Plan, app: Router) -> Result<(), Error> {
     }
     let watchdog = notifier.as_ref().and_then(|notifier| {
         let interval = supervision.watchdog_interval?;
-        Some(tokio::spawn(keep_watchdog_fed(
+        Some(AbortOnDrop(tokio::spawn(keep_watchdog_fed(
             Arc::clone(notifier),
             interval,
-        )))
+        ))))
     });
 
     let stopping = Stopping::new();
@@ -153,7 +195,7 @@ pub(crate) async fn run(plan: Plan, app: Router) -> Result<(), Error> {
                         // which also feeds the watchdog from now on (systemd
                         // would reject our pings: we are no longer MAINPID).
                         if let Some(watchdog) = &watchdog {
-                            watchdog.abort();
+                            watchdog.0.abort();
                         }
                         tracing::info!(successor, "handed the listeners over; finishing open requests");
                         handed_over.store(true, Ordering::Release);
@@ -203,28 +245,6 @@ pub(crate) async fn run(plan: Plan, app: Router) -> Result<(), Error> {
         }
     };
 
-    let settings = RouteSettings {
-        builtins,
-        auth,
-        debug,
-    };
-    let mut listeners = Vec::with_capacity(bound.listeners.len());
-    #[cfg(unix)]
-    let mut files = Vec::new();
-    for listener in bound.listeners {
-        let router = routes::router_for(
-            listener.info.role,
-            has_admin,
-            app.clone(),
-            Arc::clone(&state),
-            &settings,
-        );
-        let socket = register(listener.socket)
-            .map_err(|err| Error::system("cannot register the listener with tokio", err))?;
-        listeners.push((socket, routes::service(router, limits)));
-        #[cfg(unix)]
-        files.extend(listener.file);
-    }
     let options = ServeOptions {
         shutdown_timeout: stop_settings.shutdown_timeout,
         limits,
@@ -358,12 +378,15 @@ impl StopSignal {
 #[derive(Clone)]
 struct StopSignals {
     received: watch::Receiver<(u32, StopSignal)>,
+    /// The task that counts signals, ended with the last clone.
+    _counting: Option<Arc<AbortOnDrop>>,
 }
 
 impl StopSignals {
     /// Installs the SIGINT and SIGTERM handlers now, and counts what arrives.
     fn install() -> Self {
         let (count, received) = watch::channel((0, StopSignal::TERM));
+        let mut counting = None;
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
@@ -372,7 +395,7 @@ impl StopSignals {
                 signal(SignalKind::interrupt()),
             ) {
                 (Ok(mut term), Ok(mut int)) => {
-                    tokio::spawn(async move {
+                    counting = Some(tokio::spawn(async move {
                         loop {
                             let signal = tokio::select! {
                                 Some(()) = term.recv() => StopSignal::TERM,
@@ -384,28 +407,74 @@ impl StopSignals {
                                 *last = signal;
                             });
                         }
-                    });
+                    }));
                 }
                 _ => tracing::error!("cannot install signal handlers; stop with SIGKILL"),
             }
         }
         #[cfg(not(unix))]
-        tokio::spawn(async move {
-            while tokio::signal::ctrl_c().await.is_ok() {
-                count.send_modify(|(n, last)| {
-                    *n += 1;
-                    *last = StopSignal::INT;
-                });
-            }
-        });
-        StopSignals { received }
+        {
+            counting = Some(tokio::spawn(async move {
+                while tokio::signal::ctrl_c().await.is_ok() {
+                    count.send_modify(|(n, last)| {
+                        *n += 1;
+                        *last = StopSignal::INT;
+                    });
+                }
+            }));
+        }
+        StopSignals {
+            received,
+            _counting: counting.map(|task| Arc::new(AbortOnDrop(task))),
+        }
+    }
+
+    /// No handlers: no signal is ever counted (`Server::signals(false)`).
+    fn none() -> Self {
+        let (_, received) = watch::channel((0, StopSignal::TERM));
+        StopSignals {
+            received,
+            _counting: None,
+        }
     }
 
     /// Completes once the `n`th stop signal has arrived, with that signal.
     async fn nth(&mut self, n: u32) -> StopSignal {
-        match self.received.wait_for(|(count, _)| *count >= n).await {
-            Ok(seen) => seen.1,
+        // The `Ref` is let go of before any other await: holding it would
+        // make the serve future not `Send`.
+        let seen = self
+            .received
+            .wait_for(|(count, _)| *count >= n)
+            .await
+            .map(|seen| seen.1);
+        match seen {
+            Ok(signal) => signal,
+            // No handlers (or they are gone): no signal will come.
             Err(_) => std::future::pending().await,
         }
+    }
+}
+
+/// The signals one server handles: the stop signals unless the host handles
+/// them, the upgrade signals unless upgrades are off.
+#[cfg(unix)]
+fn held_signals(signals: bool, upgrades: bool) -> Vec<i32> {
+    use crate::signals::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
+    let mut held = Vec::new();
+    if signals {
+        held.extend([SIGTERM, SIGINT]);
+    }
+    if upgrades {
+        held.extend([SIGUSR2, SIGHUP]);
+    }
+    held
+}
+
+/// A task of ours, aborted when its handle goes: nothing we spawn outlives `run`.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -182,6 +182,22 @@ impl Upgrader {
         }
     }
 
+    /// No upgrades at all (`Server::upgrades(false)`): no SIGUSR2 or SIGHUP
+    /// handler, no executable watch, no terminal watch; the host's own
+    /// handlers for those signals are left alone.
+    pub(crate) fn off() -> Self {
+        #[cfg(unix)]
+        {
+            Upgrader {
+                inner: imp::Upgrader::off(),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            Upgrader {}
+        }
+    }
+
     /// Waits for triggers and attempts a handoff for each; returns once a new
     /// process has taken over, or when the terminal hung up. Never returns
     /// when neither can happen here. Dropping the future kills a child that is
@@ -261,7 +277,7 @@ mod imp {
                     None
                 }
             };
-            let hangup_means = if sighup_ignored() {
+            let hangup_means = if crate::signals::was_ignored(crate::signals::SIGHUP) {
                 Hangup::Ignored
             } else if has_controlling_terminal() {
                 Hangup::Stop
@@ -284,6 +300,15 @@ mod imp {
                     .then(|| install(SignalKind::hangup(), "SIGHUP"))
                     .flatten(),
                 hangup_means,
+            }
+        }
+
+        /// No handlers at all.
+        fn none() -> Self {
+            Signals {
+                usr2: None,
+                hangup: None,
+                hangup_means: Hangup::Ignored,
             }
         }
 
@@ -329,18 +354,6 @@ mod imp {
                 return;
             }
         }
-    }
-
-    /// True when SIGHUP was ignored when we started (`nohup`), from the
-    /// `SigIgn` mask of `/proc/self/status` (bit 0 is signal 1, SIGHUP).
-    fn sighup_ignored() -> bool {
-        std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|status| {
-                let mask = status.lines().find_map(|l| l.strip_prefix("SigIgn:"))?;
-                u64::from_str_radix(mask.trim(), 16).ok()
-            })
-            .is_some_and(|mask| mask & 1 != 0)
     }
 
     /// True when this process has a controlling terminal: opening `/dev/tty`
@@ -390,6 +403,14 @@ mod imp {
                 signals,
                 handoff,
                 watch,
+            }
+        }
+
+        pub(super) fn off() -> Self {
+            Upgrader {
+                signals: Signals::none(),
+                handoff: None,
+                watch: None,
             }
         }
 
