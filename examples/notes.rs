@@ -15,7 +15,9 @@
 //! curl --http2-prior-knowledge localhost:5050/notes  # the same API over HTTP/2
 //! ```
 //! `kill -USR2 <pid>` hands the socket to a fresh process: open event streams
-//! and WebSockets finish on the old one, new connections reach the new one.
+//! finish on the old one; WebSockets are closed with "going away" (1001,
+//! through `portkeeper::Stopping`) so that clients reconnect to the new one;
+//! new connections reach the new one.
 //!
 //! The app keeps its own `GET /health` (with the number of notes). portkeeper's
 //! built-in `/health` and `/info` answer first at those paths, so with
@@ -28,7 +30,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, Sse};
@@ -36,6 +38,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
 use futures_util::stream::{self, Stream};
+use portkeeper::Stopping;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Serialize)]
@@ -116,25 +119,43 @@ async fn events(Query(ticks): Query<Ticks>) -> Sse<impl Stream<Item = Result<Eve
     }))
 }
 
-/// Greets with the serving process's pid, then echoes every message.
-async fn ws(upgrade: WebSocketUpgrade) -> Response {
-    upgrade.on_upgrade(echo).into_response()
+/// Greets with the serving process's pid, then echoes every message until
+/// the client leaves or this process begins to stop or to hand over.
+async fn ws(upgrade: WebSocketUpgrade, stopping: Stopping) -> Response {
+    upgrade
+        .on_upgrade(move |socket| echo(socket, stopping))
+        .into_response()
 }
 
-async fn echo(mut socket: WebSocket) {
+async fn echo(mut socket: WebSocket, stopping: Stopping) {
     let greeting = format!("connected to pid {}", std::process::id());
     if socket.send(Message::text(greeting)).await.is_err() {
         return;
     }
-    while let Some(Ok(message)) = socket.recv().await {
+    loop {
+        let message = tokio::select! {
+            // "Going away" (1001): the client reconnects, and after a binary
+            // upgrade reaches the new process, while this one exits at once
+            // instead of waiting SHUTDOWN_TIMEOUT for the socket to close.
+            () = stopping.wait() => {
+                let _ = socket
+                    .send(Message::Close(Some(CloseFrame {
+                        code: close_code::AWAY,
+                        reason: "server stopping".into(),
+                    })))
+                    .await;
+                return;
+            }
+            message = socket.recv() => message,
+        };
         match message {
-            Message::Text(_) | Message::Binary(_) => {
+            Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
                 if socket.send(message).await.is_err() {
                     return;
                 }
             }
-            Message::Close(_) => return,
-            Message::Ping(_) | Message::Pong(_) => {}
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(Message::Close(_)) | Err(_)) | None => return,
         }
     }
 }

@@ -14,6 +14,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::support::*;
 
@@ -367,16 +368,15 @@ fn long_lived_connections_finish_on_the_old_process(start: Start) -> Result<()> 
     };
     let successor = Successor(u32::try_from(new_pid)?);
 
-    // The WebSocket still talks to the old process, after the handoff.
+    // The old process's WebSocket says "going away" (the app awaits
+    // portkeeper::Stopping), and a new one reaches the new process.
     rt.block_on(async {
-        ws.send(Message::text("after the handoff")).await?;
-        let echoed = ws.next().await.context("echo")??;
-        anyhow::ensure!(echoed == Message::text("after the handoff"));
-        // A new WebSocket reaches the new process.
+        let code = close_code(&mut ws).await?;
+        anyhow::ensure!(code == Some(CloseCode::Away), "{code:?}");
         let (mut fresh, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await?;
         let greeting = fresh.next().await.context("greeting")??;
         anyhow::ensure!(greeting == Message::text(format!("connected to pid {new_pid}")));
-        ws.close(None).await?;
+        fresh.close(None).await?;
         Ok::<_, anyhow::Error>(())
     })?;
     let events = events.join().expect("the SSE reader")?;
@@ -401,8 +401,99 @@ fn long_lived_connections_finish_on_the_old_process(start: Start) -> Result<()> 
     Ok(())
 }
 
+/// The close code of the first close frame `ws` receives (other messages skipped).
+async fn close_code<S>(ws: &mut S) -> Result<Option<CloseCode>>
+where
+    S: futures_util::Stream<Item = tokio_tungstenite::tungstenite::Result<Message>> + Unpin,
+{
+    loop {
+        match tokio::time::timeout(DEADLINE, ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => return Ok(frame.map(|f| f.code)),
+            Ok(Some(Ok(_))) => {}
+            other => bail!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+/// Issue 19.6: with 50 WebSockets open, a binary upgrade no longer waits
+/// `SHUTDOWN_TIMEOUT` (60 s here): each WebSocket hears "going away" as the
+/// handoff begins, the old process exits once they are closed, and every
+/// client reconnects to the new process.
 #[test]
-fn a_websocket_and_an_sse_stream_finish_on_the_old_process_through_an_upgrade() {
+fn fifty_websockets_go_away_on_an_upgrade_and_reconnect_to_the_successor() -> Result<()> {
+    const SOCKETS: usize = 50;
+    let dir = TempDir::new();
+    let mut cmd = notes(&dir);
+    cmd.env("SHUTDOWN_TIMEOUT", "60");
+    let mut launcher = Running::spawn(cmd, "notes-50-ws")?;
+    let addr = launcher.serving_address()?;
+    let old_pid = get_json(addr, "/info")?["pid"].as_u64().context("pid")?;
+    let rt = runtime();
+    let mut sockets = rt.block_on(async {
+        let mut sockets = Vec::new();
+        for _ in 0..SOCKETS {
+            let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await?;
+            let greeting = ws.next().await.context("greeting")??;
+            anyhow::ensure!(greeting == Message::text(format!("connected to pid {old_pid}")));
+            sockets.push(ws);
+        }
+        Ok::<_, anyhow::Error>(sockets)
+    })?;
+    anyhow::ensure!(
+        Command::new("kill")
+            .args(["-USR2", &old_pid.to_string()])
+            .status()?
+            .success()
+    );
+    let end = Instant::now() + DEADLINE;
+    let new_pid = loop {
+        let pid = get_json(addr, "/info")?["pid"].as_u64().context("pid")?;
+        if pid != old_pid {
+            break pid;
+        }
+        anyhow::ensure!(Instant::now() < end, "no successor within {DEADLINE:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let successor_seen = Instant::now();
+    let _successor = Successor(u32::try_from(new_pid)?);
+    let old = u32::try_from(old_pid)?;
+    let old_exit = std::thread::spawn(move || {
+        while !has_exited(old) && successor_seen.elapsed() < DEADLINE {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        successor_seen.elapsed()
+    });
+    let (going_away, reconnected) = rt.block_on(async {
+        let mut going_away = 0;
+        let mut reconnected = 0;
+        for ws in &mut sockets {
+            if close_code(ws).await? == Some(CloseCode::Away) {
+                going_away += 1;
+            }
+            let (mut fresh, _) =
+                tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await?;
+            let greeting = fresh.next().await.context("greeting")??;
+            if greeting == Message::text(format!("connected to pid {new_pid}")) {
+                reconnected += 1;
+            }
+            fresh.close(None).await?;
+        }
+        Ok::<_, anyhow::Error>((going_away, reconnected))
+    })?;
+    let status = launcher.wait_exit(DEADLINE)?;
+    let old_exit = old_exit.join().expect("the exit watch");
+    println!(
+        "50 WebSockets through an upgrade: {going_away} heard going away, {reconnected} reconnected to the new process; the old process exited {} ms after the successor answered (SHUTDOWN_TIMEOUT=60 s)",
+        old_exit.as_millis()
+    );
+    assert!(status.success(), "{status:?}");
+    assert_eq!(going_away, SOCKETS);
+    assert_eq!(reconnected, SOCKETS);
+    Ok(())
+}
+
+#[test]
+fn an_sse_stream_finishes_on_the_old_process_and_a_websocket_goes_away_on_an_upgrade() {
     long_lived_connections_finish_on_the_old_process(Start::Plain).unwrap();
 }
 

@@ -90,7 +90,10 @@ impl Host {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(Instant::now() < end, "the host did not exit within {DEADLINE:?}");
+            assert!(
+                Instant::now() < end,
+                "the host did not exit within {DEADLINE:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -123,7 +126,11 @@ fn address_of(line: &str) -> SocketAddr {
 fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut stream = TcpStream::connect(addr).expect("connect");
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("a response");
     response
@@ -206,20 +213,29 @@ fn a_guest_in_a_host_started_plainly() {
     assert_eq!(close.map(|f| f.code), Some(CloseCode::Away));
 
     let returned = host.line("host: serve returned");
-    assert!(returned.starts_with("host: serve returned Ok(true)"), "{returned}");
+    assert!(
+        returned.starts_with("host: serve returned Ok(true)"),
+        "{returned}"
+    );
     let ms: u64 = returned
         .split(" after ")
         .nth(1)
         .and_then(|s| s.trim_end_matches(" ms").parse().ok())
         .expect("a duration");
     // shutdown_timeout(2 s) in code, not APP_SHUTDOWN_TIMEOUT=600.
-    assert!(ms < 300_000, "serve took {ms} ms: the typed setting was not used");
+    assert!(
+        ms < 300_000,
+        "serve took {ms} ms: the typed setting was not used"
+    );
     host.line("host: lingering");
     // The host lives on, and the slow request's connection is closed.
     let mut rest = Vec::new();
     let read = slow.read_to_end(&mut rest);
     assert!(
-        read.is_ok() || read.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        read.is_ok()
+            || read
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
         "the slow connection was closed, not left hanging: {read:?}"
     );
     assert!(
@@ -265,7 +281,10 @@ fn a_guest_in_a_host_under_systemfd() {
     assert!(http_get(addr, "/hello").contains("hello from the host"));
     assert!(http_get(addr, "/info").contains("\"source\":\"systemfd\""));
     assert!(http_get(addr, "/stop").contains("stopping"));
-    assert!(host.line("host: serve returned").starts_with("host: serve returned Ok(true)"));
+    assert!(
+        host.line("host: serve returned")
+            .starts_with("host: serve returned Ok(true)")
+    );
 }
 
 /// With portkeeper's own SIGTERM/SIGINT handlers, those handlers are gone
@@ -280,7 +299,11 @@ fn signal_handlers_go_with_serve() {
     host.line("host: waiting without signal handlers");
     host.signal("INT");
     let status = host.wait_exit();
-    assert_eq!(status.signal(), Some(2), "SIGINT's default action: {status:?}");
+    assert_eq!(
+        status.signal(),
+        Some(2),
+        "SIGINT's default action: {status:?}"
+    );
 }
 
 /// With upgrades off, SIGUSR2 is nobody's: its default action ends the
@@ -294,7 +317,11 @@ fn upgrades_off_leaves_sigusr2_alone() {
     assert!(http_get(addr, "/hello").contains("hello from the host"));
     host.signal("USR2");
     let status = host.wait_exit();
-    assert_eq!(status.signal(), Some(12), "SIGUSR2's default action: {status:?}");
+    assert_eq!(
+        status.signal(),
+        Some(12),
+        "SIGUSR2's default action: {status:?}"
+    );
 }
 
 fn find(program: &str) -> Option<std::path::PathBuf> {
