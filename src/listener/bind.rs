@@ -135,7 +135,8 @@ pub(crate) fn search(ip: IpAddr, ports: impl Iterator<Item = u16>) -> Found {
 /// the socket's own mode is set (`fchmod`) before `bind`, and Linux creates
 /// the file with that mode less the umask; a `chmod` after `bind` then adds
 /// back what the umask took (never more than `mode`). A stale socket file
-/// (one nobody listens on) is removed first; a live one is left alone.
+/// (a connect to it is refused: nobody has it open) is removed first; one
+/// another process has open is left alone.
 #[cfg(unix)]
 pub(crate) fn bind_unix_path(
     path: &std::path::Path,
@@ -148,11 +149,10 @@ pub(crate) fn bind_unix_path(
         reason,
         class,
     };
-    let busy = || {
+    let busy = |why: &str| {
         fail(
             ErrorClass::Busy,
-            "another process is listening on this socket (stop it, or choose another path)"
-                .to_owned(),
+            format!("{why} (stop it, or choose another path)"),
         )
     };
     let from_io = |err: io::Error, doing: &str| match err.kind() {
@@ -166,27 +166,22 @@ pub(crate) fn bind_unix_path(
             ErrorClass::Permission,
             format!("{doing}: permission denied (the directory must be writable by this user)"),
         ),
-        io::ErrorKind::AddrInUse => busy(),
+        io::ErrorKind::AddrInUse => busy("another process is listening on this socket"),
         _ => fail(ErrorClass::System, format!("{doing}: {err}")),
     };
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            match std::os::unix::net::UnixStream::connect(path) {
-                Ok(_) => return Err(busy()),
-                Err(err) if err.kind() == io::ErrorKind::PermissionDenied => {
-                    return Err(from_io(err, "checking the existing socket"));
-                }
-                // Refused (or gone): nobody listens, so it is stale.
-                Err(_) => {
-                    tracing::info!(path = %path.display(), "replacing a stale socket file");
-                    match std::fs::remove_file(path) {
-                        Ok(()) => {}
-                        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-                        Err(err) => return Err(from_io(err, "removing the stale socket file")),
-                    }
+        Ok(meta) if meta.file_type().is_socket() => match probe(path) {
+            Ok(Probe::Stale) => {
+                tracing::info!(path = %path.display(), "replacing a stale socket file");
+                match std::fs::remove_file(path) {
+                    Ok(()) => {}
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                    Err(err) => return Err(from_io(err, "removing the stale socket file")),
                 }
             }
-        }
+            Ok(Probe::InUse(why)) => return Err(busy(why)),
+            Err(err) => return Err(from_io(err, "checking the existing socket")),
+        },
         Ok(meta) => {
             let what = if meta.is_dir() {
                 "a directory"
@@ -226,6 +221,54 @@ pub(crate) fn bind_unix_path(
             ino: meta.ino(),
         },
     ))
+}
+
+/// What a connect to an existing socket file says about it.
+#[cfg(unix)]
+#[derive(Debug, PartialEq, Eq)]
+enum Probe {
+    /// Refused, or gone: no process has it open, so the file may go.
+    Stale,
+    /// Some process has it open; why we think so, for the error line.
+    InUse(&'static str),
+}
+
+/// Connects to the socket file at `path`, without waiting, to tell a stale
+/// file from another process's socket.
+///
+/// Only "refused" (and a file gone since) means stale: a socket file whose
+/// socket is closed refuses every connect, of any type. Everything else
+/// leaves the file alone. Non-blocking, because a blocking connect to a
+/// listener whose accept queue is full waits until it accepts, and start-up
+/// would hang with no output; on Linux a non-blocking Unix connect never
+/// waits (it succeeds, is refused, or says EAGAIN), so no deadline is needed.
+#[cfg(unix)]
+fn probe(path: &std::path::Path) -> io::Result<Probe> {
+    use nix::errno::Errno;
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    socket.set_nonblocking(true)?;
+    let err = match socket.connect(&socket2::SockAddr::unix(path)?) {
+        Ok(()) => return Ok(Probe::InUse("another process is listening on this socket")),
+        Err(err) => err,
+    };
+    let errno = err.raw_os_error().map(Errno::from_raw);
+    Ok(match err.kind() {
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound => Probe::Stale,
+        // EAGAIN: a live listener whose queue is full. EINPROGRESS (not
+        // Linux): a live listener that will answer later.
+        io::ErrorKind::WouldBlock => Probe::InUse(
+            "another process is listening on this socket (its queue of connections is full)",
+        ),
+        _ if errno == Some(Errno::EINPROGRESS) => {
+            Probe::InUse("another process is listening on this socket")
+        }
+        // A live socket of another type: a stream connect to it is refused
+        // as the wrong type, not because nobody has it open.
+        _ if errno == Some(Errno::EPROTOTYPE) => Probe::InUse(
+            "another process has a socket of another type (datagram or seqpacket) here",
+        ),
+        _ => return Err(err),
+    })
 }
 
 /// A Unix stream socket whose own mode is `mode`, so that `bind` creates its
@@ -307,6 +350,53 @@ mod tests {
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// Only a refused connect (or no file) makes a socket file stale; a live
+    /// socket of another type, or a listener with a full queue, is in use,
+    /// and the probe never waits.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_probe_calls_only_a_refused_socket_stale() {
+        let dir = std::env::temp_dir().join(format!("pk-probe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let stale = dir.join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+        assert_eq!(probe(&stale).unwrap(), Probe::Stale);
+        assert_eq!(probe(&dir.join("missing.sock")).unwrap(), Probe::Stale);
+
+        let listening = dir.join("listening.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&listening).unwrap();
+        assert!(matches!(probe(&listening).unwrap(), Probe::InUse(_)));
+
+        let dgram = dir.join("dgram.sock");
+        let _dgram = std::os::unix::net::UnixDatagram::bind(&dgram).unwrap();
+        assert!(matches!(probe(&dgram).unwrap(), Probe::InUse(_)));
+
+        let seqpacket = dir.join("seqpacket.sock");
+        let addr = socket2::SockAddr::unix(&seqpacket).unwrap();
+        let seqpacket_socket = Socket::new(Domain::UNIX, Type::SEQPACKET, None).unwrap();
+        seqpacket_socket.bind(&addr).unwrap();
+        assert!(matches!(probe(&seqpacket).unwrap(), Probe::InUse(_)));
+
+        let full = dir.join("full.sock");
+        let addr = socket2::SockAddr::unix(&full).unwrap();
+        let listener = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
+        listener.bind(&addr).unwrap();
+        listener.listen(0).unwrap();
+        let mut queued = Vec::new();
+        loop {
+            let client = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
+            client.set_nonblocking(true).unwrap();
+            if client.connect(&addr).is_err() {
+                break;
+            }
+            queued.push(client);
+            assert!(queued.len() < 1000, "the queue never filled");
+        }
+        assert!(matches!(probe(&full).unwrap(), Probe::InUse(_)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     use std::net::{Ipv4Addr, TcpListener};
 
     const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
