@@ -1,9 +1,11 @@
 //! `LISTEN=/path` against what may already be at the path: another process's
-//! socket of another type, or a listener with a full backlog (issue 21).
+//! socket of another type, a listener with a full backlog, and the mode of
+//! the file we create (issue 21).
 
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use socket2::{Domain, SockAddr, Socket, Type};
@@ -91,4 +93,56 @@ fn a_live_listener_with_a_full_backlog_is_in_use_without_a_hang() {
     refused_as_in_use(dir.path(), &sock);
     assert!(is_socket(&sock));
     drop(held);
+}
+
+fn mode_of(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// The names in `dir`, sorted.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Starts `cmd` with `LISTEN=sock`, checks the file's mode is exactly `mode`
+/// and that the directory holds nothing else, then stops it.
+fn serves_with_exactly(mut cmd: Command, dir: &Path, sock: &Path, mode: &str, want: u32) {
+    cmd.env("LISTEN", sock.display().to_string())
+        .env("UNIX_SOCKET_MODE", mode);
+    let mut server = Running::spawn(cmd, "mode").unwrap();
+    server.wait_for_line(" serving ", DEADLINE).unwrap();
+    assert!(is_socket(sock));
+    assert_eq!(mode_of(sock), want, "UNIX_SOCKET_MODE={mode}");
+    let name = sock.file_name().unwrap().to_string_lossy().into_owned();
+    assert_eq!(
+        entries(dir),
+        vec![name],
+        "nothing else is left in the directory"
+    );
+    server.signal("TERM").unwrap();
+    assert!(server.wait_exit(DEADLINE).unwrap().success());
+    assert_eq!(entries(dir), Vec::<String>::new());
+}
+
+#[test]
+fn the_socket_file_gets_exactly_its_mode_and_nothing_is_left_behind() {
+    let dir = TempDir::new();
+    let sockets = dir.path().join("sockets");
+    std::fs::create_dir(&sockets).unwrap();
+    let sock = sockets.join("http.sock");
+    serves_with_exactly(portkeeper(dir.path()), &sockets, &sock, "0600", 0o600);
+    // A umask that takes bits the mode asks for: they are added back.
+    let mut cmd = clean_command("/bin/sh");
+    cmd.current_dir(dir.path())
+        .args(["-c", "umask 077 && exec \"$0\"", binary()]);
+    serves_with_exactly(cmd, &sockets, &sock, "0666", 0o666);
 }
