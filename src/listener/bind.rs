@@ -133,26 +133,26 @@ pub(crate) fn search(ip: IpAddr, ports: impl Iterator<Item = u16>) -> Found {
 ///
 /// There is no moment in which the socket file is more open than `mode`:
 /// the socket's own mode is set (`fchmod`) before `bind`, and Linux creates
-/// the file with that mode less the umask; a `chmod` after `bind` then adds
-/// back what the umask took (never more than `mode`). A stale socket file
-/// (one nobody listens on) is removed first; a live one is left alone.
+/// the file with that mode less the umask; [`set_socket_mode`] then adds
+/// back what the umask took (never more than `mode`), without following a
+/// symlink. A stale socket file (a connect to it is refused: nobody has it
+/// open) is removed first; one another process has open is left alone.
 #[cfg(unix)]
 pub(crate) fn bind_unix_path(
     path: &std::path::Path,
     mode: u32,
 ) -> Result<(std::os::unix::net::UnixListener, super::SocketFile), super::ListenError> {
     use super::{ErrorClass, ListenError};
-    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let fail = |class: ErrorClass, reason: String| ListenError::UnixSocket {
         endpoint: path.display().to_string(),
         reason,
         class,
     };
-    let busy = || {
+    let busy = |why: &str| {
         fail(
             ErrorClass::Busy,
-            "another process is listening on this socket (stop it, or choose another path)"
-                .to_owned(),
+            format!("{why} (stop it, or choose another path)"),
         )
     };
     let from_io = |err: io::Error, doing: &str| match err.kind() {
@@ -166,27 +166,22 @@ pub(crate) fn bind_unix_path(
             ErrorClass::Permission,
             format!("{doing}: permission denied (the directory must be writable by this user)"),
         ),
-        io::ErrorKind::AddrInUse => busy(),
+        io::ErrorKind::AddrInUse => busy("another process is listening on this socket"),
         _ => fail(ErrorClass::System, format!("{doing}: {err}")),
     };
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            match std::os::unix::net::UnixStream::connect(path) {
-                Ok(_) => return Err(busy()),
-                Err(err) if err.kind() == io::ErrorKind::PermissionDenied => {
-                    return Err(from_io(err, "checking the existing socket"));
-                }
-                // Refused (or gone): nobody listens, so it is stale.
-                Err(_) => {
-                    tracing::info!(path = %path.display(), "replacing a stale socket file");
-                    match std::fs::remove_file(path) {
-                        Ok(()) => {}
-                        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-                        Err(err) => return Err(from_io(err, "removing the stale socket file")),
-                    }
+        Ok(meta) if meta.file_type().is_socket() => match probe(path) {
+            Ok(Probe::Stale) => {
+                tracing::info!(path = %path.display(), "replacing a stale socket file");
+                match std::fs::remove_file(path) {
+                    Ok(()) => {}
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                    Err(err) => return Err(from_io(err, "removing the stale socket file")),
                 }
             }
-        }
+            Ok(Probe::InUse(why)) => return Err(busy(why)),
+            Err(err) => return Err(from_io(err, "checking the existing socket")),
+        },
         Ok(meta) => {
             let what = if meta.is_dir() {
                 "a directory"
@@ -208,15 +203,19 @@ pub(crate) fn bind_unix_path(
     socket
         .bind(&address)
         .map_err(|err| from_io(err, "binding"))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|err| from_io(err, "setting UNIX_SOCKET_MODE"))?;
+    // Not `from_io`: a NotFound here is /proc, not the directory.
+    let meta = set_socket_mode(&socket, path, mode).map_err(|err| {
+        fail(
+            ErrorClass::System,
+            format!("setting UNIX_SOCKET_MODE on the new socket file: {err}"),
+        )
+    })?;
     socket
         .listen(BACKLOG)
         .map_err(|err| from_io(err, "listening"))?;
     socket
         .set_nonblocking(true)
         .map_err(|err| from_io(err, "making it nonblocking"))?;
-    let meta = std::fs::symlink_metadata(path).map_err(|err| from_io(err, "reading it"))?;
     let fd: std::os::fd::OwnedFd = socket.into();
     Ok((
         std::os::unix::net::UnixListener::from(fd),
@@ -226,6 +225,54 @@ pub(crate) fn bind_unix_path(
             ino: meta.ino(),
         },
     ))
+}
+
+/// What a connect to an existing socket file says about it.
+#[cfg(unix)]
+#[derive(Debug, PartialEq, Eq)]
+enum Probe {
+    /// Refused, or gone: no process has it open, so the file may go.
+    Stale,
+    /// Some process has it open; why we think so, for the error line.
+    InUse(&'static str),
+}
+
+/// Connects to the socket file at `path`, without waiting, to tell a stale
+/// file from another process's socket.
+///
+/// Only "refused" (and a file gone since) means stale: a socket file whose
+/// socket is closed refuses every connect, of any type. Everything else
+/// leaves the file alone. Non-blocking, because a blocking connect to a
+/// listener whose accept queue is full waits until it accepts, and start-up
+/// would hang with no output; on Linux a non-blocking Unix connect never
+/// waits (it succeeds, is refused, or says EAGAIN), so no deadline is needed.
+#[cfg(unix)]
+fn probe(path: &std::path::Path) -> io::Result<Probe> {
+    use nix::errno::Errno;
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    socket.set_nonblocking(true)?;
+    let err = match socket.connect(&socket2::SockAddr::unix(path)?) {
+        Ok(()) => return Ok(Probe::InUse("another process is listening on this socket")),
+        Err(err) => err,
+    };
+    let errno = err.raw_os_error().map(Errno::from_raw);
+    Ok(match err.kind() {
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound => Probe::Stale,
+        // EAGAIN: a live listener whose queue is full. EINPROGRESS (not
+        // Linux): a live listener that will answer later.
+        io::ErrorKind::WouldBlock => Probe::InUse(
+            "another process is listening on this socket (its queue of connections is full)",
+        ),
+        _ if errno == Some(Errno::EINPROGRESS) => {
+            Probe::InUse("another process is listening on this socket")
+        }
+        // A live socket of another type: a stream connect to it is refused
+        // as the wrong type, not because nobody has it open.
+        _ if errno == Some(Errno::EPROTOTYPE) => Probe::InUse(
+            "another process has a socket of another type (datagram or seqpacket) here",
+        ),
+        _ => return Err(err),
+    })
 }
 
 /// A Unix stream socket whose own mode is `mode`, so that `bind` creates its
@@ -238,6 +285,72 @@ fn unix_socket_with_mode(mode: u32) -> io::Result<Socket> {
     let file = std::fs::File::from(std::os::fd::OwnedFd::from(socket));
     file.set_permissions(std::fs::Permissions::from_mode(mode))?;
     Ok(Socket::from(std::os::fd::OwnedFd::from(file)))
+}
+
+/// Gives the socket file `socket` just bound at `path` exactly `mode`, and
+/// returns its metadata (what [`super::SocketFile`] remembers).
+///
+/// Whoever may write the directory can put a symlink at `path` after our
+/// `bind`; a `chmod(path)` would follow it and, run as root, open up any
+/// file. So the path is looked up once, with `O_PATH | O_NOFOLLOW` (a
+/// symlink is then the handle's own file, not its target); only a socket
+/// owned by our user is changed, through that handle (`/proc/self/fd/N`
+/// reaches the handle's inode; `fchmod` refuses an `O_PATH` handle).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn set_socket_mode(
+    socket: &Socket,
+    path: &std::path::Path,
+    mode: u32,
+) -> io::Result<std::fs::Metadata> {
+    use nix::fcntl::OFlag;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+    let handle = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlag::O_PATH | OFlag::O_NOFOLLOW).bits())
+        .open(path)?;
+    let meta = handle.metadata()?;
+    // The socket's own inode belongs to the user that created it, as does
+    // the file its `bind` created.
+    let ours = std::fs::File::from(std::os::fd::OwnedFd::from(socket.try_clone()?))
+        .metadata()?
+        .uid();
+    if !meta.file_type().is_socket() || meta.uid() != ours {
+        return Err(io::Error::other(
+            "the path no longer holds our socket (replaced after bind); nothing changed",
+        ));
+    }
+    if meta.permissions().mode() & 0o7777 == mode {
+        return Ok(meta);
+    }
+    let through = format!("/proc/self/fd/{}", handle.as_raw_fd());
+    std::fs::set_permissions(&through, std::fs::Permissions::from_mode(mode))
+        .map_err(|err| io::Error::new(err.kind(), format!("chmod {through}: {err}")))?;
+    handle.metadata()
+}
+
+/// Elsewhere there is no `O_PATH`: the mode the file was born with (the
+/// socket's less the umask) must already be the whole mode, since a
+/// `chmod(path)` could follow a symlink swapped in after `bind`.
+#[cfg(all(unix, not(any(target_os = "linux", target_os = "android"))))]
+fn set_socket_mode(
+    _socket: &Socket,
+    path: &std::path::Path,
+    mode: u32,
+) -> io::Result<std::fs::Metadata> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let meta = std::fs::symlink_metadata(path)?;
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::other(
+            "the path no longer holds our socket (replaced after bind)",
+        ));
+    }
+    if meta.permissions().mode() & 0o7777 != mode {
+        return Err(io::Error::other(format!(
+            "the umask took bits of {mode:04o} (run with a umask that keeps them)"
+        )));
+    }
+    Ok(meta)
 }
 
 /// Binds an abstract Unix stream socket (`@name`, Linux): no file, no mode.
@@ -307,6 +420,118 @@ mod tests {
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// A symlink swapped in at the path between `bind` and setting the mode
+    /// (by whoever may write the directory) must not pass the mode on to
+    /// its target.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn setting_the_mode_does_not_follow_a_symlink_at_the_path() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("pk-nofollow-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("precious");
+        std::fs::write(&target, "not yours").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let link = dir.join("http.sock");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let socket = unix_socket_with_mode(0o600).unwrap();
+        let result = set_socket_mode(&socket, &link, 0o666);
+        let mode = std::fs::metadata(&target).unwrap().permissions().mode() & 0o777;
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(mode, 0o644, "the symlink's target was chmodded");
+        assert!(result.is_err(), "a symlink is not our socket: {result:?}");
+    }
+
+    /// On our socket file it sets exactly the mode, umask or not.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn setting_the_mode_on_a_socket_file_sets_exactly_that_mode() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = std::env::temp_dir().join(format!("pk-setmode-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("http.sock");
+        let socket = unix_socket_with_mode(0o600).unwrap();
+        socket
+            .bind(&socket2::SockAddr::unix(&path).unwrap())
+            .unwrap();
+        let meta = set_socket_mode(&socket, &path, 0o666).unwrap();
+        let on_disk = std::fs::symlink_metadata(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(on_disk.permissions().mode() & 0o777, 0o666);
+        assert_eq!((meta.dev(), meta.ino()), (on_disk.dev(), on_disk.ino()));
+    }
+
+    /// A socket file of another user swapped in at the path is left as it is.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn setting_the_mode_leaves_another_users_socket_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("pk-theirs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("http.sock");
+        let theirs = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // Only root can give a file away; as anyone else there is nothing to see.
+        if std::os::unix::fs::lchown(&path, Some(65534), Some(65534)).is_ok() {
+            let ours = unix_socket_with_mode(0o600).unwrap();
+            assert!(set_socket_mode(&ours, &path, 0o666).is_err());
+            let mode = std::fs::symlink_metadata(&path)
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        drop(theirs);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Only a refused connect (or no file) makes a socket file stale; a live
+    /// socket of another type, or a listener with a full queue, is in use,
+    /// and the probe never waits.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_probe_calls_only_a_refused_socket_stale() {
+        let dir = std::env::temp_dir().join(format!("pk-probe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let stale = dir.join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+        assert_eq!(probe(&stale).unwrap(), Probe::Stale);
+        assert_eq!(probe(&dir.join("missing.sock")).unwrap(), Probe::Stale);
+
+        let listening = dir.join("listening.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&listening).unwrap();
+        assert!(matches!(probe(&listening).unwrap(), Probe::InUse(_)));
+
+        let dgram = dir.join("dgram.sock");
+        let _dgram = std::os::unix::net::UnixDatagram::bind(&dgram).unwrap();
+        assert!(matches!(probe(&dgram).unwrap(), Probe::InUse(_)));
+
+        let seqpacket = dir.join("seqpacket.sock");
+        let addr = socket2::SockAddr::unix(&seqpacket).unwrap();
+        let seqpacket_socket = Socket::new(Domain::UNIX, Type::SEQPACKET, None).unwrap();
+        seqpacket_socket.bind(&addr).unwrap();
+        assert!(matches!(probe(&seqpacket).unwrap(), Probe::InUse(_)));
+
+        let full = dir.join("full.sock");
+        let addr = socket2::SockAddr::unix(&full).unwrap();
+        let listener = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
+        listener.bind(&addr).unwrap();
+        listener.listen(0).unwrap();
+        let mut queued = Vec::new();
+        loop {
+            let client = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
+            client.set_nonblocking(true).unwrap();
+            if client.connect(&addr).is_err() {
+                break;
+            }
+            queued.push(client);
+            assert!(queued.len() < 1000, "the queue never filled");
+        }
+        assert!(matches!(probe(&full).unwrap(), Probe::InUse(_)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     use std::net::{Ipv4Addr, TcpListener};
 
     const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);

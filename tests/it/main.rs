@@ -17,3 +17,4 @@ mod robustness;
 mod support;
 mod systemd;
 mod trust;
+mod unix_sockets;
