@@ -7,6 +7,7 @@ mod app;
 mod balancing;
 mod configuration;
 mod haproxy;
+mod inherit_env;
 mod listener_chain;
 mod listeners;
 mod logging;
