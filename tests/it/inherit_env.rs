@@ -7,6 +7,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use crate::support::*;
 
@@ -51,6 +52,18 @@ fn open_fds(pid: u32) -> Vec<String> {
         .unwrap()
         .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
         .map(|target| target.display().to_string())
+        .collect()
+}
+
+/// The environment `pid` was started with (its last `execve`).
+fn environment_of(pid: u32) -> HashMap<String, String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    raw.split(|&b| b == 0)
+        .filter_map(|entry| {
+            let entry = String::from_utf8_lossy(entry);
+            let (name, value) = entry.split_once('=')?;
+            Some((name.to_owned(), value.to_owned()))
+        })
         .collect()
 }
 
@@ -151,4 +164,61 @@ fn unserved_inherited_sockets_of_any_type_are_closed() {
             "one line for {fd}: {stderr}"
         );
     }
+}
+
+/// A binary upgrade's successor gets exactly its own `LISTEN_FDS`,
+/// `LISTEN_FDNAMES` and `LISTEN_PID`, and its own readiness socket: none of
+/// the variables we were started with, which stay in our environment now
+/// that nothing removes them.
+#[test]
+fn a_successor_gets_its_own_handoff_variables_and_none_of_ours() {
+    use command_fds::{CommandFdExt, FdMapping};
+    let dir = TempDir::new();
+    let listener = loopback_listener();
+    let addr = listener.local_addr().unwrap();
+    let mut cmd = loopback_server(&dir);
+    // A handoff at fd 5 and a stale readiness socket: were either passed on,
+    // the successor would look at fd 5 (it gets fd 3), or report elsewhere.
+    cmd.env("LISTEN_FDS", "1")
+        .env("LISTEN_FDS_FIRST_FD", "5")
+        .env("LISTEN_FDNAMES", "http")
+        .env("PORTKEEPER_HANDOFF_NOTIFY", "@portkeeper-test-stale");
+    cmd.fd_mappings(vec![FdMapping {
+        parent_fd: OwnedFd::from(listener),
+        child_fd: 5,
+    }])
+    .unwrap();
+    let mut first = Running::spawn(cmd, "first").unwrap();
+    assert_eq!(first.serving_address().unwrap(), addr);
+    let old = first.pid();
+
+    first.signal("USR2").unwrap();
+    let end = Instant::now() + DEADLINE;
+    let successor = loop {
+        let info = get_json(addr, "/info").unwrap();
+        let pid = info["pid"].as_u64().unwrap() as u32;
+        if pid != old {
+            break Successor(pid);
+        }
+        assert!(
+            !first.output().contains("binary upgrade failed"),
+            "the successor did not start: {}",
+            first.output()
+        );
+        assert!(Instant::now() < end, "no successor within {DEADLINE:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let env = environment_of(successor.0);
+    assert_eq!(env.get("LISTEN_FDS").map(String::as_str), Some("1"));
+    assert_eq!(env.get("LISTEN_FDNAMES").map(String::as_str), Some("http"));
+    assert_eq!(env.get("LISTEN_PID"), Some(&successor.0.to_string()));
+    assert_eq!(env.get("LISTEN_FDS_FIRST_FD"), None, "{env:?}");
+    let notify = env
+        .get("PORTKEEPER_HANDOFF_NOTIFY")
+        .expect("the successor's own readiness socket");
+    assert!(
+        notify.starts_with(&format!("@portkeeper-handoff-{old}-")),
+        "{notify}"
+    );
+    assert!(first.wait_exit(DEADLINE).unwrap().success());
 }
