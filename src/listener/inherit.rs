@@ -395,9 +395,10 @@ fn take(fd: RawFd) -> OwnedFd {
     //   of ours closes it in between.
     // - Ours alone: the LISTEN_FDS protocol hands these numbers to this
     //   process to own (`plan` has checked that LISTEN_PID is ours or absent,
-    //   and only the offer's numbers come here). `TAKEN` lets `adopt`, the
-    //   only caller, run once per process, and `plan` yields each number
-    //   once, so we make one `OwnedFd` per number at most. Without
+    //   and only the offer's numbers come here). `TAKEN` lets `adopt` (the
+    //   only caller, directly or through `close_unserved`) run once per
+    //   process, and `plan` yields each number once, so we make one
+    //   `OwnedFd` per number at most. Without
     //   LISTEN_PID (systemfd) only a socket is taken: a stale LISTEN_FDS (the
     //   variable inherited without its fds) then cannot take a number that
     //   now holds someone else's file, epoll instance or pipe.
