@@ -1,10 +1,11 @@
 //! Everything done before the runtime exists: the listener chain, the handoff
 //! variables, and what the process learns about its manager.
 //!
-//! These steps read (and, for the `LISTEN_*` variables, change) the process
-//! environment. Changing the environment while another thread may read it is
-//! undefined behaviour, so they run in synchronous code before tokio starts
-//! its threads; [`Server::listen`](crate::Server::listen) documents the order.
+//! These steps read the process environment and never write it: writing it
+//! while another thread may read it is undefined behaviour, and
+//! [`Server::listen`](crate::Server::listen) may run inside a multi-threaded
+//! host. The `LISTEN_*` variables stay as they were (`LISTEN_PID` keeps
+//! children from adopting; a successor gets its own set from `handover`).
 
 use crate::config::{Config, protocol_var};
 use crate::lifecycle::Supervision;
@@ -21,7 +22,8 @@ pub(crate) fn open_listener(
 ) -> Result<listener::Bound, ListenError> {
     use listener::inherit::{self, Handoff, HandoffVars};
     let vars = HandoffVars::from_lookup(protocol_var);
-    let result = inherit::plan(&vars, std::process::id()).and_then(|handoff| {
+    let handoff = inherit::plan(&vars, std::process::id()).map(inherit::claim);
+    handoff.and_then(|handoff| {
         let offer = match handoff {
             Handoff::Offered(mut offer) => {
                 if from_predecessor && offer.source == Source::Systemd {
@@ -39,13 +41,7 @@ pub(crate) fn open_listener(
             Handoff::None => None,
         };
         listener::open(offer.as_ref(), &config.listen_fd_name, &config.bind)
-    });
-    forget_handoff(
-        HandoffVars::NAMES
-            .iter()
-            .chain([&upgrade::HANDOFF_NOTIFY_VAR]),
-    );
-    result
+    })
 }
 
 #[cfg(not(unix))]
@@ -54,36 +50,6 @@ pub(crate) fn open_listener(
     _from_predecessor: bool,
 ) -> Result<listener::Bound, ListenError> {
     listener::open(&config.listen_fd_name, &config.bind)
-}
-
-/// Removes the handoff variables (LISTEN_*, and a predecessor's readiness
-/// socket) so that no child process mistakes them for its own (the fds
-/// themselves are close-on-exec).
-///
-/// Only while this is the process's one thread: an application that opened
-/// its listener after starting threads keeps the variables, which is
-/// harmless (the successor of an upgrade gets its own set explicitly) where
-/// removing them could race with a reader.
-#[cfg(unix)]
-#[allow(unsafe_code)]
-fn forget_handoff<'a>(names: impl IntoIterator<Item = &'a &'a str>) {
-    if !is_single_threaded() {
-        tracing::debug!("other threads exist; leaving the LISTEN_* variables in the environment");
-        return;
-    }
-    for name in names {
-        if std::env::var_os(name).is_some() {
-            // SAFETY: `is_single_threaded` just saw this thread alone in the
-            // process, so no other thread can read the environment meanwhile.
-            unsafe { std::env::remove_var(name) };
-        }
-    }
-}
-
-/// True when the kernel lists one thread in this process.
-#[cfg(unix)]
-fn is_single_threaded() -> bool {
-    std::fs::read_dir("/proc/self/task").is_ok_and(|tasks| tasks.count() == 1)
 }
 
 /// DEBUG=true is meant for a developer's machine: say so loudly when a TCP

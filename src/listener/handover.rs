@@ -67,8 +67,12 @@ pub(crate) enum Parent {
 /// fds 3, 4, ..., with their names. The sockets are duplicated; ours stay
 /// open and served.
 ///
-/// The rest of the environment is inherited as it is: `main.rs` has already
-/// removed the `LISTEN_*` variables we were started with.
+/// The rest of the environment is inherited as it is, less what was handed
+/// to *us*, which stays in our environment (we never write it): our
+/// `LISTEN_PID`, `LISTEN_FDS_FIRST_FD` and predecessor's
+/// `PORTKEEPER_HANDOFF_NOTIFY` are removed from the child's, so it gets
+/// exactly its own `LISTEN_FDS`/`LISTEN_FDNAMES`/`LISTEN_PID` (the caller
+/// sets a `PORTKEEPER_HANDOFF_NOTIFY` of its own afterwards).
 pub(crate) fn command(
     executable: &Path,
     args: &[OsString],
@@ -94,7 +98,8 @@ pub(crate) fn command(
         .env("LISTEN_FDS", sockets.len().to_string())
         .env("LISTEN_FDNAMES", names.join(":"))
         .env_remove("LISTEN_PID")
-        .env_remove("LISTEN_FDS_FIRST_FD");
+        .env_remove("LISTEN_FDS_FIRST_FD")
+        .env_remove(crate::upgrade::HANDOFF_NOTIFY_VAR);
     cmd.fd_mappings(mappings).map_err(std::io::Error::other)?;
     Ok(cmd)
 }
@@ -136,6 +141,32 @@ mod tests {
         assert_eq!(fields.len(), 5, "{text:?}");
         assert_eq!(fields[0], fields[1], "LISTEN_PID must be the child's pid");
         assert_eq!(&fields[2..], ["web:admin", "2", "open"]);
+    }
+
+    /// Nothing handed to us reaches the child: our `LISTEN_PID`,
+    /// `LISTEN_FDS_FIRST_FD` and `PORTKEEPER_HANDOFF_NOTIFY` stay in our
+    /// environment (we never write it), so the command removes them.
+    #[test]
+    fn the_child_gets_its_own_variables_and_none_of_ours() {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let sockets = [Handed {
+            fd: socket.try_clone().unwrap().into(),
+            name: "http".to_owned(),
+        }];
+        let cmd = command(Path::new(SHELL), &[], &sockets, Parent::Us).unwrap();
+        let envs: std::collections::HashMap<_, _> = cmd
+            .get_envs()
+            .map(|(k, v)| (k.to_str().unwrap(), v.map(|v| v.to_str().unwrap())))
+            .collect();
+        assert_eq!(envs["LISTEN_FDS"], Some("1"));
+        assert_eq!(envs["LISTEN_FDNAMES"], Some("http"));
+        for removed in [
+            "LISTEN_PID",
+            "LISTEN_FDS_FIRST_FD",
+            crate::upgrade::HANDOFF_NOTIFY_VAR,
+        ] {
+            assert_eq!(envs.get(removed), Some(&None), "{removed} must be removed");
+        }
     }
 
     /// With `Parent::Reaper` the command exits at once and the new process

@@ -1,10 +1,10 @@
 //! Adopting a listening socket handed over by systemd or systemfd (the LISTEN_FDS protocol).
 //!
 //! This is the only code that knows the protocol. It works in two steps:
-//! [`plan`] reads the LISTEN_* values (collected by `main.rs`) and decides,
+//! [`plan`] reads the LISTEN_* values (collected by `startup.rs`) and decides,
 //! without touching any fd, whether sockets were handed to *this* process;
-//! [`adopt`] then takes the chosen socket through `listenfd`, checks it, and
-//! closes the fds it does not serve.
+//! [`adopt`] then takes the planned fd numbers itself, checks each, and
+//! closes the fds it does not serve, whatever their type.
 //!
 //! The protocol, as systemd documents it in `sd_listen_fds(3)`:
 //! - `LISTEN_FDS=n`: n sockets, at fds 3..3+n (`LISTEN_FDS_FIRST_FD` moves the start).
@@ -15,11 +15,26 @@
 //!   development loop is one of the three ways this server runs.
 //! - `LISTEN_FDNAMES=a:b`: one name per fd, from `FileDescriptorName=` (or the
 //!   socket unit's name when none is set).
+//!
+//! The variables are read and never removed (`sd_listen_fds(0)`): writing
+//! the environment is unsound once other threads exist, and `listen()` may
+//! run inside a multi-threaded host. That is why this reader is ours:
+//! `listenfd` always removes `LISTEN_FDS` and `LISTEN_PID`. `LISTEN_PID`
+//! keeps our children from adopting the fds, and a process-wide flag keeps
+//! this process from adopting them twice ([`claim`]).
+//!
+//! The trade-off: without `LISTEN_PID` (systemfd) a child process the app
+//! starts sees `LISTEN_FDS` too, but not the fds, which are close-on-exec
+//! here. A portkeeper in that child then stops with an error naming the fd
+//! ("not open (nothing was passed at this fd)"), never adopting whatever
+//! else sits at that number; start such children without `LISTEN_FDS`.
 
 use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use listenfd::ListenFd;
-use socket2::Socket;
+use socket2::{Socket, Type};
 
 use super::{ADMIN_FD_NAME, Endpoint, ListenError, Role, Source};
 
@@ -41,7 +56,7 @@ pub(crate) struct HandoffVars {
 }
 
 impl HandoffVars {
-    /// The variable names, so `main.rs` can read and then remove them.
+    /// The variable names, read (never removed) by `startup.rs`.
     pub(crate) const NAMES: [&'static str; 4] = [
         "LISTEN_FDS",
         "LISTEN_PID",
@@ -98,8 +113,8 @@ pub(crate) fn plan(vars: &HandoffVars, our_pid: u32) -> Result<Handoff, ListenEr
     let Some(count) = vars.listen_fds.as_deref() else {
         return Ok(Handoff::None);
     };
-    // No trimming: listenfd, which takes the fds afterwards, reads the
-    // value as it is, and " 1 " would mean 1 here and nothing there.
+    // No trimming: " 1 " is a mistake in whatever wrote the variable,
+    // worth reporting rather than guessing at.
     let count: usize = count
         .parse()
         .ok()
@@ -213,49 +228,192 @@ pub(crate) fn roles(offer: &Offer, wanted: &str) -> Vec<Option<Role>> {
     roles
 }
 
-/// Takes every handed-over socket that has a role (see [`roles`]), checks
-/// each, and closes the others with a log line each.
-///
-/// `listenfd` reads LISTEN_FDS/LISTEN_PID again and removes them from the
-/// environment, so this must run in the single-threaded part of `main`.
-pub(crate) fn adopt(offer: &Offer, wanted: &str) -> Result<Vec<Adopted>, ListenError> {
-    let mut handed = ListenFd::from_env();
-    if handed.len() != offer.fds.len() {
-        // Only possible if the environment changed between plan and adopt.
-        return Err(ListenError::invalid_handoff(
-            "LISTEN_FDS",
-            &handed.len().to_string(),
-            format!("{} socket(s), as read a moment earlier", offer.fds.len()),
-        ));
+/// Set once this process has taken the handed-over fds (adopted or closed
+/// them). The protocol hands each fd number over once; a second `OwnedFd`
+/// for the same number would close a socket twice, or someone else's.
+static TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// Lets an offer through only while nobody in this process has taken the
+/// handed-over fds. A second [`Server::listen`](crate::Server::listen) (an
+/// embedding program serving twice, or again after a failed start) finds the
+/// handoff consumed: it says so in a warning and binds as if nothing had been
+/// handed over, as a second `sd_listen_fds(1)` would find nothing. The
+/// variables themselves stay as they were: we never write the environment.
+pub(crate) fn claim(handoff: Handoff) -> Handoff {
+    match handoff {
+        Handoff::Offered(offer) if TAKEN.load(Ordering::Acquire) => {
+            tracing::warn!(
+                fds = ?offer.fds,
+                "the inherited sockets were taken by an earlier listen() in this process; \
+                 binding as if none were handed over"
+            );
+            Handoff::None
+        }
+        other => other,
     }
-    let mut adopted = Vec::new();
-    for (index, role) in roles(offer, wanted).into_iter().enumerate() {
-        let fd = offer.fds[index];
-        let name = offer.name(index).map(str::to_owned);
-        let Some(role) = role else {
-            let closed = take_any(&mut handed, index);
-            let name = name.unwrap_or_default();
-            match closed {
-                Ok(true) => {
-                    tracing::info!(fd, name, "closed an inherited socket that is not served")
-                }
-                _ => tracing::warn!(
-                    fd,
-                    name,
-                    "an inherited fd is not served and could not be closed"
-                ),
-            }
-            continue;
-        };
-        adopted.push(adopt_one(&mut handed, index, fd, name, role)?);
-    }
-    Ok(adopted)
 }
 
+/// Takes every handed-over socket that has a role (see [`roles`]), checks
+/// each, and closes the others (whatever their type) with a log line each.
+///
+/// The fd numbers are the offer's; the environment is neither read again
+/// nor written (see the module docs). Runs at most once per process: a
+/// second call (two `listen()` racing past [`claim`]) is an error.
+pub(crate) fn adopt(offer: &Offer, wanted: &str) -> Result<Vec<Adopted>, ListenError> {
+    if TAKEN.swap(true, Ordering::AcqRel) {
+        return Err(ListenError::UnusableFd {
+            fd: offer.fds.first().copied().unwrap_or(3),
+            name: offer.name(0).map(str::to_owned),
+            reason: "the inherited sockets were already taken by another listen() in this process"
+                .to_owned(),
+        });
+    }
+    // First every fd is looked at, and every one that is not served closed,
+    // so none is left open (and inherited by our children) when a served
+    // one turns out to be unusable below.
+    let mut served = Vec::new();
+    for (index, role) in roles(offer, wanted).into_iter().enumerate() {
+        let fd = offer.fds[index];
+        let found = inspect(fd);
+        match role {
+            Some(role) => {
+                let taken = match found {
+                    Found::Socket => Ok(take(fd)),
+                    other => Err(other.describe()),
+                };
+                served.push((index, role, taken));
+            }
+            None => close_unserved(
+                fd,
+                offer.name(index).unwrap_or_default(),
+                found,
+                offer.source,
+            ),
+        }
+    }
+    served
+        .into_iter()
+        .map(|(index, role, taken)| {
+            let fd = offer.fds[index];
+            let name = offer.name(index).map(str::to_owned);
+            match taken {
+                Ok(owned) => adopt_one(owned, fd, name, role),
+                Err(reason) => Err(ListenError::UnusableFd { fd, name, reason }),
+            }
+        })
+        .collect()
+}
+
+/// Closes an inherited fd that no listener serves, so its clients are
+/// refused instead of queued, and no child of ours inherits it. Any socket
+/// is closed; a non-socket only when `LISTEN_PID` named us (systemd may hand
+/// over FIFOs and files too), since without it (systemfd) the number may be
+/// our host's own file.
+fn close_unserved(fd: RawFd, name: &str, found: Found, source: Source) {
+    match found {
+        Found::Socket => {
+            drop(take(fd));
+            tracing::info!(fd, name, "closed an inherited socket that is not served");
+        }
+        Found::Other(what) if source != Source::Systemfd => {
+            drop(take(fd));
+            tracing::info!(fd, name, what, "closed an inherited fd that is not served");
+        }
+        Found::Other(what) => tracing::warn!(
+            fd,
+            name,
+            what,
+            "an inherited fd that is not served is not a socket; without LISTEN_PID it may not be ours, so it is left open"
+        ),
+        Found::Closed => {
+            tracing::info!(fd, name, "an inherited fd that is not served was not open")
+        }
+        Found::Unknown(error) => tracing::warn!(
+            fd,
+            name,
+            error,
+            "an inherited fd is not served and cannot be checked, so it is left open"
+        ),
+    }
+}
+
+/// Where the kernel lists this process's open fds, one entry per number.
+#[cfg(target_os = "linux")]
+const FD_DIR: &str = "/proc/self/fd";
+#[cfg(not(target_os = "linux"))]
+const FD_DIR: &str = "/dev/fd";
+
+/// What an inherited fd number holds, found without touching the fd.
+#[derive(Debug)]
+enum Found {
+    /// An open socket, of any kind.
+    Socket,
+    /// Nothing: the number is not open.
+    Closed,
+    /// An open fd that is not a socket (what it is, as the kernel names it).
+    Other(String),
+    /// The fd table cannot be read.
+    Unknown(String),
+}
+
+impl Found {
+    /// Why a served fd cannot be served (for anything but a socket).
+    fn describe(self) -> String {
+        match self {
+            Found::Socket => "it is a socket".to_owned(),
+            Found::Closed => "it is not open (nothing was passed at this fd)".to_owned(),
+            Found::Other(what) => format!("it is not a socket but {what}; {EXPECTED}"),
+            Found::Unknown(error) => format!("it cannot be checked ({FD_DIR}: {error})"),
+        }
+    }
+}
+
+/// Looks the fd number up in [`FD_DIR`]: whether it is open, and a socket.
+/// A path lookup needs no `unsafe`, where `fstat` on a bare number would.
+fn inspect(fd: RawFd) -> Found {
+    use std::os::unix::fs::FileTypeExt;
+    let entry = std::path::Path::new(FD_DIR).join(fd.to_string());
+    match std::fs::metadata(&entry) {
+        Ok(meta) if meta.file_type().is_socket() => Found::Socket,
+        Ok(meta) => Found::Other(match std::fs::read_link(&entry) {
+            Ok(target) => target.display().to_string(),
+            Err(_) if meta.is_dir() => "a directory".to_owned(),
+            Err(_) => "a file".to_owned(),
+        }),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Found::Closed,
+        Err(err) => Found::Unknown(err.to_string()),
+    }
+}
+
+/// Takes ownership of an inherited fd number that [`inspect`] just found
+/// open and a socket (or, for [`close_unserved`], open), so that dropping
+/// it closes it.
+#[allow(unsafe_code)]
+fn take(fd: RawFd) -> OwnedFd {
+    // SAFETY: `OwnedFd` needs `fd` open and owned by nobody else.
+    // - Open: `inspect` has just found it in the kernel's fd table; no code
+    //   of ours closes it in between.
+    // - Ours alone: the LISTEN_FDS protocol hands these numbers to this
+    //   process to own (`plan` has checked that LISTEN_PID is ours or absent,
+    //   and only the offer's numbers come here). `TAKEN` lets `adopt` (the
+    //   only caller, directly or through `close_unserved`) run once per
+    //   process, and `plan` yields each number once, so we make one
+    //   `OwnedFd` per number at most. Without
+    //   LISTEN_PID (systemfd) only a socket is taken: a stale LISTEN_FDS (the
+    //   variable inherited without its fds) then cannot take a number that
+    //   now holds someone else's file, epoll instance or pipe.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// What a served fd must be.
+const EXPECTED: &str = "expected a listening TCP or Unix stream socket (check ListenStream= in the socket unit, or -s http::PORT for systemfd)";
+
+/// Checks that a taken socket is a listening TCP or Unix stream socket and
+/// makes it ready to serve: close-on-exec (systemd passes it without, so our
+/// children would inherit it) and nonblocking (tokio needs it).
 fn adopt_one(
-    handed: &mut ListenFd,
-    index: usize,
-    fd: i32,
+    owned: OwnedFd,
+    fd: RawFd,
     name: Option<String>,
     role: Role,
 ) -> Result<Adopted, ListenError> {
@@ -264,16 +422,34 @@ fn adopt_one(
         name: name.clone(),
         reason,
     };
-    let (socket, unix) = match handed.take_tcp_listener(index) {
-        Ok(Some(listener)) => (Socket::from(listener), false),
-        Ok(None) => return Err(unusable("it was already taken".to_owned())),
-        Err(_) => match handed.take_unix_listener(index) {
-            Ok(Some(listener)) => (Socket::from(listener), true),
-            Ok(None) => return Err(unusable("it was already taken".to_owned())),
-            Err(_) => return Err(unusable(describe_non_tcp(handed, index, fd))),
-        },
+    let socket = Socket::from(owned);
+    socket
+        .set_cloexec(true)
+        .map_err(|err| unusable(format!("it cannot be made close-on-exec: {err}")))?;
+    let local = socket
+        .local_addr()
+        .map_err(|err| unusable(format!("its local address cannot be read: {err}")))?;
+    let ty = socket
+        .r#type()
+        .map_err(|err| unusable(format!("its type cannot be read: {err}")))?;
+    let inet = local.is_ipv4() || local.is_ipv6();
+    let unix = local.is_unix();
+    let kind = match ty {
+        Type::STREAM if inet => "TCP",
+        Type::STREAM if unix => "Unix stream",
+        other => {
+            let what = match other {
+                Type::DGRAM if inet => "a UDP socket".to_owned(),
+                Type::DGRAM if unix => "a Unix datagram socket".to_owned(),
+                Type::SEQPACKET if unix => "a Unix seqpacket socket".to_owned(),
+                _ => format!(
+                    "a socket of address family {} and type {other:?}",
+                    local.family()
+                ),
+            };
+            return Err(unusable(format!("it is {what}; {EXPECTED}")));
+        }
     };
-    let kind = if unix { "Unix stream" } else { "TCP" };
     match socket.is_listener() {
         Ok(true) => {}
         Ok(false) if socket.peer_addr().is_ok() => {
@@ -293,9 +469,6 @@ fn adopt_one(
     socket
         .set_nonblocking(true)
         .map_err(|err| unusable(format!("it cannot be made nonblocking: {err}")))?;
-    let local = socket
-        .local_addr()
-        .map_err(|err| unusable(format!("its local address cannot be read: {err}")))?;
     let (socket, address) = if unix {
         let address = match local.as_pathname() {
             Some(path) => Endpoint::Path(path.to_owned()),
@@ -304,9 +477,8 @@ fn adopt_one(
                 None => Endpoint::Unnamed,
             },
         };
-        let fd: std::os::fd::OwnedFd = socket.into();
         (
-            super::Socket::Unix(std::os::unix::net::UnixListener::from(fd)),
+            super::Socket::Unix(UnixListener::from(OwnedFd::from(socket))),
             address,
         )
     } else {
@@ -322,44 +494,6 @@ fn adopt_one(
         fd,
         name,
     })
-}
-
-/// Says what an fd that is not a TCP socket is instead. listenfd leaves a
-/// socket in place when a typed take fails, so each take is a probe.
-fn describe_non_tcp(handed: &mut ListenFd, index: usize, fd: i32) -> String {
-    const EXPECTED: &str = "expected a listening TCP or Unix stream socket (check ListenStream= in the socket unit, or -s http::PORT for systemfd)";
-    let kind = if handed.take_udp_socket(index).is_ok_and(|s| s.is_some()) {
-        "a UDP socket".to_owned()
-    } else if handed.take_unix_datagram(index).is_ok_and(|s| s.is_some()) {
-        "a Unix datagram socket".to_owned()
-    } else {
-        describe_non_socket(fd)
-    };
-    format!("it is {kind}; {EXPECTED}")
-}
-
-/// Tells "nothing at this fd" from "a file, not a socket", where Linux's
-/// `/proc/self/fd` can say so without an `unsafe` fstat.
-fn describe_non_socket(fd: i32) -> String {
-    const VAGUE: &str = "not an open socket";
-    if !std::path::Path::new("/proc/self/fd").is_dir() {
-        return VAGUE.to_owned();
-    }
-    match std::fs::read_link(format!("/proc/self/fd/{fd}")) {
-        Ok(target) => format!("not a socket but {}", target.display()),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {
-            "not open (nothing was passed at this fd)".to_owned()
-        }
-        Err(_) => VAGUE.to_owned(),
-    }
-}
-
-/// Takes (and so closes, on drop) whatever kind of socket sits at `index`.
-fn take_any(handed: &mut ListenFd, index: usize) -> io::Result<bool> {
-    Ok(handed.take_tcp_listener(index)?.is_some()
-        || handed.take_udp_socket(index).is_ok_and(|s| s.is_some())
-        || handed.take_unix_listener(index).is_ok_and(|s| s.is_some())
-        || handed.take_unix_datagram(index).is_ok_and(|s| s.is_some()))
 }
 
 #[cfg(test)]
@@ -436,6 +570,23 @@ mod tests {
             panic!("expected an offer");
         };
         assert_eq!(roles(&unnamed, "http"), vec![Some(Role::App); 2]);
+    }
+
+    /// `inspect` tells an open socket, another open fd and a closed number
+    /// apart without taking any of them.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn inspect_tells_sockets_from_other_fds_and_closed_numbers() {
+        use std::os::fd::AsRawFd;
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert!(matches!(inspect(socket.as_raw_fd()), Found::Socket));
+        let file = std::fs::File::open("/dev/null").unwrap();
+        match inspect(file.as_raw_fd()) {
+            Found::Other(what) => assert_eq!(what, "/dev/null"),
+            other => panic!("expected another fd, got {other:?}"),
+        }
+        // Far above any number this test process has open.
+        assert!(matches!(inspect(1 << 29), Found::Closed));
     }
 
     #[test]

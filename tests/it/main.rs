@@ -8,6 +8,7 @@ mod balancing;
 mod configuration;
 mod embedding;
 mod haproxy;
+mod inherit_env;
 mod listener_chain;
 mod listeners;
 mod logging;
