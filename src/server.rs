@@ -236,15 +236,11 @@ impl Server {
     }
 
     /// Reads and checks the configuration, starts logging and opens the
-    /// listener by the chain (inherited, else fixed, else searched), without
-    /// a runtime: call it in a synchronous `main`, then serve the result
-    /// inside the runtime you build.
-    ///
-    /// Why this order: adopting an inherited socket removes the `LISTEN_*`
-    /// variables from the environment, which is only sound while no other
-    /// thread exists (tokio's runtime starts threads). Opening first also
-    /// means a busy port or a bad setting is reported before anything else
-    /// starts.
+    /// listeners by the chain (inherited, else `LISTEN`, else fixed, else
+    /// searched). It needs no runtime and may be called inside one (from
+    /// `#[tokio::main]`): it reads the environment and never writes it.
+    /// Opening before anything else starts means a busy port or a bad
+    /// setting is reported first.
     ///
     /// ```no_run
     /// use axum::{routing::get, Router};

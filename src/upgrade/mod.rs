@@ -52,7 +52,8 @@ use crate::notify::Notifier;
 
 /// The variable that tells a process started by a handoff where to report
 /// `READY=1`: its predecessor's private `sd_notify` socket (`@name` = abstract).
-/// `main.rs` reads and removes it, like the `LISTEN_*` variables.
+/// Read from the real environment, never removed from it; a successor's
+/// command gets a fresh one.
 pub(crate) const HANDOFF_NOTIFY_VAR: &str = "PORTKEEPER_HANDOFF_NOTIFY";
 
 /// How long a new executable may take to say it is ready. Start-up is
