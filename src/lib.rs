@@ -72,6 +72,7 @@ mod notify;
 mod routes;
 mod serve;
 mod server;
+mod settings;
 mod startup;
 mod stopping;
 mod timeout;
@@ -80,7 +81,24 @@ mod upgrade;
 pub use error::Error;
 pub use listener::Listener;
 pub use server::{Listening, Server};
+pub use settings::Variable;
 pub use stopping::Stopping;
+
+/// Every environment variable portkeeper reads, with its default and its
+/// meaning, in the order of the documentation: for a program's own `--help`,
+/// or to document its deployment. Under [`Server::from_env_prefixed`] each
+/// name carries the prefix, except `CREDENTIALS_DIRECTORY` (systemd's).
+///
+/// ```
+/// for variable in portkeeper::variables() {
+///     let default = variable.default.unwrap_or("unset");
+///     println!("{:<20} {} ({default})", variable.name, variable.meaning);
+/// }
+/// assert!(portkeeper::variables().iter().any(|v| v.name == "API_PORT"));
+/// ```
+pub fn variables() -> Vec<Variable> {
+    config::variables().copied().collect()
+}
 
 /// Serves `app` with everything portkeeper does, configured by the
 /// environment and `.env`; returns the exit status for `main`.

@@ -6,17 +6,17 @@
 //! undefined behaviour, so they run in synchronous code before tokio starts
 //! its threads; [`Server::listen`](crate::Server::listen) documents the order.
 
-use crate::config::{Config, protocol_var};
 use crate::lifecycle::Supervision;
-use crate::listener::{self, ListenError, Source};
+use crate::listener::{self, ListenError, ListenSettings, Source};
 use crate::notify;
+use crate::settings::protocol_var;
 use crate::upgrade::{self, Succession, UpgradePlan};
 
 /// Opens the listeners by the chain. `from_predecessor`: a binary upgrade
 /// started us, so a socket handed to our pid is reported as `handoff`.
 #[cfg(unix)]
 pub(crate) fn open_listener(
-    config: &Config,
+    settings: &ListenSettings,
     from_predecessor: bool,
 ) -> Result<listener::Bound, ListenError> {
     use listener::inherit::{self, Handoff, HandoffVars};
@@ -38,7 +38,7 @@ pub(crate) fn open_listener(
             }
             Handoff::None => None,
         };
-        listener::open(offer.as_ref(), &config.listen_fd_name, &config.bind)
+        listener::open(offer.as_ref(), &settings.listen_fd_name, settings)
     });
     forget_handoff(
         HandoffVars::NAMES
@@ -50,10 +50,10 @@ pub(crate) fn open_listener(
 
 #[cfg(not(unix))]
 pub(crate) fn open_listener(
-    config: &Config,
+    settings: &ListenSettings,
     _from_predecessor: bool,
 ) -> Result<listener::Bound, ListenError> {
-    listener::open(&config.listen_fd_name, &config.bind)
+    listener::open(&settings.listen_fd_name, settings)
 }
 
 /// Removes the handoff variables (LISTEN_*, and a predecessor's readiness
@@ -125,7 +125,7 @@ pub(crate) fn supervision() -> Supervision {
 
 /// How to start a successor, and the predecessor waiting for our READY=1.
 pub(crate) fn succession(
-    config: &Config,
+    reload: bool,
     bound: &listener::Bound,
     executable: std::io::Result<std::path::PathBuf>,
     handoff_notify: Option<&str>,
@@ -134,7 +134,7 @@ pub(crate) fn succession(
         Ok(executable) => Some(UpgradePlan {
             executable,
             args: std::env::args_os().skip(1).collect(),
-            watch_executable: config.reload,
+            watch_executable: reload,
         }),
         Err(err) => {
             tracing::warn!(error = %err, "cannot tell the executable's path");
