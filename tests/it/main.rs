@@ -6,6 +6,7 @@
 mod app;
 mod balancing;
 mod configuration;
+mod embedding_settings;
 mod haproxy;
 mod listener_chain;
 mod listeners;
