@@ -637,3 +637,95 @@ impl Listening {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The configuration `listen` would use, without opening anything.
+    fn config(server: &Server) -> Result<Config, ConfigError> {
+        Config::load(&server.environment()?, &server.overrides)
+    }
+
+    #[test]
+    fn every_setter_overrides_its_variable() {
+        let server = Server::from_vars([
+            ("HOST", "::1"),
+            ("API_PORT", "7000"),
+            ("SHUTDOWN_TIMEOUT", "1"),
+            ("SHUTDOWN_DELAY", "1"),
+            ("HEADER_READ_TIMEOUT", "1"),
+            ("REQUEST_TIMEOUT", "1"),
+            ("MAX_BODY_BYTES", "1"),
+            ("DEBUG", "false"),
+            ("RELOAD", "false"),
+        ])
+        .shutdown_timeout(Duration::from_secs(2))
+        .shutdown_delay(Duration::from_secs(3))
+        .header_read_timeout(Duration::from_secs(4))
+        .request_timeout(Duration::from_secs(5))
+        .max_body_bytes(6)
+        .bind(SocketAddr::from(([127, 0, 0, 1], 7)))
+        .auto_find_port(8..=9)
+        .api_tokens(["token-0123456789abcdef"])
+        .debug(true)
+        .reload(true);
+        let cfg = config(&server).unwrap();
+        assert_eq!(cfg.stop.shutdown_timeout, Duration::from_secs(2));
+        assert_eq!(cfg.stop.shutdown_delay, Duration::from_secs(3));
+        assert_eq!(cfg.limits.header_read_timeout, Duration::from_secs(4));
+        assert_eq!(cfg.limits.request_timeout, Duration::from_secs(5));
+        assert_eq!(cfg.limits.max_body_bytes, 6);
+        assert_eq!(
+            SocketAddr::new(cfg.listener.ip, cfg.listener.port),
+            SocketAddr::from(([127, 0, 0, 1], 7))
+        );
+        assert_eq!(cfg.listener.search, Some(8..=9));
+        assert!(cfg.auth.is_required() && cfg.debug && cfg.upgrade.reload);
+        let shown = format!("{server:?}");
+        assert!(!shown.contains("token-0123456789abcdef"), "{shown}");
+
+        let all = Server::from_vars([("LISTEN", "/run/x.sock")]).bind_all([
+            SocketAddr::from(([127, 0, 0, 1], 1)),
+            SocketAddr::from(([127, 0, 0, 1], 2)),
+        ]);
+        assert_eq!(config(&all).unwrap().listener.listen.unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_prefix_is_capitals_digits_and_underscores() {
+        for good in ["APP_", "MY_APP2_", "X"] {
+            assert!(is_valid_env_prefix(good), "{good}");
+        }
+        for bad in ["", "app_", "APP-", "APP ", "ÄPP_"] {
+            assert!(!is_valid_env_prefix(bad), "{bad}");
+            let err = Server::from_env_prefixed(bad).environment().unwrap_err();
+            assert!(err.to_string().starts_with("from_env_prefixed: "), "{err}");
+        }
+    }
+
+    #[test]
+    fn from_vars_takes_protocol_variables_only_from_the_process() {
+        let server = Server::from_vars([("NOTIFY_SOCKET", "/run/from-vars"), ("HOST", "::1")]);
+        let env = server.environment().unwrap();
+        // Whatever the test process has, never the value given as a variable.
+        assert_ne!(env.protocol("NOTIFY_SOCKET"), Some("/run/from-vars"));
+        assert_eq!(config(&server).unwrap().listener.ip.to_string(), "::1");
+    }
+
+    #[test]
+    fn bad_typed_values_are_refused_naming_the_setter() {
+        let refused = |server: Server| config(&server).unwrap_err().to_string();
+        assert_eq!(
+            refused(Server::from_vars([("HOST", "::1")]).header_read_timeout(Duration::ZERO)),
+            "header_read_timeout: \"0s\" is not valid (expected a duration from 1s to 3600s)"
+        );
+        assert_eq!(
+            refused(
+                Server::from_vars([("HOST", "::1")])
+                    .request_timeout(Duration::from_millis(3_600_500))
+            ),
+            "request_timeout: \"3600.5s\" is not valid (expected a duration from 1s to 3600s)"
+        );
+    }
+}
