@@ -57,7 +57,12 @@
 //! [`Server::builtin_routes_at`] or turn them off.
 //!
 //! Configuration is by environment variables (and `.env`); `config.example.env`
-//! documents every one.
+//! documents every one, and [`variables()`] lists them in code. A program
+//! with variables of its own reads ours under a prefix
+//! ([`Server::from_env_prefixed`]), gives settings typed
+//! ([`Server::shutdown_timeout`], [`Server::bind`], [`Server::api_tokens`], ...),
+//! and can leave `.env` and the global subscriber alone
+//! ([`Server::dotenv`], [`Server::logging`]).
 
 mod announce;
 mod auth;
