@@ -13,7 +13,7 @@ const SHUTDOWN_TIMEOUT: Variable = Variable::new(
 const SHUTDOWN_DELAY: Variable = Variable::new(
     "SHUTDOWN_DELAY",
     "0",
-    "seconds to keep serving, `/ready` at 503, before the drain (load balancers)",
+    "seconds between a stop signal (`/ready` at 503) and the drain, for load balancers",
 );
 
 /// The stop's variables, in the order of the documentation.
