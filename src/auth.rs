@@ -23,6 +23,47 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use subtle::{Choice, ConstantTimeEq};
 
+use crate::settings::{ConfigError, Environment, Variable, open_regular_file, parse_bool};
+
+const AUTH_REQUIRED: Variable = Variable::new(
+    "AUTH_REQUIRED",
+    "false",
+    "require a bearer token on every route but `/health` and `/ready`",
+);
+const API_TOKEN: Variable =
+    Variable::unset("API_TOKEN", "accepted bearer token(s), comma-separated");
+const API_TOKEN_FILE: Variable =
+    Variable::unset("API_TOKEN_FILE", "a file of accepted tokens, one per line");
+/// A protocol variable (systemd's, never prefixed, never from `.env`),
+/// documented with ours because it is where the `api-token` credential is.
+const CREDENTIALS_DIRECTORY: Variable = Variable::unset(
+    "CREDENTIALS_DIRECTORY",
+    "set by systemd: where the `api-token` credential is read",
+);
+
+/// A secret's value (`API_TOKEN`, `Server::api_tokens`): `Debug` shows
+/// `<redacted>`, never the value.
+#[derive(Clone)]
+pub(crate) struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub(crate) fn new(value: String) -> Self {
+        Secret(value)
+    }
+
+    /// The value, for the code that needs it (token parsing).
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// The realm named in `WWW-Authenticate` challenges.
 pub(crate) const REALM: &str = "portkeeper";
 
@@ -113,6 +154,68 @@ pub(crate) enum Auth {
     },
 }
 
+impl Auth {
+    /// Authentication's variables, in the order of the documentation.
+    pub(crate) const VARIABLES: &'static [Variable] = &[
+        AUTH_REQUIRED,
+        API_TOKEN,
+        API_TOKEN_FILE,
+        CREDENTIALS_DIRECTORY,
+    ];
+
+    /// Reads `AUTH_REQUIRED` and the tokens' source, and loads the tokens
+    /// (reading a token file or the credential if that is where they are).
+    pub(crate) fn from_env(env: &Environment) -> Result<Self, ConfigError> {
+        let required = env.setting(&AUTH_REQUIRED)?.parse(parse_bool)?;
+        let api_token = env.setting(&API_TOKEN)?;
+        let api_token_file = env.setting(&API_TOKEN_FILE)?;
+        Ok(load(TokenSettings {
+            prefix: env.prefix(),
+            required,
+            api_token: api_token.value,
+            api_token_file: api_token_file.value,
+            credentials_directory: env.protocol(CREDENTIALS_DIRECTORY.name),
+        })?)
+    }
+
+    /// Requires one of `tokens` (a typed setter's, named `setter` in
+    /// errors), with the same rules as `API_TOKEN`.
+    pub(crate) fn from_tokens(setter: &str, tokens: &[Secret]) -> Result<Self, ConfigError> {
+        if tokens.is_empty() {
+            return Err(TokenError::Empty {
+                name: setter.to_owned(),
+                place: "the list".to_owned(),
+                separated: "at least one",
+            }
+            .into());
+        }
+        let parsed = tokens
+            .iter()
+            .enumerate()
+            .map(|(index, token)| {
+                check_syntax(token.expose())
+                    .map(|()| Token::new(token.expose().as_bytes()))
+                    .map_err(|problem| TokenError::Malformed {
+                        name: setter.to_owned(),
+                        place: "the list".to_owned(),
+                        position: index + 1,
+                        problem,
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Auth::Bearer {
+            tokens: Tokens(parsed.into()),
+            origin: Origin::Code,
+        })
+    }
+}
+
+impl From<TokenError> for ConfigError {
+    fn from(err: TokenError) -> Self {
+        ConfigError::Owner(Box::new(err))
+    }
+}
+
 #[cfg(test)]
 impl Auth {
     /// Whether a token is required.
@@ -130,6 +233,8 @@ pub(crate) enum Origin {
     File(PathBuf),
     /// The systemd credential `api-token`.
     Credential(PathBuf),
+    /// `Server::api_tokens`, in the program's code.
+    Code,
 }
 
 impl std::fmt::Display for Origin {
@@ -138,6 +243,7 @@ impl std::fmt::Display for Origin {
             Origin::Variable => f.write_str("API_TOKEN"),
             Origin::File(path) => write!(f, "API_TOKEN_FILE ({})", path.display()),
             Origin::Credential(path) => write!(f, "credential {}", path.display()),
+            Origin::Code => f.write_str("Server::api_tokens"),
         }
     }
 }
@@ -145,6 +251,8 @@ impl std::fmt::Display for Origin {
 /// The raw token settings, as `config` found them.
 #[derive(Clone, Copy, Default)]
 pub(crate) struct TokenSettings<'a> {
+    /// The prefix of our variables' names (`Server::from_env_prefixed`), for errors.
+    pub(crate) prefix: &'a str,
     /// `AUTH_REQUIRED`, already parsed.
     pub(crate) required: bool,
     /// `API_TOKEN`, as given.
@@ -161,36 +269,46 @@ pub(crate) struct TokenSettings<'a> {
 pub(crate) enum TokenError {
     /// `AUTH_REQUIRED=true` and no source of tokens.
     #[error(
-        "AUTH_REQUIRED: \"true\" but no token is configured (set API_TOKEN, API_TOKEN_FILE, or the systemd credential {CREDENTIAL_NAME})"
+        "{p}AUTH_REQUIRED: \"true\" but no token is configured (set {p}API_TOKEN, {p}API_TOKEN_FILE, or the systemd credential {CREDENTIAL_NAME})"
     )]
-    Missing,
+    Missing {
+        /// The prefix of our variables' names.
+        p: String,
+    },
     /// `AUTH_REQUIRED=true`, no variable, and systemd's credential file is not there.
     #[error(
-        "AUTH_REQUIRED: \"true\" but no token is configured: CREDENTIALS_DIRECTORY names {path}, which does not exist (set API_TOKEN or API_TOKEN_FILE, or add LoadCredential={CREDENTIAL_NAME}:... to the unit)"
+        "{p}AUTH_REQUIRED: \"true\" but no token is configured: CREDENTIALS_DIRECTORY names {path}, which does not exist (set {p}API_TOKEN or {p}API_TOKEN_FILE, or add LoadCredential={CREDENTIAL_NAME}:... to the unit)"
     )]
     CredentialMissing {
+        /// The prefix of our variables' names.
+        p: String,
         /// The credential's path that was looked at.
         path: String,
     },
     /// Both variables are set: which one wins would be a guess.
     #[error(
-        "API_TOKEN and API_TOKEN_FILE are both set (expected one of them; put every token in one place)"
+        "{p}API_TOKEN and {p}API_TOKEN_FILE are both set (expected one of them; put every token in one place)"
     )]
-    Conflict,
+    Conflict {
+        /// The prefix of our variables' names.
+        p: String,
+    },
     /// A token is configured but not required: the user expects protection
     /// that would not be there.
     #[error(
-        "{name}: a token is set but AUTH_REQUIRED is false (set AUTH_REQUIRED=true to require it, or remove {name})"
+        "{name}: a token is set but {p}AUTH_REQUIRED is false (set {p}AUTH_REQUIRED=true to require it, or remove {name})"
     )]
     NotRequired {
-        /// `API_TOKEN` or `API_TOKEN_FILE`.
-        name: &'static str,
+        /// The prefix of our variables' names.
+        p: String,
+        /// `API_TOKEN` or `API_TOKEN_FILE`, as spelled.
+        name: String,
     },
     /// A token file cannot be read.
     #[error("{name}: cannot read {path} (expected a readable file of tokens, one per line)")]
     Unreadable {
-        /// `API_TOKEN_FILE` or `CREDENTIALS_DIRECTORY`.
-        name: &'static str,
+        /// `API_TOKEN_FILE` (as spelled) or `CREDENTIALS_DIRECTORY`.
+        name: String,
         /// The file.
         path: String,
         /// Why.
@@ -202,16 +320,16 @@ pub(crate) enum TokenError {
         "{name}: {path} is larger than {MAX_TOKEN_FILE_BYTES} bytes (expected a small file of tokens, one per line)"
     )]
     TooLarge {
-        /// `API_TOKEN_FILE` or `CREDENTIALS_DIRECTORY`.
-        name: &'static str,
+        /// `API_TOKEN_FILE` (as spelled) or `CREDENTIALS_DIRECTORY`.
+        name: String,
         /// The file.
         path: String,
     },
     /// The source holds no token at all.
     #[error("{name}: {place} holds no token (expected {TOKEN_SYNTAX}, {separated})")]
     Empty {
-        /// The variable.
-        name: &'static str,
+        /// The variable as spelled, or the setter.
+        name: String,
         /// The quoted empty value, or the file.
         place: String,
         /// How several tokens are separated there.
@@ -222,8 +340,8 @@ pub(crate) enum TokenError {
         "{name}: token {position} in {place} is not valid: {problem} (expected {TOKEN_SYNTAX})"
     )]
     Malformed {
-        /// The variable.
-        name: &'static str,
+        /// The variable as spelled, or the setter.
+        name: String,
         /// The variable's value described without its content, or the file.
         place: String,
         /// 1-based position among the tokens (lines for files).
@@ -255,21 +373,28 @@ impl Layout {
 /// token file or the systemd credential if that is where they are.
 pub(crate) fn load(settings: TokenSettings<'_>) -> Result<Auth, TokenError> {
     let TokenSettings {
+        prefix,
         required,
         api_token,
         api_token_file,
         credentials_directory,
     } = settings;
     if api_token.is_some() && api_token_file.is_some() {
-        return Err(TokenError::Conflict);
+        return Err(TokenError::Conflict {
+            p: prefix.to_owned(),
+        });
     }
     if !required {
         if api_token.is_some() {
-            return Err(TokenError::NotRequired { name: "API_TOKEN" });
+            return Err(TokenError::NotRequired {
+                p: prefix.to_owned(),
+                name: format!("{prefix}API_TOKEN"),
+            });
         }
         if api_token_file.is_some() {
             return Err(TokenError::NotRequired {
-                name: "API_TOKEN_FILE",
+                p: prefix.to_owned(),
+                name: format!("{prefix}API_TOKEN_FILE"),
             });
         }
         // A credential may be provisioned for every host while only some
@@ -282,24 +407,29 @@ pub(crate) fn load(settings: TokenSettings<'_>) -> Result<Auth, TokenError> {
         } else {
             "the value".to_owned()
         };
-        let tokens = parse("API_TOKEN", &place, value, Layout::Commas)?;
+        let tokens = parse(&format!("{prefix}API_TOKEN"), &place, value, Layout::Commas)?;
         (tokens, Origin::Variable)
     } else if let Some(path) = api_token_file {
         let path = PathBuf::from(path);
-        let tokens = parse_token_file("API_TOKEN_FILE", &path)?;
+        let tokens = parse_token_file(&format!("{prefix}API_TOKEN_FILE"), &path)?;
         (tokens, Origin::File(path))
     } else if let Some(path) = credential_path(credentials_directory) {
         let tokens = match parse_token_file("CREDENTIALS_DIRECTORY", &path) {
             Err(TokenError::Unreadable { source, path, .. })
                 if source.kind() == std::io::ErrorKind::NotFound =>
             {
-                return Err(TokenError::CredentialMissing { path });
+                return Err(TokenError::CredentialMissing {
+                    p: prefix.to_owned(),
+                    path,
+                });
             }
             tokens => tokens?,
         };
         (tokens, Origin::Credential(path))
     } else {
-        return Err(TokenError::Missing);
+        return Err(TokenError::Missing {
+            p: prefix.to_owned(),
+        });
     };
     Ok(Auth::Bearer {
         tokens: Tokens(tokens.into()),
@@ -314,19 +444,19 @@ fn credential_path(directory: Option<&str>) -> Option<PathBuf> {
 }
 
 /// Reads a file of tokens (one per line) and parses it; errors name `name` and the path.
-fn parse_token_file(name: &'static str, path: &Path) -> Result<Vec<Token>, TokenError> {
+fn parse_token_file(name: &str, path: &Path) -> Result<Vec<Token>, TokenError> {
     let text = read_token_file(name, path)?;
     parse(name, &path.display().to_string(), &text, Layout::Lines)
 }
 
-fn read_token_file(name: &'static str, path: &Path) -> Result<String, TokenError> {
+fn read_token_file(name: &str, path: &Path) -> Result<String, TokenError> {
     let unreadable = |source| TokenError::Unreadable {
-        name,
+        name: name.to_owned(),
         path: path.display().to_string(),
         source,
     };
     // A regular file only: a FIFO would hang the start, a device never ends.
-    let file = crate::config::open_regular_file(path).map_err(unreadable)?;
+    let file = open_regular_file(path).map_err(unreadable)?;
     let mut text = String::new();
     // Read one byte past the bound to tell "exactly at the limit" from "beyond".
     file.take(MAX_TOKEN_FILE_BYTES + 1)
@@ -334,19 +464,14 @@ fn read_token_file(name: &'static str, path: &Path) -> Result<String, TokenError
         .map_err(unreadable)?;
     if text.len() as u64 > MAX_TOKEN_FILE_BYTES {
         return Err(TokenError::TooLarge {
-            name,
+            name: name.to_owned(),
             path: path.display().to_string(),
         });
     }
     Ok(text)
 }
 
-fn parse(
-    name: &'static str,
-    place: &str,
-    text: &str,
-    layout: Layout,
-) -> Result<Vec<Token>, TokenError> {
+fn parse(name: &str, place: &str, text: &str, layout: Layout) -> Result<Vec<Token>, TokenError> {
     let entries: Vec<(usize, &str)> = match layout {
         Layout::Commas => text.split(',').map(str::trim).enumerate().collect(),
         Layout::Lines => text
@@ -358,7 +483,7 @@ fn parse(
     };
     if entries.iter().all(|(_, entry)| entry.is_empty()) {
         return Err(TokenError::Empty {
-            name,
+            name: name.to_owned(),
             place: place.to_owned(),
             separated: layout.describe(),
         });
@@ -369,7 +494,7 @@ fn parse(
             check_syntax(entry)
                 .map(|()| Token::new(entry.as_bytes()))
                 .map_err(|problem| TokenError::Malformed {
-                    name,
+                    name: name.to_owned(),
                     place: place.to_owned(),
                     position: index + 1,
                     problem,
@@ -577,25 +702,75 @@ mod tests {
 
     #[test]
     fn settings_that_contradict_or_lack_a_token_are_refused() {
-        assert!(matches!(load(settings(None)), Err(TokenError::Missing)));
+        assert!(matches!(
+            load(settings(None)),
+            Err(TokenError::Missing { .. })
+        ));
         let both = TokenSettings {
             api_token_file: Some("/etc/tokens"),
             ..settings(Some(GOOD))
         };
-        assert!(matches!(load(both), Err(TokenError::Conflict)));
+        assert!(matches!(load(both), Err(TokenError::Conflict { .. })));
         let unrequired = TokenSettings {
             required: false,
             ..settings(Some(GOOD))
         };
         assert!(matches!(
             load(unrequired),
-            Err(TokenError::NotRequired { name: "API_TOKEN" })
+            Err(TokenError::NotRequired { name, .. }) if name == "API_TOKEN"
         ));
         assert!(matches!(
             load(settings(Some(" , "))),
             Err(TokenError::Empty { .. })
         ));
         assert!(matches!(load(TokenSettings::default()), Ok(Auth::Open)));
+    }
+
+    #[test]
+    fn prefixed_errors_name_the_prefixed_variables() {
+        let env = Environment::with_prefix(
+            "APP_",
+            [("APP_AUTH_REQUIRED".to_owned(), "true".to_owned())],
+            [],
+        );
+        assert_eq!(
+            Auth::from_env(&env).unwrap_err().to_string(),
+            "APP_AUTH_REQUIRED: \"true\" but no token is configured (set APP_API_TOKEN, APP_API_TOKEN_FILE, or the systemd credential api-token)"
+        );
+        let env =
+            Environment::with_prefix("APP_", [("APP_API_TOKEN".to_owned(), GOOD.to_owned())], []);
+        let message = Auth::from_env(&env).unwrap_err().to_string();
+        assert!(
+            message.starts_with("APP_API_TOKEN: a token is set but APP_AUTH_REQUIRED is false"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn typed_tokens_follow_the_rules_of_api_token() {
+        let good = [Secret::new(GOOD.to_owned()), Secret::new(NEXT.to_owned())];
+        match Auth::from_tokens("api_tokens", &good).unwrap() {
+            Auth::Bearer { tokens, origin } => {
+                assert!(tokens.accepts(NEXT.as_bytes()));
+                assert_eq!(origin, Origin::Code);
+            }
+            Auth::Open => panic!("tokens were given"),
+        }
+        let short = [Secret::new("short".to_owned())];
+        let message = Auth::from_tokens("api_tokens", &short)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.starts_with("api_tokens: token 1 in the list is not valid: it is too short"),
+            "{message}"
+        );
+        assert!(!message.contains("short\""), "{message}");
+        assert!(
+            Auth::from_tokens("api_tokens", &[])
+                .unwrap_err()
+                .to_string()
+                .starts_with("api_tokens: the list holds no token")
+        );
     }
 
     #[test]

@@ -14,6 +14,22 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 
+use crate::settings::{ConfigError, Environment, Variable, parse_bool};
+
+const DEBUG: Variable = Variable::new(
+    "DEBUG",
+    "false",
+    "development diagnostics (debug logging, `GET /debug/sleep`)",
+);
+
+/// `DEBUG`'s variable: it mounts these routes, and makes debug the default log level.
+pub(crate) const VARIABLES: &[Variable] = &[DEBUG];
+
+/// Reads and checks `DEBUG`.
+pub(crate) fn debug_from_env(env: &Environment) -> Result<bool, ConfigError> {
+    env.setting(&DEBUG)?.parse(parse_bool)
+}
+
 /// The longest sleep `/debug/sleep` grants.
 pub(crate) const MAX_SLEEP: Duration = Duration::from_secs(10);
 

@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
-use crate::config::ConfigError;
 use crate::listener::ListenError;
+use crate::settings::ConfigError;
 
 /// Exit statuses, from BSD's sysexits.h so service managers can tell them apart.
 pub(crate) mod status {
@@ -86,7 +86,7 @@ impl Error {
     /// and returns its exit status, for `main` to return.
     pub fn report(self) -> ExitCode {
         // On the journal's stream, "<3>" files the line at priority err, not info.
-        let journal = crate::config::protocol_var("JOURNAL_STREAM")
+        let journal = crate::settings::protocol_var("JOURNAL_STREAM")
             .is_some_and(|value| crate::logging::stderr_is_journal_stream(&value));
         let prefix = if journal {
             crate::logging::ERR_PREFIX

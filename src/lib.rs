@@ -57,7 +57,12 @@
 //! [`Server::builtin_routes_at`] or turn them off.
 //!
 //! Configuration is by environment variables (and `.env`); `config.example.env`
-//! documents every one.
+//! documents every one, and [`variables()`] lists them in code. A program
+//! with variables of its own reads ours under a prefix
+//! ([`Server::from_env_prefixed`]), gives settings typed
+//! ([`Server::shutdown_timeout`], [`Server::bind`], [`Server::api_tokens`], ...),
+//! and can leave `.env` and the global subscriber alone
+//! ([`Server::dotenv`], [`Server::logging`]).
 
 mod announce;
 mod auth;
@@ -72,6 +77,7 @@ mod notify;
 mod routes;
 mod serve;
 mod server;
+mod settings;
 #[cfg(unix)]
 mod signals;
 mod startup;
@@ -82,7 +88,24 @@ mod upgrade;
 pub use error::Error;
 pub use listener::Listener;
 pub use server::{Listening, Serve, Server};
+pub use settings::Variable;
 pub use stopping::Stopping;
+
+/// Every environment variable portkeeper reads, with its default and its
+/// meaning, in the order of the documentation: for a program's own `--help`,
+/// or to document its deployment. Under [`Server::from_env_prefixed`] each
+/// name carries the prefix, except `CREDENTIALS_DIRECTORY` (systemd's).
+///
+/// ```
+/// for variable in portkeeper::variables() {
+///     let default = variable.default.unwrap_or("unset");
+///     println!("{:<20} {} ({default})", variable.name, variable.meaning);
+/// }
+/// assert!(portkeeper::variables().iter().any(|v| v.name == "API_PORT"));
+/// ```
+pub fn variables() -> Vec<Variable> {
+    config::variables().copied().collect()
+}
 
 /// Serves `app` with everything portkeeper does, configured by the
 /// environment and `.env`; returns the exit status for `main`.

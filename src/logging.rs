@@ -32,6 +32,23 @@ use tracing_subscriber::filter::Directive;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+use crate::settings::{ConfigError, Environment, Variable, protocol_var};
+
+const LOG_LEVEL: Variable = Variable::new(
+    "LOG_LEVEL",
+    "INFO",
+    "trace, debug, info, warn or error; `RUST_LOG` wins when set",
+);
+const LOG_FORMAT: Variable = Variable::new(
+    "LOG_FORMAT",
+    "text",
+    "`text` lines, or `json`: one object per line",
+);
+const RUST_LOG: Variable = Variable::unset(
+    "RUST_LOG",
+    "`EnvFilter` directives such as `warn,portkeeper=debug`; a typo is a warning",
+);
+
 /// How log lines on stderr are written (`LOG_FORMAT`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) enum LogFormat {
@@ -52,6 +69,54 @@ pub(crate) struct LogSettings {
     pub(crate) directives: Option<String>,
     /// How lines on stderr are written.
     pub(crate) format: LogFormat,
+}
+
+impl LogSettings {
+    /// Logging's variables, in the order of the documentation.
+    pub(crate) const VARIABLES: &'static [Variable] = &[LOG_LEVEL, LOG_FORMAT, RUST_LOG];
+
+    /// Reads and checks `LOG_LEVEL` and `LOG_FORMAT`, and keeps `RUST_LOG`.
+    /// With `debug` (`DEBUG=true`) the level is debug unless `LOG_LEVEL` says otherwise.
+    pub(crate) fn from_env(env: &Environment, debug: bool) -> Result<Self, ConfigError> {
+        let level = env.setting(&LOG_LEVEL)?;
+        let level = if debug {
+            level.parse_or("debug", parse_log_level)?
+        } else {
+            level.parse(parse_log_level)?
+        };
+        Ok(LogSettings {
+            level,
+            // Not validated here: a directive that does not parse costs a
+            // warning once logging is set up (`init`), never the start.
+            directives: env
+                .setting(&RUST_LOG)?
+                .value
+                .filter(|value| !value.trim().is_empty())
+                .map(str::to_owned),
+            format: env.setting(&LOG_FORMAT)?.parse(parse_log_format)?,
+        })
+    }
+}
+
+fn parse_log_level(value: &str) -> Result<LevelFilter, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "trace" => Ok(LevelFilter::TRACE),
+        "debug" => Ok(LevelFilter::DEBUG),
+        "info" => Ok(LevelFilter::INFO),
+        // "warning" and "critical" are Python's logging names, which the
+        // seed's users will have in their .env.
+        "warn" | "warning" => Ok(LevelFilter::WARN),
+        "error" | "critical" => Ok(LevelFilter::ERROR),
+        _ => Err("one of trace, debug, info, warn, error".to_owned()),
+    }
+}
+
+fn parse_log_format(value: &str) -> Result<LogFormat, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err("text or json".to_owned()),
+    }
 }
 
 impl Default for LogSettings {
@@ -84,7 +149,7 @@ pub(crate) enum LogTarget {
 /// with a warning.
 pub(crate) fn init(settings: &LogSettings) -> LogTarget {
     let (filter, rejected) = filter(settings);
-    let journal_stream = crate::config::protocol_var("JOURNAL_STREAM");
+    let journal_stream = protocol_var("JOURNAL_STREAM");
     let stderr_is_journal = journal_stream
         .as_deref()
         .is_some_and(stderr_is_journal_stream);
@@ -214,6 +279,56 @@ mod tests {
             directives: directives.map(str::to_owned),
             format: LogFormat::Text,
         }
+    }
+
+    fn from_env(pairs: &[(&str, &str)], debug: bool) -> Result<LogSettings, ConfigError> {
+        let env = Environment::new(
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+            [],
+        );
+        LogSettings::from_env(&env, debug)
+    }
+
+    #[test]
+    fn log_level_in_any_case_and_rust_log_kept_for_the_filter() {
+        let level = |pairs: &[(&str, &str)], debug| from_env(pairs, debug).unwrap().level;
+        assert_eq!(from_env(&[], false).unwrap(), LogSettings::default());
+        assert_eq!(level(&[("LOG_LEVEL", "DEBUG")], false), LevelFilter::DEBUG);
+        assert_eq!(level(&[("LOG_LEVEL", "Warning")], false), LevelFilter::WARN);
+        assert_eq!(
+            level(&[("LOG_LEVEL", "critical")], false),
+            LevelFilter::ERROR
+        );
+        assert_eq!(level(&[], true), LevelFilter::DEBUG);
+        assert_eq!(level(&[("LOG_LEVEL", "warn")], true), LevelFilter::WARN);
+        let refused = from_env(&[("LOG_LEVEL", "loud")], false).unwrap_err();
+        assert!(refused.to_string().starts_with("LOG_LEVEL: \"loud\""));
+        // RUST_LOG is EnvFilter's to judge, at logging set-up, as a warning.
+        let kept = from_env(
+            &[("RUST_LOG", "warn,tower=trce,portkeeper[conn]=debug")],
+            false,
+        );
+        assert_eq!(
+            kept.unwrap().directives.as_deref(),
+            Some("warn,tower=trce,portkeeper[conn]=debug")
+        );
+        assert_eq!(
+            from_env(&[("RUST_LOG", " ")], false).unwrap().directives,
+            None
+        );
+    }
+
+    #[test]
+    fn log_format_is_text_or_json() {
+        let format = |value| from_env(&[("LOG_FORMAT", value)], false).unwrap().format;
+        assert_eq!(format("text"), LogFormat::Text);
+        assert_eq!(format("JSON"), LogFormat::Json);
+        assert_eq!(
+            from_env(&[("LOG_FORMAT", "yaml")], false)
+                .unwrap_err()
+                .to_string(),
+            "LOG_FORMAT: \"yaml\" is not valid (expected text or json)"
+        );
     }
 
     #[test]

@@ -9,39 +9,33 @@ use std::process::ExitCode;
 /// BSD's EX_USAGE: the command line is wrong.
 const EX_USAGE: u8 = 64;
 
-const HELP: &str = "\
-portkeeper: an HTTP server that never fights over its port
+/// The help text: the variables come from `portkeeper::variables()`, the
+/// one list the documentation is tested against.
+fn help() -> String {
+    let mut text = String::from(
+        "portkeeper: an HTTP server that never fights over its port
 
 Usage: portkeeper [--help | --version]
 
 Configured by environment variables, and a .env file in the working directory
 (real variables win). See config.example.env for details.
 
-  HOST                 address to bind (0.0.0.0)
-  API_PORT             port to bind first; 0 = any free port (5050)
-  AUTO_FIND_PORT       search PORT_RANGE_START..=PORT_RANGE_END when busy (false)
-  PORT_RANGE_START     first port of the search range (5050)
-  PORT_RANGE_END       last port of the search range (5100)
-  LOG_LEVEL            trace, debug, info, warn or error (info)
-  LOG_FORMAT           text or json (text)
-  RUST_LOG             tracing filter directives; overrides LOG_LEVEL
-  DEBUG                development diagnostics (false)
-  RELOAD               hand the socket over when the executable is replaced (false)
-  AUTH_REQUIRED        require a bearer token on all but /health and /ready (false)
-  API_TOKEN            accepted bearer token(s), comma-separated
-  API_TOKEN_FILE       a file of accepted tokens, one per line
-  CREDENTIALS_DIRECTORY  systemd's credentials (api-token)
-  HEADER_READ_TIMEOUT  seconds to receive a request's headers (10)
-  REQUEST_TIMEOUT      seconds from headers to response; 503 after (30)
-  MAX_BODY_BYTES       largest request body; 413 above (1048576)
-  SHUTDOWN_TIMEOUT     seconds open requests get after a stop (30)
-  SHUTDOWN_DELAY       seconds between a stop signal (/ready at 503) and the drain (0)
-  LISTEN_FD_NAME       inherited sockets of this name serve the app (http)
-  LISTEN               addresses instead of HOST:API_PORT: IP:PORT, /path, @name
-  ADMIN_LISTEN         addresses for /health and /info alone
-  UNIX_SOCKET_MODE     permissions of Unix socket files bound (0660)
-  PORT                 the platform's port, when API_PORT is unset
+",
+    );
+    for variable in portkeeper::variables() {
+        // Backticks are for Markdown; a terminal shows the words.
+        let meaning = variable.meaning.replace('`', "");
+        let line = match variable.default {
+            Some(default) => format!("  {:<22} {meaning} [default: {default}]\n", variable.name),
+            None => format!("  {:<22} {meaning}\n", variable.name),
+        };
+        text.push_str(&line);
+    }
+    text.push_str(SIGNALS_AND_EXIT_STATUS);
+    text
+}
 
+const SIGNALS_AND_EXIT_STATUS: &str = "
 Signals:
   SIGTERM, SIGINT      graceful stop; a second one stops at once
   SIGUSR2              binary upgrade: hand the socket to the new executable
@@ -91,7 +85,7 @@ fn main() -> ExitCode {
     match parse(std::env::args_os().skip(1)) {
         Ok(Command::Serve) => portkeeper::run(axum::Router::new()),
         Ok(Command::Help) => {
-            print!("{HELP}");
+            print!("{}", help());
             ExitCode::SUCCESS
         }
         Ok(Command::Version) => {
@@ -121,5 +115,20 @@ mod tests {
         let unknown = parse_strs(&["--port=80"]).unwrap_err();
         assert!(unknown.contains("\"--port=80\""), "{unknown}");
         assert!(parse_strs(&["--help", "x"]).is_err());
+    }
+
+    #[test]
+    fn help_lists_every_variable_with_its_default() {
+        let text = help();
+        for variable in portkeeper::variables() {
+            let line = text
+                .lines()
+                .find(|line| line.split_whitespace().next() == Some(variable.name))
+                .unwrap_or_else(|| panic!("--help misses {}", variable.name));
+            if let Some(default) = variable.default {
+                assert!(line.ends_with(&format!("[default: {default}]")), "{line}");
+            }
+        }
+        assert!(text.contains("Exit status:") && text.contains("Signals:"));
     }
 }

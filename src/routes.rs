@@ -35,10 +35,10 @@ use tower::ServiceBuilder;
 use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::auth::Auth;
-use crate::config::Limits;
 use crate::listener::{ListenerInfo, Role};
 use crate::metrics::{self, Metrics};
 use crate::serve::AppService;
+use crate::serve::Limits;
 use crate::timeout::TimeoutLayer;
 
 /// The body limit axum's extractors apply when no `DefaultBodyLimit` says otherwise.

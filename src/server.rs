@@ -2,19 +2,23 @@
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::Path;
 use std::pin::Pin;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use axum::Router;
 
-use crate::config::{Config, ConfigError, Environment};
+use crate::auth::{self, Secret};
+use crate::config::{Bind, Config, Overrides};
 use crate::error::Error;
-use crate::lifecycle::{self, StopSettings, Supervision};
+use crate::lifecycle::{self, Supervision};
 use crate::listener::{self, Listener};
 use crate::routes::Builtins;
+use crate::settings::{ConfigError, Environment, protocol_var, real_protocol_vars};
 use crate::upgrade::{self, Succession};
-use crate::{auth, logging, startup};
+use crate::{logging, startup};
 
 /// A future that ends the serving when it completes, like a stop signal.
 type ShutdownSignal = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
@@ -52,6 +56,14 @@ pub struct Server {
     source: ConfigSource,
     builtins: Builtins,
     shutdown: Option<ShutdownSignal>,
+    /// `from_env_prefixed`'s prefix (checked at `listen`).
+    prefix: Option<String>,
+    /// Read `.env` (for the environment sources).
+    dotenv: bool,
+    /// Install the global tracing subscriber.
+    logging: bool,
+    /// The typed settings, applied over the environment's.
+    overrides: Overrides,
     effects: Effects,
 }
 
@@ -71,6 +83,10 @@ impl std::fmt::Debug for Server {
             .field("builtins", &self.builtins)
             .field("shutdown", &self.shutdown.as_ref().map(|_| "user future"))
             .field("effects", &self.effects)
+            .field("prefix", &self.prefix)
+            .field("dotenv", &self.dotenv)
+            .field("logging", &self.logging)
+            .field("overrides", &self.overrides)
             .finish()
     }
 }
@@ -93,6 +109,33 @@ impl Server {
                 signals: true,
                 upgrades: true,
             },
+            prefix: None,
+            dotenv: true,
+            logging: true,
+            overrides: Overrides::default(),
+        }
+    }
+
+    /// As [`Server::from_env`], but every variable carries `prefix`: with
+    /// `"APP_"`, `APP_HOST`, `APP_API_PORT`, ... are read (from `.env` and
+    /// the environment alike), and a bare `HOST` or `DEBUG` is left to the
+    /// program that embeds portkeeper. The process protocols (`LISTEN_FDS`,
+    /// `NOTIFY_SOCKET`, `WATCHDOG_*`, `JOURNAL_STREAM`,
+    /// `CREDENTIALS_DIRECTORY`) are never prefixed. Errors name the variable
+    /// as spelled (`APP_API_PORT: "x" is not valid ...`).
+    ///
+    /// The prefix is capital letters, digits and underscores, not empty;
+    /// anything else is refused by [`Server::listen`] (exit 78).
+    ///
+    /// ```no_run
+    /// // Reads APP_HOST, APP_API_PORT, APP_LOG_LEVEL, ...
+    /// let server = portkeeper::Server::from_env_prefixed("APP_");
+    /// # let _ = server;
+    /// ```
+    pub fn from_env_prefixed(prefix: &str) -> Self {
+        Server {
+            prefix: Some(prefix.to_owned()),
+            ..Server::from_env()
         }
     }
 
@@ -101,7 +144,7 @@ impl Server {
     ///
     /// The process protocols still come from the real environment: sockets
     /// handed over by systemd or systemfd (`LISTEN_FDS`), `NOTIFY_SOCKET`, the
-    /// watchdog.
+    /// watchdog, systemd's `CREDENTIALS_DIRECTORY`.
     ///
     /// ```no_run
     /// let server = portkeeper::Server::from_vars([("API_PORT", "0"), ("HOST", "127.0.0.1")]);
@@ -121,6 +164,178 @@ impl Server {
             ),
             ..Server::from_env()
         }
+    }
+
+    /// Whether to read `.env` in the working directory (default: true for
+    /// [`Server::from_env`] and [`Server::from_env_prefixed`];
+    /// [`Server::from_vars`] never reads it). `false`: the file is not opened at all.
+    ///
+    /// ```no_run
+    /// let server = portkeeper::Server::from_env_prefixed("APP_").dotenv(false);
+    /// # let _ = server;
+    /// ```
+    pub fn dotenv(mut self, read: bool) -> Self {
+        self.dotenv = read;
+        self
+    }
+
+    /// Whether to install portkeeper's global tracing subscriber (journald or
+    /// stderr, by `LOG_LEVEL`, `LOG_FORMAT`, `RUST_LOG`); default true.
+    /// `false` leaves logging to the program: portkeeper's events go to
+    /// whatever subscriber it installs, and none is installed otherwise.
+    ///
+    /// ```no_run
+    /// let server = portkeeper::Server::from_env().logging(false);
+    /// # let _ = server;
+    /// ```
+    pub fn logging(mut self, install: bool) -> Self {
+        self.logging = install;
+        self
+    }
+
+    /// Time in-flight requests get after a stop begins, in place of
+    /// `SHUTDOWN_TIMEOUT` (0 to 86400 s, else refused by [`Server::listen`]).
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// let server = portkeeper::Server::from_env().shutdown_timeout(Duration::from_secs(10));
+    /// # let _ = server;
+    /// ```
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.overrides.shutdown_timeout = Some(timeout);
+        self
+    }
+
+    /// Time to keep serving, `/ready` at 503, between a stop signal and the
+    /// drain, in place of `SHUTDOWN_DELAY` (0 to 86400 s).
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// let server = portkeeper::Server::from_env().shutdown_delay(Duration::from_secs(5));
+    /// # let _ = server;
+    /// ```
+    pub fn shutdown_delay(mut self, delay: Duration) -> Self {
+        self.overrides.shutdown_delay = Some(delay);
+        self
+    }
+
+    /// Time a client gets to send a request's headers (and an idle
+    /// connection its next request), in place of `HEADER_READ_TIMEOUT` (1 to 3600 s).
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// let server = portkeeper::Server::from_env().header_read_timeout(Duration::from_secs(5));
+    /// # let _ = server;
+    /// ```
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.overrides.header_read_timeout = Some(timeout);
+        self
+    }
+
+    /// Time from a request's headers to its response (503 after), in place
+    /// of `REQUEST_TIMEOUT` (1 to 3600 s).
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// let server = portkeeper::Server::from_env().request_timeout(Duration::from_secs(60));
+    /// # let _ = server;
+    /// ```
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.overrides.request_timeout = Some(timeout);
+        self
+    }
+
+    /// The largest request body accepted (413 above), in place of
+    /// `MAX_BODY_BYTES` (0 to 1 GiB).
+    ///
+    /// ```no_run
+    /// let server = portkeeper::Server::from_env().max_body_bytes(8 * 1024 * 1024);
+    /// # let _ = server;
+    /// ```
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.overrides.max_body_bytes = Some(bytes);
+        self
+    }
+
+    /// Binds this TCP address when nothing is inherited, in place of `HOST`
+    /// and `API_PORT` (and `LISTEN`); port 0 is any free port. A search
+    /// (`AUTO_FIND_PORT`, [`Server::auto_find_port`]) still starts from it.
+    ///
+    /// ```no_run
+    /// let server = portkeeper::Server::from_env().bind(([127, 0, 0, 1], 8080).into());
+    /// # let _ = server;
+    /// ```
+    pub fn bind(mut self, address: SocketAddr) -> Self {
+        self.overrides.bind = Some(Bind::One(address));
+        self
+    }
+
+    /// Binds every one of these TCP addresses when nothing is inherited, in
+    /// place of `LISTEN` (and `HOST`, `API_PORT`); at least one, else
+    /// refused by [`Server::listen`].
+    ///
+    /// ```no_run
+    /// use std::net::SocketAddr;
+    /// let addresses: [SocketAddr; 2] = ["127.0.0.1:8080".parse().unwrap(), "[::1]:8080".parse().unwrap()];
+    /// let server = portkeeper::Server::from_env().bind_all(addresses);
+    /// # let _ = server;
+    /// ```
+    pub fn bind_all(mut self, addresses: impl IntoIterator<Item = SocketAddr>) -> Self {
+        self.overrides.bind = Some(Bind::All(addresses.into_iter().collect()));
+        self
+    }
+
+    /// When the first port is busy, searches `ports` in order, in place of
+    /// `AUTO_FIND_PORT=true` with `PORT_RANGE_START` and `PORT_RANGE_END`
+    /// (1 to 65535, start not above end).
+    ///
+    /// ```no_run
+    /// let server = portkeeper::Server::from_env().auto_find_port(8000..=8100);
+    /// # let _ = server;
+    /// ```
+    pub fn auto_find_port(mut self, ports: RangeInclusive<u16>) -> Self {
+        self.overrides.auto_find_port = Some(ports);
+        self
+    }
+
+    /// Requires `Authorization: Bearer <token>` with one of `tokens` on every
+    /// route but `/health` and `/ready`, in place of `AUTH_REQUIRED`,
+    /// `API_TOKEN` and `API_TOKEN_FILE`. The rules are `API_TOKEN`'s: 16 to
+    /// 512 characters of a bearer token's alphabet, at least one token; a
+    /// token is never logged or shown in errors.
+    ///
+    /// ```no_run
+    /// let token = std::fs::read_to_string("/run/secrets/token").expect("a token file");
+    /// let server = portkeeper::Server::from_env().api_tokens([token.trim()]);
+    /// # let _ = server;
+    /// ```
+    pub fn api_tokens(mut self, tokens: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        let tokens = tokens.into_iter().map(|t| Secret::new(t.into()));
+        self.overrides.api_tokens = Some(tokens.collect());
+        self
+    }
+
+    /// Development diagnostics (the debug routes, debug logging unless
+    /// `LOG_LEVEL` says otherwise), in place of `DEBUG`.
+    ///
+    /// ```no_run
+    /// let server = portkeeper::Server::from_env().debug(cfg!(debug_assertions));
+    /// # let _ = server;
+    /// ```
+    pub fn debug(mut self, on: bool) -> Self {
+        self.overrides.debug = Some(on);
+        self
+    }
+
+    /// Hands the socket to a replaced executable, in place of `RELOAD`.
+    ///
+    /// ```no_run
+    /// let server = portkeeper::Server::from_env().reload(true);
+    /// # let _ = server;
+    /// ```
+    pub fn reload(mut self, on: bool) -> Self {
+        self.overrides.reload = Some(on);
+        self
     }
 
     /// Mounts the built-in routes under `prefix` (`"/_portkeeper"` gives
@@ -259,16 +474,12 @@ impl Server {
     /// }
     /// ```
     pub fn listen(self) -> Result<Listening, Error> {
-        let env = match &self.source {
-            ConfigSource::Environment => Environment::new(
-                Environment::read_dotenv(Path::new(".env"))?,
-                std::env::vars_os(),
-            ),
-            ConfigSource::Vars(vars) => Environment::new(vars.clone(), std::iter::empty()),
-        };
-        let config = Config::from_env(&env)?;
+        let env = self.environment()?;
+        let config = Config::load(&env, &self.overrides)?;
         check_prefix(&self.builtins)?;
-        logging::init(&config.log);
+        if self.logging {
+            logging::init(&config.log);
+        }
         env.warn_ignored();
         tracing::debug!(?config, "configuration");
         auth::log_policy(&config.auth);
@@ -276,12 +487,16 @@ impl Server {
         // Read before anything may replace the file: afterwards /proc/self/exe
         // names the deleted inode, and this path the new executable.
         let executable = std::env::current_exe();
-        let handoff_notify = crate::config::protocol_var(upgrade::HANDOFF_NOTIFY_VAR);
-        let bound = startup::open_listener(&config, handoff_notify.is_some())?;
+        let handoff_notify = protocol_var(upgrade::HANDOFF_NOTIFY_VAR);
+        let bound = startup::open_listener(&config.listener, handoff_notify.is_some())?;
         startup::warn_if_debug_is_exposed(config.debug, &bound);
         let supervision = startup::supervision();
-        let succession =
-            startup::succession(&config, &bound, executable, handoff_notify.as_deref());
+        let succession = startup::succession(
+            config.upgrade.reload,
+            &bound,
+            executable,
+            handoff_notify.as_deref(),
+        );
         Ok(Listening {
             config,
             bound,
@@ -294,18 +509,55 @@ impl Server {
     }
 }
 
+impl Server {
+    /// The variables this server reads: `.env` (unless turned off) under the
+    /// real environment, with the prefix if any; or the given variables.
+    fn environment(&self) -> Result<Environment, ConfigError> {
+        match &self.source {
+            ConfigSource::Environment => {
+                let prefix = self.prefix.as_deref().unwrap_or_default();
+                if self.prefix.is_some() && !is_valid_env_prefix(prefix) {
+                    return Err(ConfigError::invalid(
+                        "from_env_prefixed",
+                        prefix,
+                        "a prefix of capital letters, digits and underscores, such as APP_",
+                    ));
+                }
+                let dotenv = if self.dotenv {
+                    Environment::read_dotenv(Path::new(".env"))?
+                } else {
+                    Vec::new()
+                };
+                Ok(Environment::with_prefix(
+                    prefix,
+                    dotenv,
+                    std::env::vars_os(),
+                ))
+            }
+            ConfigSource::Vars(vars) => Ok(Environment::new(vars.clone(), real_protocol_vars())),
+        }
+    }
+}
+
+/// A variable prefix: `[A-Z0-9_]+`.
+fn is_valid_env_prefix(prefix: &str) -> bool {
+    !prefix.is_empty()
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+}
+
 /// A built-in prefix is a path: `/name`, without a trailing slash.
 fn check_prefix(builtins: &Builtins) -> Result<(), ConfigError> {
     match builtins {
         Builtins::At(prefix)
             if !prefix.is_empty() && (!prefix.starts_with('/') || prefix.ends_with('/')) =>
         {
-            Err(ConfigError::Invalid {
-                name: "builtin_routes_at",
-                value: prefix.clone(),
-                expected: "a path such as /_portkeeper (a leading slash, no trailing one)"
-                    .to_owned(),
-            })
+            Err(ConfigError::invalid(
+                "builtin_routes_at",
+                prefix.clone(),
+                "a path such as /_portkeeper (a leading slash, no trailing one)",
+            ))
         }
         _ => Ok(()),
     }
@@ -496,14 +748,11 @@ impl IntoFuture for Serve {
         let config = listening.config;
         Box::pin(lifecycle::run(
             lifecycle::Plan {
-                stop: StopSettings {
-                    shutdown_timeout: config.shutdown_timeout,
-                    shutdown_delay: config.shutdown_delay,
-                },
+                stop: config.stop,
                 limits: config.limits,
                 auth: config.auth,
                 debug: config.debug,
-                fd_name: config.listen_fd_name,
+                fd_name: config.listener.listen_fd_name,
                 signals: listening.effects.signals,
                 upgrades: listening.effects.upgrades,
                 bound: listening.bound,

@@ -7,17 +7,17 @@
 //! host. The `LISTEN_*` variables stay as they were (`LISTEN_PID` keeps
 //! children from adopting; a successor gets its own set from `handover`).
 
-use crate::config::{Config, protocol_var};
 use crate::lifecycle::Supervision;
-use crate::listener::{self, ListenError, Source};
+use crate::listener::{self, ListenError, ListenSettings, Source};
 use crate::notify;
+use crate::settings::protocol_var;
 use crate::upgrade::{self, Succession, UpgradePlan};
 
 /// Opens the listeners by the chain. `from_predecessor`: a binary upgrade
 /// started us, so a socket handed to our pid is reported as `handoff`.
 #[cfg(unix)]
 pub(crate) fn open_listener(
-    config: &Config,
+    settings: &ListenSettings,
     from_predecessor: bool,
 ) -> Result<listener::Bound, ListenError> {
     use listener::inherit::{self, Handoff, HandoffVars};
@@ -40,16 +40,16 @@ pub(crate) fn open_listener(
             }
             Handoff::None => None,
         };
-        listener::open(offer.as_ref(), &config.listen_fd_name, &config.bind)
+        listener::open(offer.as_ref(), &settings.listen_fd_name, settings)
     })
 }
 
 #[cfg(not(unix))]
 pub(crate) fn open_listener(
-    config: &Config,
+    settings: &ListenSettings,
     _from_predecessor: bool,
 ) -> Result<listener::Bound, ListenError> {
-    listener::open(&config.listen_fd_name, &config.bind)
+    listener::open(&settings.listen_fd_name, settings)
 }
 
 /// DEBUG=true is meant for a developer's machine: say so loudly when a TCP
@@ -91,7 +91,7 @@ pub(crate) fn supervision() -> Supervision {
 
 /// How to start a successor, and the predecessor waiting for our READY=1.
 pub(crate) fn succession(
-    config: &Config,
+    reload: bool,
     bound: &listener::Bound,
     executable: std::io::Result<std::path::PathBuf>,
     handoff_notify: Option<&str>,
@@ -100,7 +100,7 @@ pub(crate) fn succession(
         Ok(executable) => Some(UpgradePlan {
             executable,
             args: std::env::args_os().skip(1).collect(),
-            watch_executable: config.reload,
+            watch_executable: reload,
         }),
         Err(err) => {
             tracing::warn!(error = %err, "cannot tell the executable's path");

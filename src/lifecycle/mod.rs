@@ -12,12 +12,12 @@ use tokio::sync::watch;
 
 use crate::announce;
 use crate::auth::Auth;
-use crate::config::Limits;
 use crate::error::Error;
 use crate::listener::{Bound, Handed, ListenerInfo, Role, Socket, Source};
 use crate::metrics::Metrics;
 use crate::notify::{self, Notifier};
 use crate::routes::{self, AppState, Builtins, Readiness, RouteSettings};
+use crate::serve::Limits;
 use crate::serve::{self, ServeOptions, Stopped};
 use crate::stopping::Stopping;
 use crate::upgrade::{Departure, Succession, Upgrader};

@@ -15,6 +15,7 @@ pub(crate) mod handover;
 mod holder;
 #[cfg(unix)]
 pub(crate) mod inherit;
+mod settings;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -22,11 +23,10 @@ use std::ops::RangeInclusive;
 
 use serde::Serialize;
 
-use crate::config::BindPlan;
-
 pub use axum_serve::Listener;
 #[cfg(unix)]
 pub(crate) use handover::Handed;
+pub(crate) use settings::ListenSettings;
 
 /// Binary upgrades hand sockets over on Unix only; elsewhere there is nothing to hand.
 #[cfg(not(unix))]
@@ -259,7 +259,7 @@ impl Bound {
 pub(crate) fn open(
     #[cfg(unix)] handoff: Option<&inherit::Offer>,
     fd_name: &str,
-    plan: &BindPlan,
+    plan: &ListenSettings,
 ) -> Result<Bound, ListenError> {
     #[cfg(unix)]
     if let Some(offer) = handoff {
@@ -316,7 +316,11 @@ pub(crate) fn open(
 /// (the same settings), so the last process of the line removes it at a
 /// normal stop. A socket from systemd or systemfd is never ours to remove.
 #[cfg(unix)]
-fn our_socket_file(source: Source, address: &Endpoint, plan: &BindPlan) -> Option<SocketFile> {
+fn our_socket_file(
+    source: Source,
+    address: &Endpoint,
+    plan: &ListenSettings,
+) -> Option<SocketFile> {
     use std::os::unix::fs::MetadataExt;
     let Endpoint::Path(path) = address else {
         return None;
@@ -399,7 +403,7 @@ fn bind_spec(spec: &ListenSpec, unix_mode: u32) -> Result<BoundListener, ListenE
     })
 }
 
-fn bind_own(plan: &BindPlan) -> Result<BoundListener, ListenError> {
+fn bind_own(plan: &ListenSettings) -> Result<BoundListener, ListenError> {
     let opening = std::time::Instant::now();
     let first = SocketAddr::new(plan.ip, plan.port);
     let (socket, source, busy_ports) = match &plan.search {

@@ -45,14 +45,16 @@ use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
-use crate::config::Limits;
 use crate::metrics::{Connections, Metrics, OpenConnection};
 use crate::stopping::Stopping;
 use accept::AcceptBackoff;
 use request::{Activity, PerRequest, peer_extensions};
 
 mod accept;
+mod limits;
 mod request;
+
+pub(crate) use limits::Limits;
 
 /// How long, once a stop begins, an idle connection may take to send its next request.
 ///

@@ -40,6 +40,7 @@
 //! drain. Its pid then comes from the kernel with its `READY=1`
 //! (`SCM_CREDENTIALS`), and only a process of its group may report ready.
 
+mod settings;
 #[cfg(unix)]
 pub(crate) mod watch;
 
@@ -50,11 +51,13 @@ use std::time::Duration;
 
 use crate::notify::Notifier;
 
+pub(crate) use settings::UpgradeSettings;
+
 /// The variable that tells a process started by a handoff where to report
 /// `READY=1`: its predecessor's private `sd_notify` socket (`@name` = abstract).
 /// Read from the real environment, never removed from it; a successor's
 /// command gets a fresh one.
-pub(crate) const HANDOFF_NOTIFY_VAR: &str = "PORTKEEPER_HANDOFF_NOTIFY";
+pub(crate) const HANDOFF_NOTIFY_VAR: &str = crate::settings::HANDOFF_NOTIFY_VAR;
 
 /// How long a new executable may take to say it is ready. Start-up is
 /// milliseconds (nothing is bound, the socket is inherited); the margin is for

@@ -163,3 +163,41 @@ fn bad_values_exit_78_with_one_line_naming_variable_and_value() {
         failures.join("\n")
     );
 }
+
+/// `--help` is generated from the one list of variables the crate exports.
+#[test]
+fn help_lists_every_variable_of_the_public_list() {
+    let output = std::process::Command::new(binary())
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for variable in portkeeper::variables() {
+        assert!(
+            help.lines()
+                .any(|line| line.split_whitespace().next() == Some(variable.name)),
+            "--help misses {}: {help}",
+            variable.name
+        );
+    }
+}
+
+/// CREDENTIALS_DIRECTORY is systemd's: in `.env` it is ignored with a
+/// warning, like the other protocol variables.
+#[test]
+fn credentials_directory_in_dotenv_is_ignored() {
+    let dir = TempDir::new();
+    std::fs::write(
+        dir.path().join(".env"),
+        "CREDENTIALS_DIRECTORY=/nonexistent\nAUTH_REQUIRED=false\n",
+    )
+    .unwrap();
+    let cmd = loopback_server(&dir);
+    let mut server = Running::spawn(cmd, "credentials-in-dotenv").unwrap();
+    server
+        .wait_for_line("CREDENTIALS_DIRECTORY in .env is ignored", DEADLINE)
+        .unwrap();
+    let addr = server.serving_address().unwrap();
+    assert_eq!(get_json(addr, "/health").unwrap()["status"], "ok");
+}

@@ -7,6 +7,7 @@ mod app;
 mod balancing;
 mod configuration;
 mod embedding;
+mod embedding_settings;
 mod haproxy;
 mod inherit_env;
 mod listener_chain;
