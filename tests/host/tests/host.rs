@@ -155,6 +155,8 @@ fn a_guest_in_a_host_started_plainly() {
         ("APP_HOST", "127.0.0.1"),
         ("APP_API_PORT", "0"),
         ("APP_SHUTDOWN_TIMEOUT", "600"),
+        // Only the bounded drain may close the slow request's connection.
+        ("APP_REQUEST_TIMEOUT", "600"),
         ("HOST", "myhost"),
         ("DEBUG", "*"),
         ("LISTEN", "not an address"),
