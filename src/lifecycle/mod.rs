@@ -110,11 +110,7 @@ pub(crate) async fn run(plan: Plan, app: Router) -> Result<(), Error> {
     let metrics = Arc::new(Metrics::new(&infos));
     let readiness = Readiness::new();
     // Every listener has the same source (one handoff, or one bind plan).
-    let delay = shutdown_delay(
-        stop_settings.shutdown_delay,
-        primary.source,
-        notifier.is_some(),
-    );
+    let delay = shutdown_delay(stop_settings.shutdown_delay, primary.source);
     let state = Arc::new(AppState {
         listeners: infos,
         started: Instant::now(),
@@ -221,11 +217,21 @@ pub(crate) async fn run(plan: Plan, app: Router) -> Result<(), Error> {
                         delay_seconds = delay.as_secs(),
                         "SHUTDOWN_DELAY: serving on with /ready at 503 before the drain"
                     );
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        // A second stop request ends the delay; `force` then
-                        // ends the drain at once.
-                        _ = stop_during_delay.nth(2) => {}
+                    // The upgrader is gone with the select above: an upgrade
+                    // asked for now is refused, and said so.
+                    let mut upgrade_requests = upgrade_requests_during_delay(upgrades);
+                    let delay_over = tokio::time::sleep(delay);
+                    tokio::pin!(delay_over);
+                    loop {
+                        tokio::select! {
+                            () = &mut delay_over => break,
+                            // A second stop request ends the delay; `force`
+                            // then ends the drain at once.
+                            _ = stop_during_delay.nth(2) => break,
+                            () = next_request(&mut upgrade_requests) => tracing::warn!(
+                                "SIGUSR2 during SHUTDOWN_DELAY: this process is stopping, so no upgrade is started"
+                            ),
+                        }
                     }
                 }
             }
@@ -284,25 +290,55 @@ pub(crate) async fn run(plan: Plan, app: Router) -> Result<(), Error> {
     }
 }
 
-/// The `SHUTDOWN_DELAY` that applies: none when the socket outlives this
-/// process anyway, since then no connection can be refused and no load
-/// balancer has to be told. That is the case under systemd (a `NOTIFY_SOCKET`,
-/// or a socket it activated: systemd keeps its copy open and queues
-/// connections for the next start) and with `systemfd`, which does the same.
-fn shutdown_delay(configured: Duration, source: Source, under_systemd: bool) -> Duration {
-    if configured.is_zero() {
-        return configured;
-    }
-    if under_systemd || matches!(source, Source::Systemd | Source::Systemfd) {
+/// The `SHUTDOWN_DELAY` that applies, decided by where the sockets came from:
+/// none when systemd or systemfd handed them over, since their copy outlives
+/// this process and keeps queueing connections for the next one, so no
+/// connection can be refused and no load balancer has to be told. A socket we
+/// bound (or got from a predecessor by an upgrade, which may have bound it)
+/// closes with us, whoever supervises us (a `NOTIFY_SOCKET` says nothing
+/// about that), so the delay applies.
+fn shutdown_delay(configured: Duration, source: Source) -> Duration {
+    if !configured.is_zero() && matches!(source, Source::Systemd | Source::Systemfd) {
         tracing::info!(
             delay_seconds = configured.as_secs(),
             source = source.as_str(),
-            under_systemd,
             "SHUTDOWN_DELAY is not applied: the listening socket outlives this process"
         );
         return Duration::ZERO;
     }
     configured
+}
+
+/// SIGUSR2 while the stop's delay runs, when upgrades are on: no upgrade
+/// can start any more, but the request deserves a log line.
+#[cfg(unix)]
+fn upgrade_requests_during_delay(upgrades: bool) -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{SignalKind, signal};
+    upgrades
+        .then(|| signal(SignalKind::user_defined2()).ok())
+        .flatten()
+}
+
+#[cfg(not(unix))]
+fn upgrade_requests_during_delay(_upgrades: bool) -> Option<std::convert::Infallible> {
+    None
+}
+
+/// Completes at the next request; never without a handler.
+#[cfg(unix)]
+async fn next_request(requests: &mut Option<tokio::signal::unix::Signal>) {
+    let received = match requests {
+        Some(signal) => signal.recv().await.is_some(),
+        None => false,
+    };
+    if !received {
+        std::future::pending::<()>().await;
+    }
+}
+
+#[cfg(not(unix))]
+async fn next_request(_requests: &mut Option<std::convert::Infallible>) {
+    std::future::pending().await
 }
 
 /// Registers a listening socket with tokio's reactor.

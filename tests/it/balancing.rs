@@ -84,14 +84,10 @@ fn a_second_stop_signal_during_the_delay_stops_at_once() {
     server
         .wait_for_line("SHUTDOWN_DELAY: serving on", DEADLINE)
         .unwrap();
-    let second = Instant::now();
     server.signal("TERM").unwrap();
+    // DEADLINE is far below SHUTDOWN_DELAY and SHUTDOWN_TIMEOUT: an exit
+    // within it can only come from the second signal.
     let exit = server.wait_exit(DEADLINE).unwrap();
-    assert!(
-        second.elapsed() < Duration::from_secs(5),
-        "the second SIGTERM took {:?}",
-        second.elapsed()
-    );
     assert_eq!(exit.code(), Some(143), "{}", server.output());
     assert!(server.output().contains("second stop request"));
 }
@@ -123,21 +119,34 @@ fn the_delay_is_not_applied_to_a_socket_that_outlives_the_process() {
     );
 }
 
+/// A `NOTIFY_SOCKET` says nothing about the socket: one this process bound
+/// closes when it stops, so the delay applies under a manager too (issue 21.8).
+/// An upgrade asked for during the delay is refused with a log line.
 #[test]
-fn the_delay_is_not_applied_under_a_service_manager() {
-    // NOTIFY_SOCKET says systemd runs us: its unit, not a balancer, governs the stop.
+fn the_delay_applies_under_a_service_manager_to_a_socket_bound_here() {
     let dir = TempDir::new();
     let path = dir.path().join("notify.sock");
     let _manager = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
     let mut cmd = loopback_server(&dir);
+    // Far longer than DEADLINE: only the second signal ends it in time.
     cmd.env("NOTIFY_SOCKET", &path).env("SHUTDOWN_DELAY", "600");
     let mut server = Running::spawn(cmd, "delay-notify").unwrap();
-    server.serving_address().unwrap();
+    let addr = server.serving_address().unwrap();
+    server.signal("TERM").unwrap();
+    server
+        .wait_for_line("SHUTDOWN_DELAY: serving on", DEADLINE)
+        .unwrap();
+    assert_eq!(status(addr, "/ready"), 503);
+    assert_eq!(status(addr, "/health"), 200);
+    server.signal("USR2").unwrap();
+    server
+        .wait_for_line("SIGUSR2 during SHUTDOWN_DELAY", DEADLINE)
+        .unwrap();
     server.signal("TERM").unwrap();
     let exit = server.wait_exit(DEADLINE).unwrap();
-    assert!(exit.success(), "{exit}\n{}", server.output());
+    assert_eq!(exit.code(), Some(143), "{}", server.output());
     assert!(
-        server.output().contains("SHUTDOWN_DELAY is not applied"),
+        !server.output().contains("SHUTDOWN_DELAY is not applied"),
         "{}",
         server.output()
     );
