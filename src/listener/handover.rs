@@ -99,7 +99,7 @@ pub(crate) fn command(
         .env("LISTEN_FDNAMES", names.join(":"))
         .env_remove("LISTEN_PID")
         .env_remove("LISTEN_FDS_FIRST_FD")
-        .env_remove(crate::upgrade::HANDOFF_NOTIFY_VAR);
+        .env_remove(crate::settings::HANDOFF_NOTIFY_VAR);
     cmd.fd_mappings(mappings).map_err(std::io::Error::other)?;
     Ok(cmd)
 }
@@ -163,7 +163,7 @@ mod tests {
         for removed in [
             "LISTEN_PID",
             "LISTEN_FDS_FIRST_FD",
-            crate::upgrade::HANDOFF_NOTIFY_VAR,
+            crate::settings::HANDOFF_NOTIFY_VAR,
         ] {
             assert_eq!(envs.get(removed), Some(&None), "{removed} must be removed");
         }
