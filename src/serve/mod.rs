@@ -19,6 +19,12 @@
 //! WebSocket) stays counted until the upgraded stream is dropped, so a drain
 //! waits for it too, bounded by `SHUTDOWN_TIMEOUT`.
 //!
+//! When `SHUTDOWN_TIMEOUT` passes, or a second stop cuts the drain short,
+//! every connection still open is closed before [`serve`] returns: nothing
+//! of ours keeps running in an embedding program's runtime. Our connection
+//! tasks are aborted; an upgraded stream, which lives in a task of the
+//! app's, fails its next poll and wakes that task if it waits on it.
+//!
 //! This module never binds: it is handed listeners, TCP or Unix, each with
 //! its own service (the app, or the admin role's built-in routes).
 
@@ -42,6 +48,8 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
@@ -61,6 +69,12 @@ mod request;
 /// errors. Half a second covers a busy client and adds little to a restart
 /// when browsers hold idle keep-alive connections.
 pub(crate) const IDLE_GRACE: Duration = Duration::from_millis(500);
+
+/// How long [`serve`], once it has closed the connections left at the end of
+/// the drain, waits for them to be gone: an aborted task ends at its next
+/// poll and an upgraded stream's task is woken, so this is only reached by a
+/// task that blocks its thread or holds a stream without polling it.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// Settings for [`serve`].
 #[derive(Debug, Clone)]
@@ -109,9 +123,9 @@ where
 pub(crate) enum Stopped {
     /// Every connection finished within the shutdown timeout.
     Drained,
-    /// The timeout passed with this many connections still open; they are dropped.
+    /// The timeout passed with this many connections still open; they were closed.
     TimedOut { open: usize },
-    /// A second stop request came during the drain; these connections are dropped.
+    /// A second stop request came during the drain; these connections were closed.
     Forced { open: usize },
 }
 
@@ -163,6 +177,9 @@ enum Peer {
 /// The listeners are dropped (closed) as soon as the stop begins, never shut
 /// down: when one was inherited, systemd or systemfd keep their copy open and
 /// new connections queue there for the next process.
+///
+/// When the drain times out or is forced, the connections still open are
+/// closed, and `serve` returns once they are gone (or after [`CLOSE_WAIT`]).
 pub(crate) async fn serve<S: AppService>(
     listeners: Vec<(Listener, S)>,
     shutdown: impl Future<Output = ()>,
@@ -170,6 +187,7 @@ pub(crate) async fn serve<S: AppService>(
     options: ServeOptions,
 ) -> Stopped {
     let stop = Arc::new(Stop::default());
+    let kill = Arc::new(Kill::default());
     let end_accepting = Arc::new(Stop::default());
     let connections = TaskTracker::new();
     let idle_grace = IDLE_GRACE.min(options.shutdown_timeout);
@@ -182,6 +200,7 @@ pub(crate) async fn serve<S: AppService>(
                 Accepting {
                     end: Arc::clone(&end_accepting),
                     stop: Arc::clone(&stop),
+                    kill: Arc::clone(&kill),
                     connections: connections.clone(),
                     counted: options.metrics.connections(),
                     metrics: Arc::clone(&options.metrics),
@@ -194,9 +213,14 @@ pub(crate) async fn serve<S: AppService>(
         .collect();
     shutdown.await;
     end_accepting.begin();
+    let mut tasks = Vec::with_capacity(loops.len());
     for accepting in loops {
-        // Each loop drops its listener as it ends.
-        let _ = accepting.await;
+        // Each loop drops its listener as it ends, and hands back the tasks
+        // of its connections. (A loop that panicked dropped its set, which
+        // aborted them.)
+        if let Ok(set) = accepting.await {
+            tasks.push(set);
+        }
     }
     stop.begin();
     connections.close();
@@ -204,10 +228,36 @@ pub(crate) async fn serve<S: AppService>(
         open = connections.len(),
         "stopped accepting; finishing open connections"
     );
-    tokio::select! {
-        () = connections.wait() => Stopped::Drained,
+    let stopped = tokio::select! {
+        () = connections.wait() => return Stopped::Drained,
         () = tokio::time::sleep(options.shutdown_timeout) => Stopped::TimedOut { open: connections.len() },
         () = force => Stopped::Forced { open: connections.len() },
+    };
+    close_all(&kill, tasks, &connections).await;
+    stopped
+}
+
+/// Closes every connection still open at the end of the drain and waits, at
+/// most [`CLOSE_WAIT`], for them to be gone: our connection tasks are aborted
+/// (dropping a task drops its connection, its stream and the request futures
+/// in it), and an upgraded stream fails its next poll ([`TrackedIo`]).
+async fn close_all(kill: &Kill, mut tasks: Vec<JoinSet<()>>, connections: &TaskTracker) {
+    kill.begin();
+    for set in &mut tasks {
+        set.abort_all();
+    }
+    let closed = async {
+        for set in &mut tasks {
+            while set.join_next().await.is_some() {}
+        }
+        // The streams handed to an upgrade, whose tasks are the app's.
+        connections.wait().await;
+    };
+    if tokio::time::timeout(CLOSE_WAIT, closed).await.is_err() {
+        tracing::warn!(
+            open = connections.len(),
+            "connections still open after being closed: a task blocks its thread or holds an upgraded stream without polling it"
+        );
     }
 }
 
@@ -217,6 +267,8 @@ struct Accepting {
     end: Arc<Stop>,
     /// Begun when the connections must drain.
     stop: Arc<Stop>,
+    /// Begun when the drain is over and what is left must close.
+    kill: Arc<Kill>,
     /// Every open connection, for the drain.
     connections: TaskTracker,
     /// The open-connections gauge.
@@ -228,9 +280,18 @@ struct Accepting {
     stopping: Stopping,
 }
 
-/// Accepts on one listener until `end` begins, spawning a task per connection.
-async fn accept_loop<S: AppService>(listener: Listener, service: S, accepting: Accepting) {
+/// Accepts on one listener until `end` begins, spawning a task per
+/// connection; returns the tasks still running, for the drain to abort.
+async fn accept_loop<S: AppService>(
+    listener: Listener,
+    service: S,
+    accepting: Accepting,
+) -> JoinSet<()> {
     let mut backoff = AcceptBackoff::default();
+    // The connection tasks, abortable at the end of the drain. Each one
+    // finished is taken out here (one wake of this loop per connection), so
+    // the set holds the running ones only.
+    let mut tasks = JoinSet::new();
     // One wait for the end, registered once, as the accept loop always had.
     let ended = accepting.end.begun();
     tokio::pin!(ended);
@@ -239,6 +300,7 @@ async fn accept_loop<S: AppService>(listener: Listener, service: S, accepting: A
             biased;
             () = &mut ended => break,
             accepted = listener.accept() => accepted,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
         };
         match accepted {
             Ok((stream, peer)) => {
@@ -246,6 +308,9 @@ async fn accept_loop<S: AppService>(listener: Listener, service: S, accepting: A
                 let connection = Connection {
                     stream: TrackedIo {
                         io: stream,
+                        home: None,
+                        kill: Arc::clone(&accepting.kill),
+                        closing: Closing::Home,
                         _open: accepting.connections.token(),
                         _counted: accepting.counted.open(),
                     },
@@ -256,7 +321,10 @@ async fn accept_loop<S: AppService>(listener: Listener, service: S, accepting: A
                     limits: accepting.limits,
                     stopping: accepting.stopping.clone(),
                 };
-                tokio::spawn(connection.serve(service.clone()));
+                tasks.spawn(connection.serve(service.clone()));
+                // While accepts keep coming, the `join_next` branch above
+                // never gets its turn.
+                while tasks.try_join_next().is_some() {}
             }
             Err(err) if is_connection_error(&err) => {}
             Err(err) => {
@@ -269,6 +337,7 @@ async fn accept_loop<S: AppService>(listener: Listener, service: S, accepting: A
         }
     }
     drop(listener);
+    tasks
 }
 
 /// Errors that concern one connection only, as `axum::serve` classifies them.
@@ -304,6 +373,26 @@ impl Stop {
     }
 }
 
+/// The end of the drain, as open connections see it: begun when the drain
+/// timed out or was forced, and whatever is still open must close.
+#[derive(Debug, Default)]
+struct Kill {
+    begun: AtomicBool,
+    /// Wakes the tasks of upgraded streams that wait on their stream.
+    wake: CancellationToken,
+}
+
+impl Kill {
+    fn begin(&self) {
+        self.begun.store(true, Ordering::Relaxed);
+        self.wake.cancel();
+    }
+
+    fn has_begun(&self) -> bool {
+        self.begun.load(Ordering::Relaxed)
+    }
+}
+
 /// Completes once `holds()` is true, checking it again each time `notify`
 /// wakes us. The wake-up is registered before each check, so a change made
 /// (and notified) between the check and the wait is never missed.
@@ -328,10 +417,76 @@ type Stream = tokio_util::either::Either<TcpStream, TcpStream>;
 
 /// A connection's stream, counted as open by the drain until it is dropped:
 /// also after an upgrade hands it to a WebSocket handler.
+///
+/// At the end of the drain ([`Kill`]) our connection task is aborted, which
+/// drops the stream. A stream polled by another task, which has it through
+/// an upgrade, closes itself instead: it is shut down and every poll fails.
+/// That task is woken through [`Kill::wake`], which the stream registers for
+/// only there, on the way to `Pending`: our own task, at every request,
+/// pays one comparison of task ids when its stream has nothing to read.
 struct TrackedIo {
     io: Stream,
+    /// Our connection task, set when it begins ([`Connection::serve`]).
+    home: Option<tokio::task::Id>,
+    kill: Arc<Kill>,
+    closing: Closing,
     _open: TaskTrackerToken,
     _counted: OpenConnection,
+}
+
+/// Where a stream stands with the end of the drain.
+enum Closing {
+    /// Polled by our connection task only, which is aborted instead.
+    Home,
+    /// Polled by another task (an upgrade): woken when the drain ends.
+    Watching(Pin<Box<WaitForCancellationFutureOwned>>),
+    /// Shut down at the end of the drain; every poll fails.
+    Closed,
+}
+
+impl TrackedIo {
+    /// Polls the stream with `poll`, or fails once the drain has ended for a
+    /// stream outside our task.
+    fn poll_io<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: impl FnOnce(Pin<&mut Stream>, &mut Context<'_>) -> Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if !matches!(self.closing, Closing::Home) && self.kill.has_begun() {
+            return self.close(cx);
+        }
+        let polled = poll(Pin::new(&mut self.io), cx);
+        if polled.is_pending() && self.pending_until_killed(cx).is_ready() {
+            return self.close(cx);
+        }
+        polled
+    }
+
+    /// On the way to `Pending` in a task not ours: waits for the end of the
+    /// drain too. Ready once it has come.
+    fn pending_until_killed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let Closing::Home = self.closing {
+            if tokio::task::try_id() == self.home {
+                return Poll::Pending;
+            }
+            let wake = self.kill.wake.clone().cancelled_owned();
+            self.closing = Closing::Watching(Box::pin(wake));
+        }
+        match &mut self.closing {
+            Closing::Watching(killed) => killed.as_mut().poll(cx),
+            Closing::Home | Closing::Closed => Poll::Ready(()),
+        }
+    }
+
+    /// Shuts the stream down (the peer reads its end now, whether or not
+    /// the task holding the stream drops it), and fails the poll.
+    fn close<T>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<T>> {
+        if !matches!(self.closing, Closing::Closed) {
+            self.closing = Closing::Closed;
+            let _ = Pin::new(&mut self.io).poll_shutdown(cx);
+        }
+        Poll::Ready(Err(std::io::ErrorKind::ConnectionAborted.into()))
+    }
 }
 
 impl AsyncRead for TrackedIo {
@@ -340,7 +495,7 @@ impl AsyncRead for TrackedIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+        self.get_mut().poll_io(cx, |io, cx| io.poll_read(cx, buf))
     }
 }
 
@@ -350,7 +505,7 @@ impl AsyncWrite for TrackedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        self.get_mut().poll_io(cx, |io, cx| io.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -358,7 +513,8 @@ impl AsyncWrite for TrackedIo {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        self.get_mut()
+            .poll_io(cx, |io, cx| io.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -366,11 +522,11 @@ impl AsyncWrite for TrackedIo {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        self.get_mut().poll_io(cx, |io, cx| io.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        self.get_mut().poll_io(cx, |io, cx| io.poll_shutdown(cx))
     }
 }
 
@@ -392,7 +548,8 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve<S: AppService>(self, service: S) {
+    async fn serve<S: AppService>(mut self, service: S) {
+        self.stream.home = tokio::task::try_id();
         let activity = Arc::new(Activity::new(self.stop, self.metrics));
         let per_request = PerRequest {
             service,
@@ -510,6 +667,19 @@ mod tests {
         tokio::sync::oneshot::Sender<()>,
         tokio::task::JoinHandle<Stopped>,
     ) {
+        start_with(listeners, metrics, Duration::from_secs(5), Stopping::new())
+    }
+
+    /// [`start`] with a shutdown timeout and a `Stopping` of the test's.
+    fn start_with<S: AppService>(
+        listeners: Vec<(Listener, S)>,
+        metrics: Arc<Metrics>,
+        shutdown_timeout: Duration,
+        stopping: Stopping,
+    ) -> (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<Stopped>,
+    ) {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let serving = tokio::spawn(serve(
             listeners,
@@ -518,10 +688,10 @@ mod tests {
             },
             std::future::pending(),
             ServeOptions {
-                shutdown_timeout: Duration::from_secs(5),
+                shutdown_timeout,
                 limits: LIMITS,
                 metrics,
-                stopping: Stopping::new(),
+                stopping,
             },
         ));
         (stop, serving)
@@ -629,5 +799,148 @@ mod tests {
             .await
             .expect("the drain ends")
             .unwrap();
+    }
+
+    /// A wait the tests bound everything by.
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    /// Stops `serving` and waits for how it ended.
+    async fn stop_and_wait(
+        stop: tokio::sync::oneshot::Sender<()>,
+        serving: tokio::task::JoinHandle<Stopped>,
+    ) -> Stopped {
+        stop.send(()).unwrap();
+        tokio::time::timeout(DEADLINE, serving)
+            .await
+            .expect("serve returns")
+            .unwrap()
+    }
+
+    /// Reads until the server closes the connection (EOF or an error such as
+    /// a reset), within `DEADLINE`; what was read.
+    async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut read = Vec::new();
+        let mut buf = [0; 1024];
+        loop {
+            match tokio::time::timeout(DEADLINE, stream.read(&mut buf))
+                .await
+                .expect("the server closes the connection")
+            {
+                Ok(0) | Err(_) => return read,
+                Ok(n) => read.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+
+    /// Sets its flag when dropped: the future that holds it is gone.
+    struct DropFlag(Arc<AtomicBool>);
+
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// A request still in flight when `SHUTDOWN_TIMEOUT` passes is cut off
+    /// before `serve` returns: its handler's future is dropped and the
+    /// client's connection closed, nothing left running in the runtime.
+    #[tokio::test]
+    async fn a_request_past_the_shutdown_timeout_is_dropped_before_serve_returns() {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let dropped = Arc::new(AtomicBool::new(false));
+        let entered = Arc::new(Notify::new());
+        let app = axum::Router::new().route(
+            "/slow",
+            axum::routing::get({
+                let (dropped, entered) = (Arc::clone(&dropped), Arc::clone(&entered));
+                move || {
+                    let guard = DropFlag(Arc::clone(&dropped));
+                    entered.notify_one();
+                    async move {
+                        let _guard = guard;
+                        std::future::pending::<()>().await;
+                    }
+                }
+            }),
+        );
+        let (stop, serving) = start_with(
+            vec![(Listener::Tcp(tcp), crate::routes::service(app, LIMITS))],
+            Arc::new(Metrics::new([])),
+            Duration::from_millis(200),
+            Stopping::new(),
+        );
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::timeout(DEADLINE, entered.notified())
+            .await
+            .expect("the handler runs");
+        assert_eq!(
+            stop_and_wait(stop, serving).await,
+            Stopped::TimedOut { open: 1 }
+        );
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "the handler still runs after serve returned"
+        );
+        let read = read_until_closed(&mut client).await;
+        assert!(read.is_empty(), "{}", String::from_utf8_lossy(&read));
+    }
+
+    /// A connection handed to an upgrade (a WebSocket), whose stream lives
+    /// in a task of the app's, is closed too when `SHUTDOWN_TIMEOUT` passes,
+    /// before `serve` returns.
+    #[tokio::test]
+    async fn an_upgraded_connection_past_the_shutdown_timeout_is_closed_before_serve_returns() {
+        use axum::extract::ws::WebSocketUpgrade;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let app = axum::Router::new().route(
+            "/ws",
+            axum::routing::get(|ws: WebSocketUpgrade| async move {
+                // Waits for messages, as a chat or a feed does: idle here.
+                ws.on_upgrade(
+                    |mut socket| async move { while let Some(Ok(_)) = socket.recv().await {} },
+                )
+            }),
+        );
+        let (stop, serving) = start_with(
+            vec![(Listener::Tcp(tcp), crate::routes::service(app, LIMITS))],
+            Arc::new(Metrics::new([])),
+            Duration::from_millis(200),
+            Stopping::new(),
+        );
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(
+                b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                  Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0];
+            tokio::time::timeout(DEADLINE, client.read_exact(&mut byte))
+                .await
+                .expect("the upgrade is answered")
+                .unwrap();
+            head.push(byte[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        assert_eq!(
+            stop_and_wait(stop, serving).await,
+            Stopped::TimedOut { open: 1 }
+        );
+        let read = read_until_closed(&mut client).await;
+        assert!(read.is_empty(), "{}", String::from_utf8_lossy(&read));
     }
 }
