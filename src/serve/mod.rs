@@ -422,8 +422,8 @@ type Stream = tokio_util::either::Either<TcpStream, TcpStream>;
 /// drops the stream. A stream polled by another task, which has it through
 /// an upgrade, closes itself instead: it is shut down and every poll fails.
 /// That task is woken through [`Kill::wake`], which the stream registers for
-/// only there, on the way to `Pending`: our own task, at every request,
-/// pays one comparison of task ids when its stream has nothing to read.
+/// only there, on the way to `Pending`. Our own task pays a relaxed load
+/// per poll and a comparison of task ids when its stream has nothing to read.
 struct TrackedIo {
     io: Stream,
     /// Our connection task, set when it begins ([`Connection::serve`]).
@@ -445,37 +445,42 @@ enum Closing {
 }
 
 impl TrackedIo {
-    /// Polls the stream with `poll`, or fails once the drain has ended for a
-    /// stream outside our task.
+    /// Polls the stream with `poll`; outside our connection task, fails once
+    /// the drain has ended, and waits for that end along with the stream.
     fn poll_io<T>(
         &mut self,
         cx: &mut Context<'_>,
         poll: impl FnOnce(Pin<&mut Stream>, &mut Context<'_>) -> Poll<std::io::Result<T>>,
     ) -> Poll<std::io::Result<T>> {
-        if !matches!(self.closing, Closing::Home) && self.kill.has_begun() {
+        // Checked at every poll, not only after a wake: an upgraded stream
+        // that only writes (a feed) is never Pending.
+        if self.kill.has_begun() && self.away() {
             return self.close(cx);
         }
         let polled = poll(Pin::new(&mut self.io), cx);
-        if polled.is_pending() && self.pending_until_killed(cx).is_ready() {
-            return self.close(cx);
+        if polled.is_pending() && self.away() {
+            let Closing::Watching(killed) = &mut self.closing else {
+                return self.close(cx);
+            };
+            if killed.as_mut().poll(cx).is_ready() {
+                return self.close(cx);
+            }
         }
         polled
     }
 
-    /// On the way to `Pending` in a task not ours: waits for the end of the
-    /// drain too. Ready once it has come.
-    fn pending_until_killed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    /// Whether another task than our connection task polls the stream,
+    /// which it has through an upgrade. The first time, the stream begins to
+    /// watch for the end of the drain.
+    fn away(&mut self) -> bool {
         if let Closing::Home = self.closing {
             if tokio::task::try_id() == self.home {
-                return Poll::Pending;
+                return false;
             }
-            let wake = self.kill.wake.clone().cancelled_owned();
-            self.closing = Closing::Watching(Box::pin(wake));
+            let killed = self.kill.wake.clone().cancelled_owned();
+            self.closing = Closing::Watching(Box::pin(killed));
         }
-        match &mut self.closing {
-            Closing::Watching(killed) => killed.as_mut().poll(cx),
-            Closing::Home | Closing::Closed => Poll::Ready(()),
-        }
+        true
     }
 
     /// Shuts the stream down (the peer reads its end now, whether or not
@@ -822,15 +827,18 @@ mod tests {
         use tokio::io::AsyncReadExt;
         let mut read = Vec::new();
         let mut buf = [0; 1024];
-        loop {
-            match tokio::time::timeout(DEADLINE, stream.read(&mut buf))
-                .await
-                .expect("the server closes the connection")
-            {
-                Ok(0) | Err(_) => return read,
-                Ok(n) => read.extend_from_slice(&buf[..n]),
+        let reading = async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => read.extend_from_slice(&buf[..n]),
+                }
             }
-        }
+        };
+        tokio::time::timeout(DEADLINE, reading)
+            .await
+            .expect("the server closes the connection");
+        read
     }
 
     /// Sets its flag when dropped: the future that holds it is gone.
@@ -890,13 +898,36 @@ mod tests {
         assert!(read.is_empty(), "{}", String::from_utf8_lossy(&read));
     }
 
+    /// Asks for a WebSocket at `path` and reads the 101 response's head.
+    async fn upgrade(client: &mut TcpStream, path: &str) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        client.write_all(request.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0];
+            tokio::time::timeout(DEADLINE, client.read_exact(&mut byte))
+                .await
+                .expect("the upgrade is answered")
+                .unwrap();
+            head.push(byte[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+    }
+
     /// A connection handed to an upgrade (a WebSocket), whose stream lives
     /// in a task of the app's, is closed too when `SHUTDOWN_TIMEOUT` passes,
     /// before `serve` returns.
     #[tokio::test]
     async fn an_upgraded_connection_past_the_shutdown_timeout_is_closed_before_serve_returns() {
         use axum::extract::ws::WebSocketUpgrade;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = tcp.local_addr().unwrap();
         let app = axum::Router::new().route(
@@ -915,32 +946,46 @@ mod tests {
             Stopping::new(),
         );
         let mut client = TcpStream::connect(addr).await.unwrap();
-        client
-            .write_all(
-                b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                  Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-            )
-            .await
-            .unwrap();
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            let mut byte = [0];
-            tokio::time::timeout(DEADLINE, client.read_exact(&mut byte))
-                .await
-                .expect("the upgrade is answered")
-                .unwrap();
-            head.push(byte[0]);
-        }
-        assert!(
-            head.starts_with(b"HTTP/1.1 101"),
-            "{}",
-            String::from_utf8_lossy(&head)
-        );
+        upgrade(&mut client, "/ws").await;
         assert_eq!(
             stop_and_wait(stop, serving).await,
             Stopped::TimedOut { open: 1 }
         );
         let read = read_until_closed(&mut client).await;
         assert!(read.is_empty(), "{}", String::from_utf8_lossy(&read));
+    }
+
+    /// An upgraded connection that only writes (a feed: never `Pending`,
+    /// its task waits on a timer) is closed too when `SHUTDOWN_TIMEOUT`
+    /// passes, before `serve` returns.
+    #[tokio::test]
+    async fn an_upgraded_feed_past_the_shutdown_timeout_is_closed_before_serve_returns() {
+        use axum::extract::ws::{Message, WebSocketUpgrade};
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let app = axum::Router::new().route(
+            "/feed",
+            axum::routing::get(|ws: WebSocketUpgrade| async move {
+                ws.on_upgrade(|mut socket| async move {
+                    while socket.send(Message::text("tick")).await.is_ok() {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                })
+            }),
+        );
+        let (stop, serving) = start_with(
+            vec![(Listener::Tcp(tcp), crate::routes::service(app, LIMITS))],
+            Arc::new(Metrics::new([])),
+            Duration::from_millis(200),
+            Stopping::new(),
+        );
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        upgrade(&mut client, "/feed").await;
+        assert_eq!(
+            stop_and_wait(stop, serving).await,
+            Stopped::TimedOut { open: 1 }
+        );
+        // Ticks sent before the end may still be buffered; then the end.
+        read_until_closed(&mut client).await;
     }
 }
