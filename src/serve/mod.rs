@@ -559,7 +559,7 @@ impl Connection {
         let per_request = PerRequest {
             service,
             activity: Arc::clone(&activity),
-            peer: peer_extensions(&self.peer, &self.stopping),
+            peer: peer_extensions(&self.peer, self.stopping.for_connection()),
         };
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // The header-read timeout is `Activity::idle_for`, for both protocols;
@@ -987,5 +987,50 @@ mod tests {
         );
         // Ticks sent before the end may still be buffered; then the end.
         read_until_closed(&mut client).await;
+    }
+
+    /// Every request can extract `Stopping`: not begun while serving, and
+    /// its `wait` completes once the stop begins.
+    #[tokio::test]
+    async fn a_handler_learns_that_the_stop_began() {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let entered = Arc::new(Notify::new());
+        let app = axum::Router::new().route(
+            "/wait",
+            axum::routing::get({
+                let entered = Arc::clone(&entered);
+                move |stopping: Stopping| async move {
+                    let before = stopping.is_stopping();
+                    entered.notify_one();
+                    stopping.wait().await;
+                    format!("stopping {before}, then {}", stopping.is_stopping())
+                }
+            }),
+        );
+        let stopping = Stopping::new();
+        let (stop, serving) = start_with(
+            vec![(Listener::Tcp(tcp), crate::routes::service(app, LIMITS))],
+            Arc::new(Metrics::new([])),
+            Duration::from_secs(5),
+            stopping.clone(),
+        );
+        let client = tokio::spawn(send(
+            TcpStream::connect(addr).await.unwrap(),
+            "GET /wait HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        ));
+        tokio::time::timeout(DEADLINE, entered.notified())
+            .await
+            .expect("the handler runs");
+        stopping.begin();
+        let response = tokio::time::timeout(DEADLINE, client)
+            .await
+            .expect("the handler ends once the stop begins")
+            .unwrap();
+        assert!(
+            response.ends_with("stopping false, then true"),
+            "{response}"
+        );
+        assert_eq!(stop_and_wait(stop, serving).await, Stopped::Drained);
     }
 }

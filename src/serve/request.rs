@@ -114,18 +114,23 @@ impl Activity {
     }
 }
 
-/// A connection's peer as request extensions, made once per connection and
-/// cloned into each of its requests: `ConnectInfo<SocketAddr>` for TCP,
-/// `ConnectInfo<UCred>` for a Unix socket (none when the kernel would not
-/// say).
+/// A connection's peer and its [`Stopping`] as request extensions, made once
+/// per connection and cloned into each of its requests: the peer is
+/// `ConnectInfo<SocketAddr>` for TCP, `ConnectInfo<UCred>` for a Unix socket
+/// (none when the kernel would not say).
 ///
 /// The map is made with room for axum's own three extensions too
 /// (`OriginalUri`, `MatchedPath`, the path parameters). Inserted into each
 /// request's empty map instead, the peer would make axum's third insert grow
 /// the map (a new allocation and a rehash), which was most of what
-/// `ConnectInfo` cost a request (docs/benchmarks.md).
-pub(super) fn peer_extensions(peer: &Peer, stopping: &Stopping) -> Extensions {
-    /// Placeholders that grow the map to room for four; removing them keeps the room.
+/// `ConnectInfo` cost a request (docs/benchmarks.md). A clone keeps the
+/// table's size. The table holds 3 entries in 4 buckets, then 7 in 8: four
+/// entries at once (with the placeholders) make it 8 buckets, room for ours
+/// (2), axum's (3), `DefaultBodyLimit`'s (above 2 MiB) and HTTP/2's
+/// `:protocol`. An eighth would grow it again.
+pub(super) fn peer_extensions(peer: &Peer, stopping: Stopping) -> Extensions {
+    /// Placeholders that bring the map to four entries, so 8 buckets, even
+    /// with no peer; removing them keeps the room.
     #[derive(Clone)]
     struct Room<const N: usize>;
     let mut extensions = Extensions::new();
@@ -143,7 +148,7 @@ pub(super) fn peer_extensions(peer: &Peer, stopping: &Stopping) -> Extensions {
         #[cfg(unix)]
         Peer::Unix(None) => {}
     }
-    extensions.insert(stopping.clone());
+    extensions.insert(stopping);
     extensions.remove::<Room<1>>();
     extensions.remove::<Room<2>>();
     extensions.remove::<Room<3>>();
@@ -304,7 +309,7 @@ mod tests {
     #[test]
     fn peer_extensions_hold_the_peer_alone() {
         let addr: std::net::SocketAddr = "127.0.0.1:5050".parse().unwrap();
-        let extensions = peer_extensions(&Peer::Tcp(addr), &Stopping::new());
+        let extensions = peer_extensions(&Peer::Tcp(addr), Stopping::new());
         assert_eq!(extensions.len(), 2, "a placeholder was left behind");
         assert_eq!(
             extensions
@@ -313,7 +318,7 @@ mod tests {
             Some(addr)
         );
         #[cfg(unix)]
-        assert!(peer_extensions(&Peer::Unix(None), &Stopping::new()).len() == 1);
+        assert!(peer_extensions(&Peer::Unix(None), Stopping::new()).len() == 1);
     }
 
     #[tokio::test(start_paused = true)]
