@@ -447,6 +447,8 @@ enum Closing {
 impl TrackedIo {
     /// Polls the stream with `poll`; outside our connection task, fails once
     /// the drain has ended, and waits for that end along with the stream.
+    /// What our own task runs at every poll is a relaxed load and a branch;
+    /// the rest is out of line, so the poll stays small enough to inline.
     fn poll_io<T>(
         &mut self,
         cx: &mut Context<'_>,
@@ -454,19 +456,37 @@ impl TrackedIo {
     ) -> Poll<std::io::Result<T>> {
         // Checked at every poll, not only after a wake: an upgraded stream
         // that only writes (a feed) is never Pending.
-        if self.kill.has_begun() && self.away() {
-            return self.close(cx);
-        }
-        let polled = poll(Pin::new(&mut self.io), cx);
-        if polled.is_pending() && self.away() {
-            let Closing::Watching(killed) = &mut self.closing else {
-                return self.close(cx);
-            };
-            if killed.as_mut().poll(cx).is_ready() {
-                return self.close(cx);
+        if self.kill.has_begun() {
+            if let Some(closed) = self.killed(cx) {
+                return closed;
             }
         }
+        let polled = poll(Pin::new(&mut self.io), cx);
+        if polled.is_pending() && self.watch(cx).is_ready() {
+            return self.close(cx);
+        }
         polled
+    }
+
+    /// Once the drain has ended: the poll's failure, unless our own task
+    /// polls (it is being aborted).
+    #[cold]
+    #[inline(never)]
+    fn killed<T>(&mut self, cx: &mut Context<'_>) -> Option<Poll<std::io::Result<T>>> {
+        self.away().then(|| self.close(cx))
+    }
+
+    /// On the way to `Pending`: outside our connection task, waits for the
+    /// end of the drain too. Ready once it has come.
+    #[inline(never)]
+    fn watch(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.away() {
+            return Poll::Pending;
+        }
+        match &mut self.closing {
+            Closing::Watching(killed) => killed.as_mut().poll(cx),
+            Closing::Home | Closing::Closed => Poll::Ready(()),
+        }
     }
 
     /// Whether another task than our connection task polls the stream,
@@ -485,6 +505,7 @@ impl TrackedIo {
 
     /// Shuts the stream down (the peer reads its end now, whether or not
     /// the task holding the stream drops it), and fails the poll.
+    #[cold]
     fn close<T>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<T>> {
         if !matches!(self.closing, Closing::Closed) {
             self.closing = Closing::Closed;
