@@ -190,6 +190,10 @@ pub(crate) async fn serve<S: AppService>(
     let kill = Arc::new(Kill::default());
     let end_accepting = Arc::new(Stop::default());
     let connections = TaskTracker::new();
+    // Each connection's requests, for the end of the drain: over HTTP/2
+    // hyper runs each in a task of its own, which can outlive the connection
+    // task by a moment.
+    let requests = TaskTracker::new();
     let idle_grace = IDLE_GRACE.min(options.shutdown_timeout);
     let loops: Vec<_> = listeners
         .into_iter()
@@ -202,6 +206,7 @@ pub(crate) async fn serve<S: AppService>(
                     stop: Arc::clone(&stop),
                     kill: Arc::clone(&kill),
                     connections: connections.clone(),
+                    requests: requests.clone(),
                     counted: options.metrics.connections(),
                     metrics: Arc::clone(&options.metrics),
                     idle_grace,
@@ -233,7 +238,8 @@ pub(crate) async fn serve<S: AppService>(
         () = tokio::time::sleep(options.shutdown_timeout) => Stopped::TimedOut { open: connections.len() },
         () = force => Stopped::Forced { open: connections.len() },
     };
-    close_all(&kill, tasks, &connections).await;
+    requests.close();
+    close_all(&kill, tasks, &connections, &requests).await;
     stopped
 }
 
@@ -241,7 +247,12 @@ pub(crate) async fn serve<S: AppService>(
 /// most [`CLOSE_WAIT`], for them to be gone: our connection tasks are aborted
 /// (dropping a task drops its connection, its stream and the request futures
 /// in it), and an upgraded stream fails its next poll ([`TrackedIo`]).
-async fn close_all(kill: &Kill, mut tasks: Vec<JoinSet<()>>, connections: &TaskTracker) {
+async fn close_all(
+    kill: &Kill,
+    mut tasks: Vec<JoinSet<()>>,
+    connections: &TaskTracker,
+    requests: &TaskTracker,
+) {
     kill.begin();
     for set in &mut tasks {
         set.abort_all();
@@ -252,6 +263,8 @@ async fn close_all(kill: &Kill, mut tasks: Vec<JoinSet<()>>, connections: &TaskT
         }
         // The streams handed to an upgrade, whose tasks are the app's.
         connections.wait().await;
+        // HTTP/2 requests' tasks, which end once their connection is gone.
+        requests.wait().await;
     };
     if tokio::time::timeout(CLOSE_WAIT, closed).await.is_err() {
         tracing::warn!(
@@ -271,6 +284,8 @@ struct Accepting {
     kill: Arc<Kill>,
     /// Every open connection, for the drain.
     connections: TaskTracker,
+    /// Every connection's requests, for the end of the drain.
+    requests: TaskTracker,
     /// The open-connections gauge.
     counted: Connections,
     /// The request metrics, for each connection's requests.
@@ -315,6 +330,7 @@ async fn accept_loop<S: AppService>(
                         _counted: accepting.counted.open(),
                     },
                     peer,
+                    requests: accepting.requests.token(),
                     stop: Arc::clone(&accepting.stop),
                     metrics: Arc::clone(&accepting.metrics),
                     idle_grace: accepting.idle_grace,
@@ -566,6 +582,8 @@ enum Watched {
 struct Connection {
     stream: TrackedIo,
     peer: Peer,
+    /// Held by its requests' [`Activity`] until the last of them is dropped.
+    requests: TaskTrackerToken,
     stop: Arc<Stop>,
     metrics: Arc<Metrics>,
     idle_grace: Duration,
@@ -576,7 +594,7 @@ struct Connection {
 impl Connection {
     async fn serve<S: AppService>(mut self, service: S) {
         self.stream.home = tokio::task::try_id();
-        let activity = Arc::new(Activity::new(self.stop, self.metrics));
+        let activity = Arc::new(Activity::new(self.stop, self.metrics, self.requests));
         let per_request = PerRequest {
             service,
             activity: Arc::clone(&activity),
@@ -941,6 +959,63 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&head)
         );
+    }
+
+    /// The same over HTTP/2, where hyper runs each request in a task of
+    /// its own: that task ends with the connection, before `serve` returns.
+    #[tokio::test]
+    async fn an_http2_request_past_the_shutdown_timeout_is_dropped_before_serve_returns() {
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let dropped = Arc::new(AtomicBool::new(false));
+        let entered = Arc::new(Notify::new());
+        let app = axum::Router::new().route(
+            "/slow",
+            axum::routing::get({
+                let (dropped, entered) = (Arc::clone(&dropped), Arc::clone(&entered));
+                move || {
+                    let guard = DropFlag(Arc::clone(&dropped));
+                    entered.notify_one();
+                    async move {
+                        let _guard = guard;
+                        std::future::pending::<()>().await;
+                    }
+                }
+            }),
+        );
+        let (stop, serving) = start_with(
+            vec![(Listener::Tcp(tcp), crate::routes::service(app, LIMITS))],
+            Arc::new(Metrics::new([])),
+            Duration::from_millis(200),
+            Stopping::new(),
+        );
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        let client = tokio::spawn(connection);
+        let request = Request::get(format!("http://{addr}/slow"))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let _response = tokio::spawn(sender.send_request(request));
+        tokio::time::timeout(DEADLINE, entered.notified())
+            .await
+            .expect("the handler runs");
+        assert_eq!(
+            stop_and_wait(stop, serving).await,
+            Stopped::TimedOut { open: 1 }
+        );
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "the handler still runs after serve returned"
+        );
+        tokio::time::timeout(DEADLINE, client)
+            .await
+            .expect("the server closes the connection")
+            .unwrap()
+            .ok();
     }
 
     /// A connection handed to an upgrade (a WebSocket), whose stream lives

@@ -17,6 +17,7 @@ use axum::extract::ConnectInfo;
 use axum::http::{Extensions, HeaderValue, Request, Response, StatusCode, Version, header};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::sync::Notify;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tower::ServiceExt as _;
 use tower::util::Oneshot;
 
@@ -42,6 +43,9 @@ pub(super) struct Activity {
     pub(super) stop: Arc<Stop>,
     /// The server's request metrics: the in-flight gauge follows `in_flight`.
     metrics: Arc<Metrics>,
+    /// Counts this connection for the end of the drain until its last
+    /// request, which may run in a task of its own (HTTP/2), is dropped.
+    _requests: TaskTrackerToken,
 }
 
 /// Marks one request as in flight until dropped: when its response body has
@@ -59,10 +63,11 @@ impl Drop for InFlight {
 }
 
 impl Activity {
-    pub(super) fn new(stop: Arc<Stop>, metrics: Arc<Metrics>) -> Self {
+    pub(super) fn new(stop: Arc<Stop>, metrics: Arc<Metrics>, requests: TaskTrackerToken) -> Self {
         Activity {
             stop,
             metrics,
+            _requests: requests,
             in_flight: AtomicUsize::new(0),
             started: AtomicU64::new(0),
             request_began: Notify::new(),
@@ -305,6 +310,7 @@ fn say_closing<B>(response: &mut Response<B>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio_util::task::TaskTracker;
 
     #[test]
     fn peer_extensions_hold_the_peer_alone() {
@@ -324,7 +330,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn idle_a_timeout_after_the_last_response_never_during_a_request() {
         let timeout = Duration::from_secs(10);
-        let activity = Arc::new(Activity::new(Arc::default(), Arc::new(Metrics::new([]))));
+        let activity = Arc::new(Activity::new(
+            Arc::default(),
+            Arc::new(Metrics::new([])),
+            TaskTracker::new().token(),
+        ));
         let in_flight = activity.begin();
         // A request in flight for three timeouts is not idleness.
         let busy = tokio::time::timeout(timeout * 3, activity.idle_for(timeout)).await;
@@ -343,7 +353,11 @@ mod tests {
 
     #[tokio::test]
     async fn the_stop_path_wakes_for_a_new_request_only() {
-        let activity = Arc::new(Activity::new(Arc::default(), Arc::new(Metrics::new([]))));
+        let activity = Arc::new(Activity::new(
+            Arc::default(),
+            Arc::new(Metrics::new([])),
+            TaskTracker::new().token(),
+        ));
         // A request that began and ended before the stop leaves a wake-up
         // behind; it must not count as the one the stop path waits for.
         drop(activity.begin());
