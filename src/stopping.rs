@@ -1,5 +1,7 @@
 //! [`Stopping`]: how a handler learns that this process has begun to stop or to hand over.
 
+use std::sync::Arc;
+
 use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -27,12 +29,23 @@ use tokio_util::sync::CancellationToken;
 /// # let _ = app;
 /// ```
 #[derive(Debug, Clone, Default)]
-pub struct Stopping(CancellationToken);
+pub struct Stopping(
+    // In an `Arc` of its own per connection ([`Stopping::for_connection`]):
+    // every request gets a clone, and a `CancellationToken`'s clone locks
+    // and counts on its node, which all connections share. An `Arc` clone is
+    // one increment, on a count only that connection's requests touch.
+    Arc<CancellationToken>,
+);
 
 impl Stopping {
     /// A new signal, not begun.
     pub(crate) fn new() -> Self {
-        Stopping(CancellationToken::new())
+        Stopping(Arc::default())
+    }
+
+    /// The same signal, for one connection's requests to clone.
+    pub(crate) fn for_connection(&self) -> Self {
+        Stopping(Arc::new(CancellationToken::clone(&self.0)))
     }
 
     /// Begins the stop: every [`Stopping::wait`] completes.

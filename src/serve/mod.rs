@@ -19,6 +19,12 @@
 //! WebSocket) stays counted until the upgraded stream is dropped, so a drain
 //! waits for it too, bounded by `SHUTDOWN_TIMEOUT`.
 //!
+//! When `SHUTDOWN_TIMEOUT` passes, or a second stop cuts the drain short,
+//! every connection still open is closed before [`serve`] returns: nothing
+//! of ours keeps running in an embedding program's runtime. Our connection
+//! tasks are aborted; an upgraded stream, which lives in a task of the
+//! app's, fails its next poll and wakes that task if it waits on it.
+//!
 //! This module never binds: it is handed listeners, TCP or Unix, each with
 //! its own service (the app, or the admin role's built-in routes).
 
@@ -42,6 +48,8 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
@@ -63,6 +71,12 @@ pub(crate) use limits::Limits;
 /// errors. Half a second covers a busy client and adds little to a restart
 /// when browsers hold idle keep-alive connections.
 pub(crate) const IDLE_GRACE: Duration = Duration::from_millis(500);
+
+/// How long [`serve`], once it has closed the connections left at the end of
+/// the drain, waits for them to be gone: an aborted task ends at its next
+/// poll and an upgraded stream's task is woken, so this is only reached by a
+/// task that blocks its thread or holds a stream without polling it.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// Settings for [`serve`].
 #[derive(Debug, Clone)]
@@ -111,9 +125,9 @@ where
 pub(crate) enum Stopped {
     /// Every connection finished within the shutdown timeout.
     Drained,
-    /// The timeout passed with this many connections still open; they are dropped.
+    /// The timeout passed with this many connections still open; they were closed.
     TimedOut { open: usize },
-    /// A second stop request came during the drain; these connections are dropped.
+    /// A second stop request came during the drain; these connections were closed.
     Forced { open: usize },
 }
 
@@ -165,6 +179,9 @@ enum Peer {
 /// The listeners are dropped (closed) as soon as the stop begins, never shut
 /// down: when one was inherited, systemd or systemfd keep their copy open and
 /// new connections queue there for the next process.
+///
+/// When the drain times out or is forced, the connections still open are
+/// closed, and `serve` returns once they are gone (or after [`CLOSE_WAIT`]).
 pub(crate) async fn serve<S: AppService>(
     listeners: Vec<(Listener, S)>,
     shutdown: impl Future<Output = ()>,
@@ -172,8 +189,13 @@ pub(crate) async fn serve<S: AppService>(
     options: ServeOptions,
 ) -> Stopped {
     let stop = Arc::new(Stop::default());
+    let kill = Arc::new(Kill::default());
     let end_accepting = Arc::new(Stop::default());
     let connections = TaskTracker::new();
+    // Each connection's requests, for the end of the drain: over HTTP/2
+    // hyper runs each in a task of its own, which can outlive the connection
+    // task by a moment.
+    let requests = TaskTracker::new();
     let idle_grace = IDLE_GRACE.min(options.shutdown_timeout);
     let loops: Vec<_> = listeners
         .into_iter()
@@ -184,7 +206,9 @@ pub(crate) async fn serve<S: AppService>(
                 Accepting {
                     end: Arc::clone(&end_accepting),
                     stop: Arc::clone(&stop),
+                    kill: Arc::clone(&kill),
                     connections: connections.clone(),
+                    requests: requests.clone(),
                     counted: options.metrics.connections(),
                     metrics: Arc::clone(&options.metrics),
                     idle_grace,
@@ -196,9 +220,14 @@ pub(crate) async fn serve<S: AppService>(
         .collect();
     shutdown.await;
     end_accepting.begin();
+    let mut tasks = Vec::with_capacity(loops.len());
     for accepting in loops {
-        // Each loop drops its listener as it ends.
-        let _ = accepting.await;
+        // Each loop drops its listener as it ends, and hands back the tasks
+        // of its connections. (A loop that panicked dropped its set, which
+        // aborted them.)
+        if let Ok(set) = accepting.await {
+            tasks.push(set);
+        }
     }
     stop.begin();
     connections.close();
@@ -206,10 +235,44 @@ pub(crate) async fn serve<S: AppService>(
         open = connections.len(),
         "stopped accepting; finishing open connections"
     );
-    tokio::select! {
-        () = connections.wait() => Stopped::Drained,
+    let stopped = tokio::select! {
+        () = connections.wait() => return Stopped::Drained,
         () = tokio::time::sleep(options.shutdown_timeout) => Stopped::TimedOut { open: connections.len() },
         () = force => Stopped::Forced { open: connections.len() },
+    };
+    requests.close();
+    close_all(&kill, tasks, &connections, &requests).await;
+    stopped
+}
+
+/// Closes every connection still open at the end of the drain and waits, at
+/// most [`CLOSE_WAIT`], for them to be gone: our connection tasks are aborted
+/// (dropping a task drops its connection, its stream and the request futures
+/// in it), and an upgraded stream fails its next poll ([`TrackedIo`]).
+async fn close_all(
+    kill: &Kill,
+    mut tasks: Vec<JoinSet<()>>,
+    connections: &TaskTracker,
+    requests: &TaskTracker,
+) {
+    kill.begin();
+    for set in &mut tasks {
+        set.abort_all();
+    }
+    let closed = async {
+        for set in &mut tasks {
+            while set.join_next().await.is_some() {}
+        }
+        // The streams handed to an upgrade, whose tasks are the app's.
+        connections.wait().await;
+        // HTTP/2 requests' tasks, which end once their connection is gone.
+        requests.wait().await;
+    };
+    if tokio::time::timeout(CLOSE_WAIT, closed).await.is_err() {
+        tracing::warn!(
+            open = connections.len(),
+            "connections still open after being closed: a task blocks its thread or holds an upgraded stream without polling it"
+        );
     }
 }
 
@@ -219,8 +282,12 @@ struct Accepting {
     end: Arc<Stop>,
     /// Begun when the connections must drain.
     stop: Arc<Stop>,
+    /// Begun when the drain is over and what is left must close.
+    kill: Arc<Kill>,
     /// Every open connection, for the drain.
     connections: TaskTracker,
+    /// Every connection's requests, for the end of the drain.
+    requests: TaskTracker,
     /// The open-connections gauge.
     counted: Connections,
     /// The request metrics, for each connection's requests.
@@ -230,9 +297,18 @@ struct Accepting {
     stopping: Stopping,
 }
 
-/// Accepts on one listener until `end` begins, spawning a task per connection.
-async fn accept_loop<S: AppService>(listener: Listener, service: S, accepting: Accepting) {
+/// Accepts on one listener until `end` begins, spawning a task per
+/// connection; returns the tasks still running, for the drain to abort.
+async fn accept_loop<S: AppService>(
+    listener: Listener,
+    service: S,
+    accepting: Accepting,
+) -> JoinSet<()> {
     let mut backoff = AcceptBackoff::default();
+    // The connection tasks, abortable at the end of the drain. Each one
+    // finished is taken out here (one wake of this loop per connection), so
+    // the set holds the running ones only.
+    let mut tasks = JoinSet::new();
     // One wait for the end, registered once, as the accept loop always had.
     let ended = accepting.end.begun();
     tokio::pin!(ended);
@@ -241,6 +317,7 @@ async fn accept_loop<S: AppService>(listener: Listener, service: S, accepting: A
             biased;
             () = &mut ended => break,
             accepted = listener.accept() => accepted,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
         };
         match accepted {
             Ok((stream, peer)) => {
@@ -248,17 +325,24 @@ async fn accept_loop<S: AppService>(listener: Listener, service: S, accepting: A
                 let connection = Connection {
                     stream: TrackedIo {
                         io: stream,
+                        home: None,
+                        kill: Arc::clone(&accepting.kill),
+                        closing: Closing::Home,
                         _open: accepting.connections.token(),
                         _counted: accepting.counted.open(),
                     },
                     peer,
+                    requests: accepting.requests.token(),
                     stop: Arc::clone(&accepting.stop),
                     metrics: Arc::clone(&accepting.metrics),
                     idle_grace: accepting.idle_grace,
                     limits: accepting.limits,
                     stopping: accepting.stopping.clone(),
                 };
-                tokio::spawn(connection.serve(service.clone()));
+                tasks.spawn(connection.serve(service.clone()));
+                // While accepts keep coming, the `join_next` branch above
+                // never gets its turn.
+                while tasks.try_join_next().is_some() {}
             }
             Err(err) if is_connection_error(&err) => {}
             Err(err) => {
@@ -271,6 +355,7 @@ async fn accept_loop<S: AppService>(listener: Listener, service: S, accepting: A
         }
     }
     drop(listener);
+    tasks
 }
 
 /// Errors that concern one connection only, as `axum::serve` classifies them.
@@ -306,6 +391,26 @@ impl Stop {
     }
 }
 
+/// The end of the drain, as open connections see it: begun when the drain
+/// timed out or was forced, and whatever is still open must close.
+#[derive(Debug, Default)]
+struct Kill {
+    begun: AtomicBool,
+    /// Wakes the tasks of upgraded streams that wait on their stream.
+    wake: CancellationToken,
+}
+
+impl Kill {
+    fn begin(&self) {
+        self.begun.store(true, Ordering::Relaxed);
+        self.wake.cancel();
+    }
+
+    fn has_begun(&self) -> bool {
+        self.begun.load(Ordering::Relaxed)
+    }
+}
+
 /// Completes once `holds()` is true, checking it again each time `notify`
 /// wakes us. The wake-up is registered before each check, so a change made
 /// (and notified) between the check and the wait is never missed.
@@ -330,10 +435,102 @@ type Stream = tokio_util::either::Either<TcpStream, TcpStream>;
 
 /// A connection's stream, counted as open by the drain until it is dropped:
 /// also after an upgrade hands it to a WebSocket handler.
+///
+/// At the end of the drain ([`Kill`]) our connection task is aborted, which
+/// drops the stream. A stream polled by another task, which has it through
+/// an upgrade, closes itself instead: it is shut down and every poll fails.
+/// That task is woken through [`Kill::wake`], which the stream registers for
+/// only there, on the way to `Pending`. Our own task pays a relaxed load
+/// per poll and a comparison of task ids when its stream has nothing to read.
 struct TrackedIo {
     io: Stream,
+    /// Our connection task, set when it begins ([`Connection::serve`]).
+    home: Option<tokio::task::Id>,
+    kill: Arc<Kill>,
+    closing: Closing,
     _open: TaskTrackerToken,
     _counted: OpenConnection,
+}
+
+/// Where a stream stands with the end of the drain.
+enum Closing {
+    /// Polled by our connection task only, which is aborted instead.
+    Home,
+    /// Polled by another task (an upgrade): woken when the drain ends.
+    Watching(Pin<Box<WaitForCancellationFutureOwned>>),
+    /// Shut down at the end of the drain; every poll fails.
+    Closed,
+}
+
+impl TrackedIo {
+    /// Polls the stream with `poll`; outside our connection task, fails once
+    /// the drain has ended, and waits for that end along with the stream.
+    /// What our own task runs at every poll is a relaxed load and a branch;
+    /// the rest is out of line, so the poll stays small enough to inline.
+    fn poll_io<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: impl FnOnce(Pin<&mut Stream>, &mut Context<'_>) -> Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        // Checked at every poll, not only after a wake: an upgraded stream
+        // that only writes (a feed) is never Pending.
+        if self.kill.has_begun() {
+            if let Some(closed) = self.killed(cx) {
+                return closed;
+            }
+        }
+        let polled = poll(Pin::new(&mut self.io), cx);
+        if polled.is_pending() && self.watch(cx).is_ready() {
+            return self.close(cx);
+        }
+        polled
+    }
+
+    /// Once the drain has ended: the poll's failure, unless our own task
+    /// polls (it is being aborted).
+    #[cold]
+    #[inline(never)]
+    fn killed<T>(&mut self, cx: &mut Context<'_>) -> Option<Poll<std::io::Result<T>>> {
+        self.away().then(|| self.close(cx))
+    }
+
+    /// On the way to `Pending`: outside our connection task, waits for the
+    /// end of the drain too. Ready once it has come.
+    #[inline(never)]
+    fn watch(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.away() {
+            return Poll::Pending;
+        }
+        match &mut self.closing {
+            Closing::Watching(killed) => killed.as_mut().poll(cx),
+            Closing::Home | Closing::Closed => Poll::Ready(()),
+        }
+    }
+
+    /// Whether another task than our connection task polls the stream,
+    /// which it has through an upgrade. The first time, the stream begins to
+    /// watch for the end of the drain.
+    fn away(&mut self) -> bool {
+        if let Closing::Home = self.closing {
+            if tokio::task::try_id() == self.home {
+                return false;
+            }
+            let killed = self.kill.wake.clone().cancelled_owned();
+            self.closing = Closing::Watching(Box::pin(killed));
+        }
+        true
+    }
+
+    /// Shuts the stream down (the peer reads its end now, whether or not
+    /// the task holding the stream drops it), and fails the poll.
+    #[cold]
+    fn close<T>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<T>> {
+        if !matches!(self.closing, Closing::Closed) {
+            self.closing = Closing::Closed;
+            let _ = Pin::new(&mut self.io).poll_shutdown(cx);
+        }
+        Poll::Ready(Err(std::io::ErrorKind::ConnectionAborted.into()))
+    }
 }
 
 impl AsyncRead for TrackedIo {
@@ -342,7 +539,7 @@ impl AsyncRead for TrackedIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+        self.get_mut().poll_io(cx, |io, cx| io.poll_read(cx, buf))
     }
 }
 
@@ -352,7 +549,7 @@ impl AsyncWrite for TrackedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        self.get_mut().poll_io(cx, |io, cx| io.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -360,7 +557,8 @@ impl AsyncWrite for TrackedIo {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        self.get_mut()
+            .poll_io(cx, |io, cx| io.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -368,11 +566,11 @@ impl AsyncWrite for TrackedIo {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        self.get_mut().poll_io(cx, |io, cx| io.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        self.get_mut().poll_io(cx, |io, cx| io.poll_shutdown(cx))
     }
 }
 
@@ -386,6 +584,8 @@ enum Watched {
 struct Connection {
     stream: TrackedIo,
     peer: Peer,
+    /// Held by its requests' [`Activity`] until the last of them is dropped.
+    requests: TaskTrackerToken,
     stop: Arc<Stop>,
     metrics: Arc<Metrics>,
     idle_grace: Duration,
@@ -394,12 +594,13 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve<S: AppService>(self, service: S) {
-        let activity = Arc::new(Activity::new(self.stop, self.metrics));
+    async fn serve<S: AppService>(mut self, service: S) {
+        self.stream.home = tokio::task::try_id();
+        let activity = Arc::new(Activity::new(self.stop, self.metrics, self.requests));
         let per_request = PerRequest {
             service,
             activity: Arc::clone(&activity),
-            peer: peer_extensions(&self.peer, &self.stopping),
+            peer: peer_extensions(&self.peer, self.stopping.for_connection()),
         };
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // The header-read timeout is `Activity::idle_for`, for both protocols;
@@ -512,6 +713,19 @@ mod tests {
         tokio::sync::oneshot::Sender<()>,
         tokio::task::JoinHandle<Stopped>,
     ) {
+        start_with(listeners, metrics, Duration::from_secs(5), Stopping::new())
+    }
+
+    /// [`start`] with a shutdown timeout and a `Stopping` of the test's.
+    fn start_with<S: AppService>(
+        listeners: Vec<(Listener, S)>,
+        metrics: Arc<Metrics>,
+        shutdown_timeout: Duration,
+        stopping: Stopping,
+    ) -> (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<Stopped>,
+    ) {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let serving = tokio::spawn(serve(
             listeners,
@@ -520,10 +734,10 @@ mod tests {
             },
             std::future::pending(),
             ServeOptions {
-                shutdown_timeout: Duration::from_secs(5),
+                shutdown_timeout,
                 limits: LIMITS,
                 metrics,
-                stopping: Stopping::new(),
+                stopping,
             },
         ));
         (stop, serving)
@@ -631,5 +845,290 @@ mod tests {
             .await
             .expect("the drain ends")
             .unwrap();
+    }
+
+    /// A wait the tests bound everything by.
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    /// Stops `serving` and waits for how it ended.
+    async fn stop_and_wait(
+        stop: tokio::sync::oneshot::Sender<()>,
+        serving: tokio::task::JoinHandle<Stopped>,
+    ) -> Stopped {
+        stop.send(()).unwrap();
+        tokio::time::timeout(DEADLINE, serving)
+            .await
+            .expect("serve returns")
+            .unwrap()
+    }
+
+    /// Reads until the server closes the connection (EOF or an error such as
+    /// a reset), within `DEADLINE`; what was read.
+    async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut read = Vec::new();
+        let mut buf = [0; 1024];
+        let reading = async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => read.extend_from_slice(&buf[..n]),
+                }
+            }
+        };
+        tokio::time::timeout(DEADLINE, reading)
+            .await
+            .expect("the server closes the connection");
+        read
+    }
+
+    /// Sets its flag when dropped: the future that holds it is gone.
+    struct DropFlag(Arc<AtomicBool>);
+
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// A request still in flight when `SHUTDOWN_TIMEOUT` passes is cut off
+    /// before `serve` returns: its handler's future is dropped and the
+    /// client's connection closed, nothing left running in the runtime.
+    #[tokio::test]
+    async fn a_request_past_the_shutdown_timeout_is_dropped_before_serve_returns() {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let dropped = Arc::new(AtomicBool::new(false));
+        let entered = Arc::new(Notify::new());
+        let app = axum::Router::new().route(
+            "/slow",
+            axum::routing::get({
+                let (dropped, entered) = (Arc::clone(&dropped), Arc::clone(&entered));
+                move || {
+                    let guard = DropFlag(Arc::clone(&dropped));
+                    entered.notify_one();
+                    async move {
+                        let _guard = guard;
+                        std::future::pending::<()>().await;
+                    }
+                }
+            }),
+        );
+        let (stop, serving) = start_with(
+            vec![(Listener::Tcp(tcp), crate::routes::service(app, LIMITS))],
+            Arc::new(Metrics::new([])),
+            Duration::from_millis(200),
+            Stopping::new(),
+        );
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::timeout(DEADLINE, entered.notified())
+            .await
+            .expect("the handler runs");
+        assert_eq!(
+            stop_and_wait(stop, serving).await,
+            Stopped::TimedOut { open: 1 }
+        );
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "the handler still runs after serve returned"
+        );
+        let read = read_until_closed(&mut client).await;
+        assert!(read.is_empty(), "{}", String::from_utf8_lossy(&read));
+    }
+
+    /// Asks for a WebSocket at `path` and reads the 101 response's head.
+    async fn upgrade(client: &mut TcpStream, path: &str) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        client.write_all(request.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0];
+            tokio::time::timeout(DEADLINE, client.read_exact(&mut byte))
+                .await
+                .expect("the upgrade is answered")
+                .unwrap();
+            head.push(byte[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+    }
+
+    /// The same over HTTP/2, where hyper runs each request in a task of
+    /// its own: that task ends with the connection, before `serve` returns.
+    #[tokio::test]
+    async fn an_http2_request_past_the_shutdown_timeout_is_dropped_before_serve_returns() {
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let dropped = Arc::new(AtomicBool::new(false));
+        let entered = Arc::new(Notify::new());
+        let app = axum::Router::new().route(
+            "/slow",
+            axum::routing::get({
+                let (dropped, entered) = (Arc::clone(&dropped), Arc::clone(&entered));
+                move || {
+                    let guard = DropFlag(Arc::clone(&dropped));
+                    entered.notify_one();
+                    async move {
+                        let _guard = guard;
+                        std::future::pending::<()>().await;
+                    }
+                }
+            }),
+        );
+        let (stop, serving) = start_with(
+            vec![(Listener::Tcp(tcp), crate::routes::service(app, LIMITS))],
+            Arc::new(Metrics::new([])),
+            Duration::from_millis(200),
+            Stopping::new(),
+        );
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        let client = tokio::spawn(connection);
+        let request = Request::get(format!("http://{addr}/slow"))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let _response = tokio::spawn(sender.send_request(request));
+        tokio::time::timeout(DEADLINE, entered.notified())
+            .await
+            .expect("the handler runs");
+        assert_eq!(
+            stop_and_wait(stop, serving).await,
+            Stopped::TimedOut { open: 1 }
+        );
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "the handler still runs after serve returned"
+        );
+        tokio::time::timeout(DEADLINE, client)
+            .await
+            .expect("the server closes the connection")
+            .unwrap()
+            .ok();
+    }
+
+    /// A connection handed to an upgrade (a WebSocket), whose stream lives
+    /// in a task of the app's, is closed too when `SHUTDOWN_TIMEOUT` passes,
+    /// before `serve` returns.
+    #[tokio::test]
+    async fn an_upgraded_connection_past_the_shutdown_timeout_is_closed_before_serve_returns() {
+        use axum::extract::ws::WebSocketUpgrade;
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let app = axum::Router::new().route(
+            "/ws",
+            axum::routing::get(|ws: WebSocketUpgrade| async move {
+                // Waits for messages, as a chat or a feed does: idle here.
+                ws.on_upgrade(
+                    |mut socket| async move { while let Some(Ok(_)) = socket.recv().await {} },
+                )
+            }),
+        );
+        let (stop, serving) = start_with(
+            vec![(Listener::Tcp(tcp), crate::routes::service(app, LIMITS))],
+            Arc::new(Metrics::new([])),
+            Duration::from_millis(200),
+            Stopping::new(),
+        );
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        upgrade(&mut client, "/ws").await;
+        assert_eq!(
+            stop_and_wait(stop, serving).await,
+            Stopped::TimedOut { open: 1 }
+        );
+        let read = read_until_closed(&mut client).await;
+        assert!(read.is_empty(), "{}", String::from_utf8_lossy(&read));
+    }
+
+    /// An upgraded connection that only writes (a feed: never `Pending`,
+    /// its task waits on a timer) is closed too when `SHUTDOWN_TIMEOUT`
+    /// passes, before `serve` returns.
+    #[tokio::test]
+    async fn an_upgraded_feed_past_the_shutdown_timeout_is_closed_before_serve_returns() {
+        use axum::extract::ws::{Message, WebSocketUpgrade};
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let app = axum::Router::new().route(
+            "/feed",
+            axum::routing::get(|ws: WebSocketUpgrade| async move {
+                ws.on_upgrade(|mut socket| async move {
+                    while socket.send(Message::text("tick")).await.is_ok() {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                })
+            }),
+        );
+        let (stop, serving) = start_with(
+            vec![(Listener::Tcp(tcp), crate::routes::service(app, LIMITS))],
+            Arc::new(Metrics::new([])),
+            Duration::from_millis(200),
+            Stopping::new(),
+        );
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        upgrade(&mut client, "/feed").await;
+        assert_eq!(
+            stop_and_wait(stop, serving).await,
+            Stopped::TimedOut { open: 1 }
+        );
+        // Ticks sent before the end may still be buffered; then the end.
+        read_until_closed(&mut client).await;
+    }
+
+    /// Every request can extract `Stopping`: not begun while serving, and
+    /// its `wait` completes once the stop begins.
+    #[tokio::test]
+    async fn a_handler_learns_that_the_stop_began() {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let entered = Arc::new(Notify::new());
+        let app = axum::Router::new().route(
+            "/wait",
+            axum::routing::get({
+                let entered = Arc::clone(&entered);
+                move |stopping: Stopping| async move {
+                    let before = stopping.is_stopping();
+                    entered.notify_one();
+                    stopping.wait().await;
+                    format!("stopping {before}, then {}", stopping.is_stopping())
+                }
+            }),
+        );
+        let stopping = Stopping::new();
+        let (stop, serving) = start_with(
+            vec![(Listener::Tcp(tcp), crate::routes::service(app, LIMITS))],
+            Arc::new(Metrics::new([])),
+            Duration::from_secs(5),
+            stopping.clone(),
+        );
+        let client = tokio::spawn(send(
+            TcpStream::connect(addr).await.unwrap(),
+            "GET /wait HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        ));
+        tokio::time::timeout(DEADLINE, entered.notified())
+            .await
+            .expect("the handler runs");
+        stopping.begin();
+        let response = tokio::time::timeout(DEADLINE, client)
+            .await
+            .expect("the handler ends once the stop begins")
+            .unwrap();
+        assert!(
+            response.ends_with("stopping false, then true"),
+            "{response}"
+        );
+        assert_eq!(stop_and_wait(stop, serving).await, Stopped::Drained);
     }
 }

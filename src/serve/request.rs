@@ -17,6 +17,7 @@ use axum::extract::ConnectInfo;
 use axum::http::{Extensions, HeaderValue, Request, Response, StatusCode, Version, header};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::sync::Notify;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tower::ServiceExt as _;
 use tower::util::Oneshot;
 
@@ -42,6 +43,9 @@ pub(super) struct Activity {
     pub(super) stop: Arc<Stop>,
     /// The server's request metrics: the in-flight gauge follows `in_flight`.
     metrics: Arc<Metrics>,
+    /// Counts this connection for the end of the drain until its last
+    /// request, which may run in a task of its own (HTTP/2), is dropped.
+    _requests: TaskTrackerToken,
 }
 
 /// Marks one request as in flight until dropped: when its response body has
@@ -59,10 +63,11 @@ impl Drop for InFlight {
 }
 
 impl Activity {
-    pub(super) fn new(stop: Arc<Stop>, metrics: Arc<Metrics>) -> Self {
+    pub(super) fn new(stop: Arc<Stop>, metrics: Arc<Metrics>, requests: TaskTrackerToken) -> Self {
         Activity {
             stop,
             metrics,
+            _requests: requests,
             in_flight: AtomicUsize::new(0),
             started: AtomicU64::new(0),
             request_began: Notify::new(),
@@ -114,18 +119,23 @@ impl Activity {
     }
 }
 
-/// A connection's peer as request extensions, made once per connection and
-/// cloned into each of its requests: `ConnectInfo<SocketAddr>` for TCP,
-/// `ConnectInfo<UCred>` for a Unix socket (none when the kernel would not
-/// say).
+/// A connection's peer and its [`Stopping`] as request extensions, made once
+/// per connection and cloned into each of its requests: the peer is
+/// `ConnectInfo<SocketAddr>` for TCP, `ConnectInfo<UCred>` for a Unix socket
+/// (none when the kernel would not say).
 ///
 /// The map is made with room for axum's own three extensions too
 /// (`OriginalUri`, `MatchedPath`, the path parameters). Inserted into each
 /// request's empty map instead, the peer would make axum's third insert grow
 /// the map (a new allocation and a rehash), which was most of what
-/// `ConnectInfo` cost a request (docs/benchmarks.md).
-pub(super) fn peer_extensions(peer: &Peer, stopping: &Stopping) -> Extensions {
-    /// Placeholders that grow the map to room for four; removing them keeps the room.
+/// `ConnectInfo` cost a request (docs/benchmarks.md). A clone keeps the
+/// table's size. The table holds 3 entries in 4 buckets, then 7 in 8: four
+/// entries at once (with the placeholders) make it 8 buckets, room for ours
+/// (2), axum's (3), `DefaultBodyLimit`'s (above 2 MiB) and HTTP/2's
+/// `:protocol`. An eighth would grow it again.
+pub(super) fn peer_extensions(peer: &Peer, stopping: Stopping) -> Extensions {
+    /// Placeholders that bring the map to four entries, so 8 buckets, even
+    /// with no peer; removing them keeps the room.
     #[derive(Clone)]
     struct Room<const N: usize>;
     let mut extensions = Extensions::new();
@@ -143,7 +153,7 @@ pub(super) fn peer_extensions(peer: &Peer, stopping: &Stopping) -> Extensions {
         #[cfg(unix)]
         Peer::Unix(None) => {}
     }
-    extensions.insert(stopping.clone());
+    extensions.insert(stopping);
     extensions.remove::<Room<1>>();
     extensions.remove::<Room<2>>();
     extensions.remove::<Room<3>>();
@@ -300,11 +310,12 @@ fn say_closing<B>(response: &mut Response<B>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio_util::task::TaskTracker;
 
     #[test]
     fn peer_extensions_hold_the_peer_alone() {
         let addr: std::net::SocketAddr = "127.0.0.1:5050".parse().unwrap();
-        let extensions = peer_extensions(&Peer::Tcp(addr), &Stopping::new());
+        let extensions = peer_extensions(&Peer::Tcp(addr), Stopping::new());
         assert_eq!(extensions.len(), 2, "a placeholder was left behind");
         assert_eq!(
             extensions
@@ -313,13 +324,17 @@ mod tests {
             Some(addr)
         );
         #[cfg(unix)]
-        assert!(peer_extensions(&Peer::Unix(None), &Stopping::new()).len() == 1);
+        assert!(peer_extensions(&Peer::Unix(None), Stopping::new()).len() == 1);
     }
 
     #[tokio::test(start_paused = true)]
     async fn idle_a_timeout_after_the_last_response_never_during_a_request() {
         let timeout = Duration::from_secs(10);
-        let activity = Arc::new(Activity::new(Arc::default(), Arc::new(Metrics::new([]))));
+        let activity = Arc::new(Activity::new(
+            Arc::default(),
+            Arc::new(Metrics::new([])),
+            TaskTracker::new().token(),
+        ));
         let in_flight = activity.begin();
         // A request in flight for three timeouts is not idleness.
         let busy = tokio::time::timeout(timeout * 3, activity.idle_for(timeout)).await;
@@ -338,7 +353,11 @@ mod tests {
 
     #[tokio::test]
     async fn the_stop_path_wakes_for_a_new_request_only() {
-        let activity = Arc::new(Activity::new(Arc::default(), Arc::new(Metrics::new([]))));
+        let activity = Arc::new(Activity::new(
+            Arc::default(),
+            Arc::new(Metrics::new([])),
+            TaskTracker::new().token(),
+        ));
         // A request that began and ended before the stop leaves a wake-up
         // behind; it must not count as the one the stop path waits for.
         drop(activity.begin());
