@@ -1,4 +1,5 @@
-//! The `portkeeper` binary: the built-in routes alone, served by the crate.
+//! The `portkeeper` binary: the built-in routes, and a page at `/` that points
+//! at them, served by the crate.
 //!
 //! Configuration stays in the environment (and `.env`); the command line only
 //! asks for help or the version, so it has no parser crate behind it.
@@ -83,7 +84,7 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String> {
 
 fn main() -> ExitCode {
     match parse(std::env::args_os().skip(1)) {
-        Ok(Command::Serve) => portkeeper::run(axum::Router::new()),
+        Ok(Command::Serve) => portkeeper::run(front_page()),
         Ok(Command::Help) => {
             print!("{}", help());
             ExitCode::SUCCESS
@@ -98,6 +99,34 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// The binary's own route: a page at `/` (the start-up message says "open
+/// http://.../"), pointing at the built-in routes.
+fn front_page() -> axum::Router {
+    axum::Router::new().route(
+        "/",
+        axum::routing::get(|| async { axum::response::Html(FRONT_PAGE) }),
+    )
+}
+
+/// No version: with `ADMIN_LISTEN` this page is on the public listener, where
+/// `/info` (which has it) is not.
+const FRONT_PAGE: &str = r#"<!doctype html>
+<html lang="en">
+<meta charset="utf-8">
+<title>portkeeper</title>
+<h1>portkeeper</h1>
+<p>An HTTP server that never fights over its port. This binary serves its built-in routes
+(on the admin listener instead, when <code>ADMIN_LISTEN</code> is set):</p>
+<ul>
+<li><a href="/health">/health</a>: liveness, always 200 while the process answers</li>
+<li><a href="/ready">/ready</a>: readiness, 503 once a stop has begun</li>
+<li><a href="/info">/info</a>: this process, its listeners and where they came from</li>
+<li><a href="/metrics">/metrics</a>: Prometheus metrics</li>
+</ul>
+<p>Run <code>portkeeper --help</code> for its settings and signals.</p>
+</html>
+"#;
 
 #[cfg(test)]
 mod tests {

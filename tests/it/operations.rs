@@ -1,6 +1,22 @@
-//! What an operator sees: the start-up line on tokens.
+//! What an operator sees: the binary's page at `/`, the start-up line on tokens.
 
 use crate::support::*;
+
+#[test]
+fn the_binary_answers_its_front_page_with_links_to_the_built_in_routes() {
+    let dir = TempDir::new();
+    let mut server = Running::spawn(loopback_server(&dir), "front-page").unwrap();
+    let addr = server.serving_address().unwrap();
+    let (status, body) = http_get(addr, "/").unwrap();
+    assert_eq!(status, 200, "{body}");
+    for route in ["/health", "/ready", "/info", "/metrics"] {
+        assert!(
+            body.contains(&format!("href=\"{route}\"")),
+            "no link to {route}: {body}"
+        );
+    }
+    assert!(body.contains("portkeeper"), "{body}");
+}
 
 #[test]
 fn the_token_policy_line_names_the_paths_that_need_no_token() {
