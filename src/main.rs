@@ -2,13 +2,25 @@
 //! at them, served by the crate.
 //!
 //! Configuration stays in the environment (and `.env`); the command line only
-//! asks for help or the version, so it has no parser crate behind it.
+//! asks for help, the version, or an upgrade of a running server
+//! (`portkeeper upgrade <pid>`, the unit's `ExecReload=`), so it has no
+//! parser crate behind it.
 
 use std::ffi::OsString;
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// BSD's EX_USAGE: the command line is wrong.
 const EX_USAGE: u8 = 64;
+/// BSD's EX_UNAVAILABLE: `upgrade` cannot reach the server.
+const EX_UNAVAILABLE: u8 = 69;
+/// BSD's EX_TEMPFAIL: `upgrade` got no answer in time.
+const EX_TEMPFAIL: u8 = 75;
+
+/// How long `upgrade` waits for the answer: the server gives the new process
+/// 15 s (`READY_TIMEOUT`) to be ready, and a request that comes while another
+/// upgrade runs gets that one's outcome.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(40);
 
 /// The help text: the variables come from `portkeeper::variables()`, the
 /// one list the documentation is tested against.
@@ -17,6 +29,7 @@ fn help() -> String {
         "portkeeper: an HTTP server that never fights over its port
 
 Usage: portkeeper [--help | --version]
+       portkeeper upgrade <PID>
 
 Configured by environment variables, and a .env file in the working directory
 (real variables win). See config.example.env for details.
@@ -50,6 +63,15 @@ Exit status:
   77   permission denied for the port
   78   a setting is wrong
   130, 143  a second SIGINT or SIGTERM cut the drain short
+
+portkeeper upgrade <PID> (ExecReload=): asks the server of PID for a binary
+upgrade, as SIGUSR2 does, and waits for the outcome (at most 40 s):
+  0    the new process is ready (its pid is printed); the old one drains
+  1    the upgrade failed (the reason is printed); the old process serves on
+  64   bad command line
+  69   no portkeeper server of that pid can be reached (not running, upgrades
+       off, another user, or a version without upgrade requests: kill -USR2)
+  75   no answer within 40 s
 ";
 
 /// What the command line asks for.
@@ -58,6 +80,8 @@ enum Command {
     Serve,
     Help,
     Version,
+    /// Ask the server of this pid for a binary upgrade and wait for the outcome.
+    Upgrade(u32),
 }
 
 fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String> {
@@ -68,16 +92,29 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String> {
     let command = match first.to_str() {
         Some("--help" | "-h") => Command::Help,
         Some("--version" | "-V") => Command::Version,
+        Some("upgrade") => {
+            let Some(pid) = args.next() else {
+                return Err("upgrade needs the server's pid: portkeeper upgrade <PID>".into());
+            };
+            match pid.to_str().and_then(|pid| pid.parse::<u32>().ok()) {
+                Some(pid) if pid > 0 => Command::Upgrade(pid),
+                _ => {
+                    return Err(format!(
+                        "upgrade: {pid:?} is not a pid (portkeeper upgrade <PID>)"
+                    ));
+                }
+            }
+        }
         _ => {
             return Err(format!(
-                "unknown argument {first:?} (portkeeper takes only --help or --version; settings are environment variables)"
+                "unknown argument {first:?} (portkeeper takes only --help, --version or upgrade <PID>; settings are environment variables)"
             ));
         }
     };
     match args.next() {
         None => Ok(command),
         Some(extra) => Err(format!(
-            "unexpected argument {extra:?} after {first:?} (portkeeper takes only one of --help or --version)"
+            "unexpected argument {extra:?} after {first:?} (portkeeper takes only one of --help, --version or upgrade <PID>)"
         )),
     }
 }
@@ -85,6 +122,7 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String> {
 fn main() -> ExitCode {
     match parse(std::env::args_os().skip(1)) {
         Ok(Command::Serve) => portkeeper::run(front_page()),
+        Ok(Command::Upgrade(pid)) => upgrade::run(pid, ANSWER_TIMEOUT),
         Ok(Command::Help) => {
             print!("{}", help());
             ExitCode::SUCCESS
@@ -128,6 +166,119 @@ const FRONT_PAGE: &str = r#"<!doctype html>
 </html>
 "#;
 
+/// `portkeeper upgrade <PID>`: the client of the server's control socket
+/// (`src/upgrade/control.rs`, which spells the same name and messages).
+mod upgrade {
+    use std::process::ExitCode;
+    use std::time::Duration;
+
+    /// Sends `UPGRADE` to the server of `pid` and prints its answer.
+    #[cfg(target_os = "linux")]
+    pub(super) fn run(pid: u32, timeout: Duration) -> ExitCode {
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::net::{SocketAddr, UnixDatagram};
+
+        let server_name = format!("portkeeper-control-{pid}");
+        let fail = |status: u8, message: String| {
+            eprintln!("portkeeper upgrade: {message}");
+            ExitCode::from(status)
+        };
+        // A name of our own, so that the answer can reach us.
+        let own_name = format!("portkeeper-upgrade-{}", std::process::id());
+        let socket = match SocketAddr::from_abstract_name(own_name.as_bytes())
+            .and_then(|addr| UnixDatagram::bind_addr(&addr))
+        {
+            Ok(socket) => socket,
+            Err(err) => {
+                return fail(
+                    super::EX_UNAVAILABLE,
+                    format!("cannot open a socket for the answer (@{own_name}): {err}"),
+                );
+            }
+        };
+        let sent = SocketAddr::from_abstract_name(server_name.as_bytes())
+            .and_then(|server| socket.send_to_addr(b"UPGRADE", &server));
+        if let Err(err) = sent {
+            return fail(
+                super::EX_UNAVAILABLE,
+                format!(
+                    "cannot reach the server of pid {pid} at @{server_name}: {err} (is it a running portkeeper, with upgrades on, of this user? A version without upgrade requests takes `kill -USR2 {pid}`)"
+                ),
+            );
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        let mut buf = [0u8; 1024];
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return fail(
+                    super::EX_TEMPFAIL,
+                    format!(
+                        "no answer from pid {pid} within {}s; see its log",
+                        timeout.as_secs()
+                    ),
+                );
+            }
+            if let Err(err) = socket.set_read_timeout(Some(left)) {
+                return fail(
+                    super::EX_UNAVAILABLE,
+                    format!("cannot wait for the answer: {err}"),
+                );
+            }
+            let (n, from) = match socket.recv_from(&mut buf) {
+                Ok(received) => received,
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue;
+                }
+                Err(err) => {
+                    return fail(
+                        super::EX_UNAVAILABLE,
+                        format!("cannot read the answer: {err}"),
+                    );
+                }
+            };
+            // Only the server's own socket can have its name: anything else
+            // sent to ours is not the answer.
+            if from.as_abstract_name() != Some(server_name.as_bytes()) {
+                continue;
+            }
+            let answer = String::from_utf8_lossy(&buf[..n]);
+            return match answer.split_once(' ') {
+                Some(("READY", new)) => {
+                    let new = new.strip_prefix("pid=").unwrap_or(new);
+                    println!(
+                        "portkeeper upgrade: the new process {new} is ready and serving; pid {pid} finishes its open requests and exits"
+                    );
+                    ExitCode::SUCCESS
+                }
+                Some(("FAILED", reason)) => {
+                    eprintln!("portkeeper upgrade: the upgrade of pid {pid} failed: {reason}");
+                    ExitCode::FAILURE
+                }
+                _ => fail(
+                    super::EX_UNAVAILABLE,
+                    format!(
+                        "pid {pid} answered {answer:?}, which this version does not understand"
+                    ),
+                ),
+            };
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(super) fn run(pid: u32, _timeout: Duration) -> ExitCode {
+        eprintln!("portkeeper upgrade: needs Linux (abstract Unix sockets); use kill -USR2 {pid}");
+        ExitCode::from(super::EX_UNAVAILABLE)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +295,11 @@ mod tests {
         let unknown = parse_strs(&["--port=80"]).unwrap_err();
         assert!(unknown.contains("\"--port=80\""), "{unknown}");
         assert!(parse_strs(&["--help", "x"]).is_err());
+        assert_eq!(parse_strs(&["upgrade", "42"]), Ok(Command::Upgrade(42)));
+        assert!(parse_strs(&["upgrade"]).is_err());
+        assert!(parse_strs(&["upgrade", "0"]).is_err());
+        assert!(parse_strs(&["upgrade", "x1"]).is_err());
+        assert!(parse_strs(&["upgrade", "42", "43"]).is_err());
     }
 
     #[test]
