@@ -72,7 +72,7 @@ pub(crate) const REALM: &str = "portkeeper";
 pub(crate) const CREDENTIAL_NAME: &str = "api-token";
 
 /// Paths answered without a token, so that health checks need no secret.
-pub(crate) const PUBLIC_PATHS: &[&str] = &["/health"];
+pub(crate) const PUBLIC_PATHS: &[&str] = &["/health", "/ready"];
 
 /// The shortest token accepted: 16 characters of a random token are ~96 bits.
 pub(crate) const MIN_TOKEN_LEN: usize = 16;
@@ -573,7 +573,7 @@ pub(crate) fn log_policy(auth: &Auth) {
         Auth::Bearer { tokens, origin } => tracing::info!(
             tokens = tokens.len(),
             from = %origin,
-            public = PUBLIC_PATHS.join(","),
+            public = %format!("the built-in {} (under builtin_routes_at's prefix when moved)", PUBLIC_PATHS.join(" and ")),
             "bearer token required on every other route"
         ),
     }

@@ -40,6 +40,8 @@
 //! drain. Its pid then comes from the kernel with its `READY=1`
 //! (`SCM_CREDENTIALS`), and only a process of its group may report ready.
 
+#[cfg(unix)]
+mod control;
 mod settings;
 #[cfg(unix)]
 pub(crate) mod watch;
@@ -93,6 +95,8 @@ pub(crate) enum Trigger {
     Signal(&'static str),
     /// `RELOAD=true` saw a new executable file.
     ExecutableReplaced,
+    /// `portkeeper upgrade` (this pid) asked on the control socket ([`control`]).
+    Requested(u32),
 }
 
 impl std::fmt::Display for Trigger {
@@ -100,6 +104,7 @@ impl std::fmt::Display for Trigger {
         f.write_str(match self {
             Trigger::Signal(name) => name,
             Trigger::ExecutableReplaced => "executable replaced",
+            Trigger::Requested(pid) => return write!(f, "portkeeper upgrade (pid {pid})"),
         })
     }
 }
@@ -233,6 +238,7 @@ mod imp {
         /// `None` when upgrades are off (the executable or the socket is unknown).
         handoff: Option<Handoff>,
         watch: Option<ExecutableWatch>,
+        control: super::control::Control,
     }
 
     /// What starting a successor needs.
@@ -403,10 +409,15 @@ mod imp {
                     tracing::info!(executable = %h.plan.executable.display(), "RELOAD: watching the executable");
                     ExecutableWatch::new(h.plan.executable.clone())
                 });
+            let control = match handoff {
+                Some(_) => super::control::Control::bind(),
+                None => super::control::Control::none(),
+            };
             Upgrader {
                 signals,
                 handoff,
                 watch,
+                control,
             }
         }
 
@@ -415,6 +426,7 @@ mod imp {
                 signals: Signals::none(),
                 handoff: None,
                 watch: None,
+                control: super::control::Control::none(),
             }
         }
 
@@ -426,6 +438,7 @@ mod imp {
                         Request::Stop => return Departure::HungUp,
                     },
                     () = changed(&mut self.watch) => Trigger::ExecutableReplaced,
+                    pid = self.control.requested() => Trigger::Requested(pid),
                 };
                 let Some(handoff) = &self.handoff else {
                     tracing::warn!(trigger = %trigger, "binary upgrades are off (see the warning at start-up); this process keeps serving");
@@ -437,6 +450,7 @@ mod imp {
                     result = handoff.hand_over(trigger) => result,
                     () = self.signals.hung_up() => return Departure::HungUp,
                 };
+                self.control.answer(&result);
                 match result {
                     Ok(pid) => {
                         crate::metrics::upgrade_done();

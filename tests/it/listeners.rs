@@ -147,10 +147,12 @@ fn admin_listen_takes_the_builtin_routes_off_the_public_listeners() {
     let lines = serving_lines(&mut server, 3);
     let public = address_of(&lines, "app");
     let admin = address_of(&lines, "admin");
-    // The bare binary's app is empty: the public listener answers 404 for all.
-    for path in ["/info", "/health", "/"] {
+    // The bare binary's app is its page at `/`: the public listener answers
+    // that, and 404 for the built-in routes.
+    for path in ["/info", "/health"] {
         assert_eq!(http_get(public, path).unwrap().0, 404, "{path}");
     }
+    assert_eq!(http_get(public, "/").unwrap().0, 200);
     let info = get_json(admin, "/info").unwrap();
     assert_eq!(get_json(admin, "/health").unwrap()["status"], "ok");
     assert_eq!(unix_json(&admin_sock, "/health").unwrap()["status"], "ok");
@@ -473,9 +475,10 @@ fn an_upgrade_hands_every_listener_over_with_its_role_and_keeps_the_socket_file(
     let mut asked = 0;
     let successor = loop {
         asked += 1;
-        // Every listener answers throughout, whoever serves it.
-        assert_eq!(http_get(public, "/").unwrap().0, 404);
-        assert_eq!(unix_get(&sock, "/").unwrap().0, 404);
+        // Every listener answers throughout, whoever serves it (the app
+        // listeners the binary's page at `/`).
+        assert_eq!(http_get(public, "/").unwrap().0, 200);
+        assert_eq!(unix_get(&sock, "/").unwrap().0, 200);
         let info = get_json(admin, "/info").unwrap();
         if info["pid"].as_u64() != Some(old) {
             break info;
@@ -508,7 +511,7 @@ fn an_upgrade_hands_every_listener_over_with_its_role_and_keeps_the_socket_file(
         sock.exists(),
         "the predecessor leaves the file to its successor"
     );
-    assert_eq!(unix_get(&sock, "/").unwrap().0, 404);
+    assert_eq!(unix_get(&sock, "/").unwrap().0, 200);
     // The last of the line, bound by the same LISTEN, removes it at its stop.
     let pid = successor["pid"].as_u64().unwrap();
     Command::new("kill")

@@ -13,6 +13,7 @@ mod inherit_env;
 mod listener_chain;
 mod listeners;
 mod logging;
+mod operations;
 mod peers;
 mod reload;
 mod robustness;

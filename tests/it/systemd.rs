@@ -33,8 +33,8 @@ fn unit_source(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Copies both units into `dir`, with `ExecStart=` pointing at the built
-/// binary (verify checks that the executable exists) and `extra_service_lines`
+/// Copies both units into `dir`, with `ExecStart=` and `ExecReload=` pointing
+/// at the built binary (verify checks that the executable exists) and `extra_service_lines`
 /// added to the service's `[Service]` section.
 fn install_units(dir: &Path, extra_service_lines: &str) -> (PathBuf, PathBuf) {
     let socket = dir.join("portkeeper.socket");
@@ -47,6 +47,10 @@ fn install_units(dir: &Path, extra_service_lines: &str) -> (PathBuf, PathBuf) {
     let service_text = service_text.replace(
         "ExecStart=/usr/local/bin/portkeeper\n",
         &format!("ExecStart={}\n{extra_service_lines}", binary()),
+    );
+    let service_text = service_text.replace(
+        "ExecReload=/usr/local/bin/portkeeper ",
+        &format!("ExecReload={} ", binary()),
     );
     let service = dir.join("portkeeper.service");
     std::fs::write(&service, service_text).unwrap();

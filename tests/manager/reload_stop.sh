@@ -40,7 +40,8 @@ sed -e "s/^ListenStream=5050$/ListenStream=127.0.0.1:$port/" -e '/^BindIPv6Only=
 # the journal in a user manager (services run as root there).
 grep -v -E '^(DynamicUser|PrivateTmp|ProtectProc|ProcSubset|ProtectControlGroups|ProtectKernelTunables|ProtectHome)=' \
     systemd/portkeeper.service |
-    sed -e "s|^ExecStart=.*|ExecStart=$UNITS/portkeeper\nWorkingDirectory=$UNITS\nEnvironment=DEBUG=true|" \
+    sed -e "s|/usr/local/bin/portkeeper|$UNITS/portkeeper|g" \
+        -e "s|^ExecStart=.*|ExecStart=$UNITS/portkeeper\nWorkingDirectory=$UNITS\nEnvironment=DEBUG=true|" \
         -e "s|^WatchdogSec=.*|WatchdogSec=1s|" \
     >"$UNITS/portkeeper.service"
 grep -q '^ExecReload=' "$UNITS/portkeeper.service" || { echo "the shipped unit has no ExecReload=" >&2; exit 2; }
