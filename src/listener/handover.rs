@@ -186,7 +186,9 @@ mod tests {
             Path::new(SHELL),
             &[
                 "-c".into(),
-                r#"[ -e /proc/self/fd/3 ] && o=open || o=closed; ppid=$(cut -d' ' -f4 /proc/$$/stat); echo "$LISTEN_PID $$ $o $ppid" > "$1.tmp"; mv "$1.tmp" "$1""#.into(),
+                // The starter exits right after starting us: wait (bounded) until
+                // the kernel has reparented us, or the parent check races it.
+                r#"[ -e /proc/self/fd/3 ] && o=open || o=closed; n=0; while { [ ! -e "$1.starter" ] || [ "$(cut -d' ' -f4 /proc/$$/stat)" = "$(cat "$1.starter")" ]; } && [ $n -lt 1000 ]; do sleep 0.01; n=$((n+1)); done; ppid=$(cut -d' ' -f4 /proc/$$/stat); echo "$LISTEN_PID $$ $o $ppid" > "$1.tmp"; mv "$1.tmp" "$1""#.into(),
                 "sh".into(),
                 out.clone().into(),
             ],
@@ -196,6 +198,7 @@ mod tests {
         .unwrap();
         let mut started = cmd.spawn().unwrap();
         let starter = started.id();
+        std::fs::write(dir.join("out.starter"), starter.to_string()).unwrap();
         assert!(started.wait().unwrap().success());
         let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let text = loop {
