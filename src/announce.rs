@@ -81,9 +81,14 @@ pub(crate) fn reach(info: &ListenerInfo) -> Vec<String> {
 /// `F_FD_NAME` in the journal) are there for queries. A URL line is its
 /// message alone.
 pub(crate) fn log_serving(info: &ListenerInfo, urls: &[String]) {
+    // `address` and the message are for people: the path's control
+    // characters escaped (`Endpoint`'s Display). `path` is the path as it
+    // is, for queries: a text log quotes and escapes it, and the journal
+    // keeps it whole.
     let path = match &info.address {
-        Endpoint::Tcp(_) => None,
-        other => Some(other.to_string()),
+        Endpoint::Tcp(_) | Endpoint::Unnamed => None,
+        Endpoint::Path(path) => Some(path.to_string_lossy().into_owned()),
+        Endpoint::Abstract(name) => Some(format!("@{name}")),
     };
     tracing::info!(
         source = %info.source,
