@@ -205,3 +205,39 @@ fn handoff_numbers_with_whitespace_are_refused_naming_the_variable() {
         "{stderr}"
     );
 }
+
+#[test]
+fn an_address_our_own_listener_took_is_a_configuration_error_at_the_bind() {
+    // ADMIN_LISTEN on the port of HOST:API_PORT, which the settings cannot
+    // compare (a search would choose the port at the bind).
+    let port = free_port().to_string();
+    let address = format!("127.0.0.1:{port}");
+    config_error(
+        &[
+            ("HOST", "127.0.0.1"),
+            ("API_PORT", &port),
+            ("ADMIN_LISTEN", &address),
+        ],
+        &[
+            &format!("cannot listen on {address}: this server already listens on {address}"),
+            "ADMIN_LISTEN",
+        ],
+    );
+    // Two names of one socket file: the second through a symlinked directory.
+    let dir = TempDir::new();
+    let sock = dir.path().join("http.sock");
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(dir.path(), &link).unwrap();
+    let listen = format!("{},{}", sock.display(), link.join("http.sock").display());
+    config_error(
+        &[("LISTEN", &listen)],
+        &[
+            "this server already listens on",
+            &sock.display().to_string(),
+        ],
+    );
+    assert!(
+        !sock.exists(),
+        "a failed start leaves no socket file behind"
+    );
+}
