@@ -469,11 +469,11 @@ fn bind_spec(
                         holder: holder_of(addr.port()),
                     });
                 }
-                Err(source) => return Err(ListenError::bind_failed(*addr, source)),
+                Err(source) => return Err(ListenError::listed_bind_failed(*addr, source)),
             };
             socket
                 .set_nonblocking(true)
-                .map_err(|source| ListenError::bind_failed(*addr, source))?;
+                .map_err(|source| ListenError::listed_bind_failed(*addr, source))?;
             let address = socket
                 .local_addr()
                 .ok()
@@ -669,24 +669,40 @@ pub(crate) enum ListenError {
         /// Who holds `API_PORT`, when Linux can tell.
         holder: Option<String>,
     },
-    /// HOST is not an address of this machine.
+    /// HOST (or an address of LISTEN) is not an address of this machine.
     #[error(
-        "cannot listen on {address}: HOST is not an address of this machine (use 0.0.0.0, 127.0.0.1 or one of this machine's addresses)"
+        "cannot listen on {address}: {setting} is not an address of this machine (use 0.0.0.0, 127.0.0.1 or one of this machine's addresses)"
     )]
     AddressNotAvailable {
         /// The address tried.
         address: SocketAddr,
+        /// Where it came from: `HOST`, or `LISTEN or ADMIN_LISTEN`.
+        setting: &'static str,
         /// The system's error.
         #[source]
         source: io::Error,
     },
+    /// A link-local address's scope id names no interface of this machine.
+    #[error(
+        "cannot listen on {address}: {setting} names interface {scope_id} after %, which this machine does not have (`ip link` lists the interfaces' numbers)"
+    )]
+    NoSuchInterface {
+        /// The address tried.
+        address: SocketAddr,
+        /// Its scope id.
+        scope_id: u32,
+        /// Where it came from.
+        setting: &'static str,
+    },
     /// The port needs privileges we do not have.
     #[error(
-        "cannot listen on {address}: permission denied (ports below 1024 need privileges: choose API_PORT 1024 or above, or use the systemd socket unit)"
+        "cannot listen on {address}: permission denied (ports below 1024 need privileges: choose a port of 1024 or above in {setting}, or use the systemd socket unit)"
     )]
     PermissionDenied {
         /// The address tried.
         address: SocketAddr,
+        /// Where its port came from: `API_PORT`, or `LISTEN or ADMIN_LISTEN`.
+        setting: &'static str,
         /// The system's error.
         #[source]
         source: io::Error,
@@ -744,6 +760,7 @@ impl ListenError {
             ListenError::InvalidHandoff { .. }
                 | ListenError::UnusableFd { .. }
                 | ListenError::AddressNotAvailable { .. }
+                | ListenError::NoSuchInterface { .. }
                 | ListenError::NotOneTcpListener { .. }
                 | ListenError::OwnOverlap { .. }
                 | ListenError::UnixSocket {
@@ -788,10 +805,46 @@ impl ListenError {
         }
     }
 
+    /// A failed bind of `HOST:API_PORT` (or the search).
     fn bind_failed(address: SocketAddr, source: io::Error) -> Self {
+        Self::failed_for(address, source, "HOST", "API_PORT")
+    }
+
+    /// A failed bind of an address of `LISTEN` or `ADMIN_LISTEN`.
+    fn listed_bind_failed(address: SocketAddr, source: io::Error) -> Self {
+        const LISTED: &str = "LISTEN or ADMIN_LISTEN";
+        Self::failed_for(address, source, LISTED, LISTED)
+    }
+
+    fn failed_for(
+        address: SocketAddr,
+        source: io::Error,
+        address_setting: &'static str,
+        port_setting: &'static str,
+    ) -> Self {
+        // ENODEV: the scope id of a link-local address is no interface.
+        #[cfg(target_os = "linux")]
+        if let SocketAddr::V6(v6) = address
+            && v6.scope_id() != 0
+            && source.raw_os_error() == Some(nix::errno::Errno::ENODEV as i32)
+        {
+            return ListenError::NoSuchInterface {
+                address,
+                scope_id: v6.scope_id(),
+                setting: address_setting,
+            };
+        }
         match source.kind() {
-            io::ErrorKind::AddrNotAvailable => ListenError::AddressNotAvailable { address, source },
-            io::ErrorKind::PermissionDenied => ListenError::PermissionDenied { address, source },
+            io::ErrorKind::AddrNotAvailable => ListenError::AddressNotAvailable {
+                address,
+                setting: address_setting,
+                source,
+            },
+            io::ErrorKind::PermissionDenied => ListenError::PermissionDenied {
+                address,
+                setting: port_setting,
+                source,
+            },
             _ => ListenError::Bind { address, source },
         }
     }

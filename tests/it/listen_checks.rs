@@ -241,3 +241,25 @@ fn an_address_our_own_listener_took_is_a_configuration_error_at_the_bind() {
         "a failed start leaves no socket file behind"
     );
 }
+
+#[test]
+fn a_link_local_scope_id_reaches_the_bind_and_errors_name_listen() {
+    if let Err(err) = TcpListener::bind("[::1]:0") {
+        eprintln!("note: no IPv6 here ({err}); scope ids are unchecked");
+        return;
+    }
+    // Kept: with interface 1 (lo) the kernel looks for fe80::1 there and
+    // finds none (EADDRNOTAVAIL); without a scope id it would say EINVAL.
+    config_error(
+        &[("LISTEN", "[fe80::1%1]:0")],
+        &[
+            "cannot listen on [fe80::1%1]:0: ",
+            "LISTEN or ADMIN_LISTEN is not an address of this machine",
+        ],
+    );
+    // An interface number this machine does not have (ENODEV).
+    config_error(
+        &[("LISTEN", "[fe80::1%4000000]:0")],
+        &["names interface 4000000", "ip link"],
+    );
+}
