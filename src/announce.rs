@@ -30,7 +30,14 @@ pub(crate) fn urls(address: SocketAddr, interfaces: &[IpAddr]) -> Vec<String> {
         ip => vec![ip],
     };
     ips.into_iter()
-        .map(|ip| format!("http://{}/", SocketAddr::new(ip, port)))
+        .map(|ip| match address {
+            // A link-local address with its interface, as a URL writes it
+            // (RFC 6874: `%25` and the number; `curl -g` takes it).
+            SocketAddr::V6(v6) if v6.scope_id() != 0 && ip == IpAddr::V6(*v6.ip()) => {
+                format!("http://[{}%25{}]:{port}/", v6.ip(), v6.scope_id())
+            }
+            _ => format!("http://{}/", SocketAddr::new(ip, port)),
+        })
         .collect()
 }
 
@@ -131,6 +138,14 @@ mod tests {
         assert_eq!(
             urls("[::1]:8080".parse().unwrap(), &[]),
             vec!["http://[::1]:8080/"]
+        );
+    }
+
+    #[test]
+    fn a_link_local_url_keeps_its_interface() {
+        assert_eq!(
+            urls("[fe80::1%2]:8080".parse().unwrap(), &[]),
+            vec!["http://[fe80::1%252]:8080/"]
         );
     }
 
