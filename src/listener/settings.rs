@@ -215,35 +215,29 @@ impl Entry {
 fn check_apart(entries: &[Entry]) -> Result<(), ConfigError> {
     for (index, later) in entries.iter().enumerate() {
         for earlier in &entries[..index] {
-            let where_ = if earlier.name == later.name {
+            let elsewhere = if earlier.name == later.name {
                 String::new()
             } else {
                 format!(" in {}", earlier.name)
             };
+            let twice = |b: &Endpoint| {
+                let also = if elsewhere.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (also{elsewhere})")
+                };
+                format!("each address once: {b} is listed twice{also}")
+            };
             let expected = match (&earlier.endpoint, &later.endpoint) {
                 (Endpoint::Tcp(a), Endpoint::Tcp(b)) => match clash(*a, *b) {
                     None => continue,
-                    Some(Clash::Same) => format!(
-                        "each address once: {b} is listed twice{}",
-                        if where_.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" (also{where_})")
-                        }
-                    ),
+                    Some(Clash::Same) => twice(&later.endpoint),
                     Some(Clash::Overlap) => format!(
-                        "addresses that do not overlap: {b} and {a}{where_} overlap ({})",
+                        "addresses that do not overlap: {b} and {a}{elsewhere} overlap ({})",
                         overlap_reason(*a, *b)
                     ),
                 },
-                (a, b) if a == b => format!(
-                    "each address once: {b} is listed twice{}",
-                    if where_.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" (also{where_})")
-                    }
-                ),
+                (a, b) if a == b => twice(b),
                 _ => continue,
             };
             return Err(ConfigError::Invalid {
