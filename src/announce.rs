@@ -30,7 +30,14 @@ pub(crate) fn urls(address: SocketAddr, interfaces: &[IpAddr]) -> Vec<String> {
         ip => vec![ip],
     };
     ips.into_iter()
-        .map(|ip| format!("http://{}/", SocketAddr::new(ip, port)))
+        .map(|ip| match address {
+            // A link-local address with its interface, as a URL writes it
+            // (RFC 6874: `%25` and the number; `curl -g` takes it).
+            SocketAddr::V6(v6) if v6.scope_id() != 0 && ip == IpAddr::V6(*v6.ip()) => {
+                format!("http://[{}%25{}]:{port}/", v6.ip(), v6.scope_id())
+            }
+            _ => format!("http://{}/", SocketAddr::new(ip, port)),
+        })
         .collect()
 }
 
@@ -81,9 +88,14 @@ pub(crate) fn reach(info: &ListenerInfo) -> Vec<String> {
 /// `F_FD_NAME` in the journal) are there for queries. A URL line is its
 /// message alone.
 pub(crate) fn log_serving(info: &ListenerInfo, urls: &[String]) {
+    // `address` and the message are for people: the path's control
+    // characters escaped (`Endpoint`'s Display). `path` is the path as it
+    // is, for queries: a text log quotes and escapes it, and the journal
+    // keeps it whole.
     let path = match &info.address {
-        Endpoint::Tcp(_) => None,
-        other => Some(other.to_string()),
+        Endpoint::Tcp(_) | Endpoint::Unnamed => None,
+        Endpoint::Path(path) => Some(path.to_string_lossy().into_owned()),
+        Endpoint::Abstract(name) => Some(format!("@{name}")),
     };
     tracing::info!(
         source = %info.source,
@@ -126,6 +138,14 @@ mod tests {
         assert_eq!(
             urls("[::1]:8080".parse().unwrap(), &[]),
             vec!["http://[::1]:8080/"]
+        );
+    }
+
+    #[test]
+    fn a_link_local_url_keeps_its_interface() {
+        assert_eq!(
+            urls("[fe80::1%2]:8080".parse().unwrap(), &[]),
+            vec!["http://[fe80::1%252]:8080/"]
         );
     }
 

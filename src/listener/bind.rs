@@ -29,7 +29,13 @@ pub(crate) enum Attempt {
 /// may bind a port that another socket has bound but not yet listened on;
 /// `listen()` is then the call that reports the conflict, so it is checked too.
 pub(crate) fn try_bind(addr: SocketAddr) -> io::Result<Attempt> {
-    let socket = new_socket(addr)?;
+    try_bind_v6_only(addr, false)
+}
+
+/// [`try_bind`], with a `[::]` socket made IPv6-only when `v6_only` (an IPv4
+/// wildcard of the same port is listed beside it and serves IPv4).
+pub(crate) fn try_bind_v6_only(addr: SocketAddr, v6_only: bool) -> io::Result<Attempt> {
+    let socket = new_socket(addr, v6_only)?;
     Ok(match bind_and_listen(&socket, addr)? {
         Outcome::Listening => Attempt::Bound(socket),
         Outcome::BusyAtBind | Outcome::BusyAtListen => Attempt::Busy,
@@ -37,13 +43,14 @@ pub(crate) fn try_bind(addr: SocketAddr) -> io::Result<Attempt> {
 }
 
 /// A TCP socket for `addr`'s family with our options, not yet bound.
-fn new_socket(addr: SocketAddr) -> io::Result<Socket> {
+fn new_socket(addr: SocketAddr, v6_only: bool) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
-        // `::` serves IPv4 too, as people expect of "all addresses"; a specific
-        // IPv6 address can only ever be IPv6. Set explicitly, since the system
-        // default (net.ipv6.bindv6only) differs between machines.
-        socket.set_only_v6(!addr.ip().is_unspecified())?;
+        // `::` serves IPv4 too, as people expect of "all addresses", unless
+        // `0.0.0.0` of the port is listed beside it (`v6_only`); a specific
+        // IPv6 address can only ever be IPv6. Set explicitly, since the
+        // system default (net.ipv6.bindv6only) differs between machines.
+        socket.set_only_v6(v6_only || !addr.ip().is_unspecified())?;
     }
     // SO_REUSEADDR lets a restarted server bind while old connections sit in
     // TIME_WAIT. Never SO_REUSEPORT: that would let two servers share the port
@@ -112,7 +119,7 @@ pub(crate) fn search(ip: IpAddr, ports: impl Iterator<Item = u16>) -> Found {
     let mut unbound: Option<Socket> = None;
     for port in ports {
         let addr = SocketAddr::new(ip, port);
-        let socket = match unbound.take().map_or_else(|| new_socket(addr), Ok) {
+        let socket = match unbound.take().map_or_else(|| new_socket(addr, false), Ok) {
             Ok(socket) => socket,
             Err(error) => return Found::Failed { port, error },
         };
@@ -145,7 +152,7 @@ pub(crate) fn bind_unix_path(
     use super::{ErrorClass, ListenError};
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let fail = |class: ErrorClass, reason: String| ListenError::UnixSocket {
-        endpoint: path.display().to_string(),
+        endpoint: super::Endpoint::Path(path.to_owned()).to_string(),
         reason,
         class,
     };
@@ -167,12 +174,19 @@ pub(crate) fn bind_unix_path(
             format!("{doing}: permission denied (the directory must be writable by this user)"),
         ),
         io::ErrorKind::AddrInUse => busy("another process is listening on this socket"),
+        io::ErrorKind::NotADirectory => fail(
+            ErrorClass::Config,
+            format!(
+                "{doing}: {} is not a directory (a socket file goes in a directory: write a path such as /run/portkeeper/http.sock)",
+                not_a_directory(path)
+            ),
+        ),
         _ => fail(ErrorClass::System, format!("{doing}: {err}")),
     };
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => match probe(path) {
             Ok(Probe::Stale) => {
-                tracing::info!(path = %path.display(), "replacing a stale socket file");
+                tracing::info!(path = %super::Endpoint::Path(path.to_owned()), "replacing a stale socket file");
                 match std::fs::remove_file(path) {
                     Ok(()) => {}
                     Err(err) if err.kind() == io::ErrorKind::NotFound => {}
@@ -225,6 +239,20 @@ pub(crate) fn bind_unix_path(
             ino: meta.ino(),
         },
     ))
+}
+
+/// The first part of `path` that is there but not a directory (ENOTDIR),
+/// escaped for the error line; the parent when none is found.
+#[cfg(unix)]
+fn not_a_directory(path: &std::path::Path) -> super::Endpoint {
+    let mut ancestors: Vec<&std::path::Path> = path.ancestors().skip(1).collect();
+    ancestors.reverse();
+    let found = ancestors
+        .into_iter()
+        .find(|part| std::fs::metadata(part).is_ok_and(|meta| !meta.is_dir()))
+        .or_else(|| path.parent())
+        .unwrap_or(path);
+    super::Endpoint::Path(found.to_owned())
 }
 
 /// What a connect to an existing socket file says about it.
@@ -360,7 +388,7 @@ pub(crate) fn bind_unix_abstract(
 ) -> Result<std::os::unix::net::UnixListener, super::ListenError> {
     use super::{ErrorClass, ListenError};
     let fail = |class: ErrorClass, reason: String| ListenError::UnixSocket {
-        endpoint: format!("@{name}"),
+        endpoint: super::Endpoint::Abstract(name.to_owned()).to_string(),
         reason,
         class,
     };
@@ -608,6 +636,22 @@ mod tests {
         let port = any.local_addr().unwrap().as_socket().unwrap().port();
         std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
             .expect("a dual-stack wildcard accepts IPv4 connections");
+    }
+
+    #[test]
+    fn a_wildcard_beside_the_ipv4_wildcard_is_ipv6_only_and_both_bind() {
+        let Ok(Attempt::Bound(v4)) = try_bind("0.0.0.0:0".parse().unwrap()) else {
+            panic!("binding 0.0.0.0:0 failed");
+        };
+        let port = v4.local_addr().unwrap().as_socket().unwrap().port();
+        let v6 = match try_bind_v6_only(SocketAddr::new("::".parse().unwrap(), port), true) {
+            Ok(Attempt::Bound(socket)) => socket,
+            // A machine without IPv6 cannot say anything about it.
+            Err(err) if err.kind() == io::ErrorKind::AddrNotAvailable => return,
+            Err(err) if err.kind() == io::ErrorKind::Unsupported => return,
+            other => panic!("binding [::]:{port} beside 0.0.0.0:{port}: {other:?}"),
+        };
+        assert!(v6.only_v6().unwrap());
     }
 
     #[test]

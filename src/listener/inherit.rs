@@ -113,24 +113,24 @@ pub(crate) fn plan(vars: &HandoffVars, our_pid: u32) -> Result<Handoff, ListenEr
     let Some(count) = vars.listen_fds.as_deref() else {
         return Ok(Handoff::None);
     };
-    // No trimming: " 1 " is a mistake in whatever wrote the variable,
-    // worth reporting rather than guessing at.
-    let count: usize = count
-        .parse()
-        .ok()
-        .filter(|&n| n <= MAX_FDS)
-        .ok_or_else(|| {
-            ListenError::invalid_handoff(
-                "LISTEN_FDS",
-                count,
-                format!("a count of inherited sockets from 0 to {MAX_FDS}, digits only"),
-            )
-        })?;
-    let source = match vars.listen_pid.as_deref().map(str::trim) {
+    // No trimming, in any of the numbers: " 1 " is a mistake in whatever
+    // wrote the variable, worth reporting rather than guessing at.
+    let count: usize = digits(count).filter(|&n| n <= MAX_FDS).ok_or_else(|| {
+        ListenError::invalid_handoff(
+            "LISTEN_FDS",
+            count,
+            format!("a count of inherited sockets from 0 to {MAX_FDS}, digits only"),
+        )
+    })?;
+    let source = match vars.listen_pid.as_deref() {
         None | Some("") => Source::Systemfd,
         Some(pid) => {
-            let pid: u32 = pid.parse().map_err(|_| {
-                ListenError::invalid_handoff("LISTEN_PID", pid, "a process id".to_owned())
+            let pid: u32 = digits(pid).ok_or_else(|| {
+                ListenError::invalid_handoff(
+                    "LISTEN_PID",
+                    pid,
+                    "a process id, digits only".to_owned(),
+                )
             })?;
             if pid != our_pid {
                 return Ok(Handoff::ForAnotherProcess { pid });
@@ -143,16 +143,13 @@ pub(crate) fn plan(vars: &HandoffVars, our_pid: u32) -> Result<Handoff, ListenEr
     }
     let first_fd = match vars.listen_fds_first_fd.as_deref() {
         None => 3,
-        Some(value) => value
-            .trim()
-            .parse::<i32>()
-            .ok()
-            .filter(|&fd| fd >= 0 && fd.checked_add(count as i32).is_some())
+        Some(value) => digits::<i32>(value)
+            .filter(|&fd| fd.checked_add(count as i32).is_some())
             .ok_or_else(|| {
                 ListenError::invalid_handoff(
                     "LISTEN_FDS_FIRST_FD",
                     value,
-                    "a file descriptor number (default 3)".to_owned(),
+                    "a file descriptor number, digits only (default 3)".to_owned(),
                 )
             })?,
     };
@@ -177,6 +174,13 @@ pub(crate) fn plan(vars: &HandoffVars, our_pid: u32) -> Result<Handoff, ListenEr
         fds: (first_fd..).take(count).collect(),
         names,
     }))
+}
+
+/// A number written in ASCII digits alone: no sign, no spaces (which
+/// `str::parse` would take or refuse case by case).
+fn digits<T: std::str::FromStr>(value: &str) -> Option<T> {
+    let plain = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
+    plain.then(|| value.parse().ok()).flatten()
 }
 
 /// A handed-over socket that has been checked and is ready to serve.
@@ -597,6 +601,9 @@ mod tests {
             (vars(Some("-1"), None, None), "LISTEN_FDS"),
             (vars(Some("99999999"), None, None), "LISTEN_FDS"),
             (vars(Some("1"), Some("me"), None), "LISTEN_PID"),
+            (vars(Some("1"), Some(" 1 "), None), "LISTEN_PID"),
+            (vars(Some("1"), Some("+1"), None), "LISTEN_PID"),
+            (vars(Some("+1"), None, None), "LISTEN_FDS"),
             (vars(Some("2"), None, Some("http")), "LISTEN_FDNAMES"),
         ] {
             let err = plan(&v, 1)
@@ -604,13 +611,14 @@ mod tests {
                 .to_string();
             assert!(err.starts_with(name), "{err}");
         }
-        let mut v = vars(Some("1"), None, None);
-        v.listen_fds_first_fd = Some("-3".to_owned());
-        assert!(
-            plan(&v, 1)
-                .unwrap_err()
-                .to_string()
-                .starts_with("LISTEN_FDS_FIRST_FD")
-        );
+        for first in ["-3", " 3 ", "3 ", "+3", ""] {
+            let mut v = vars(Some("1"), None, None);
+            v.listen_fds_first_fd = Some(first.to_owned());
+            let err = plan(&v, 1).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("LISTEN_FDS_FIRST_FD: {first:?}")),
+                "{err}"
+            );
+        }
     }
 }

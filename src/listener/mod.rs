@@ -118,21 +118,94 @@ impl Endpoint {
     }
 }
 
+/// For people (logs, error lines): a path or name with its control
+/// characters escaped, so a line stays one line and no escape sequence
+/// reaches a terminal.
 impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Endpoint::Tcp(addr) => write!(f, "{addr}"),
-            Endpoint::Path(path) => write!(f, "{}", path.display()),
-            Endpoint::Abstract(name) => write!(f, "@{name}"),
+            Endpoint::Path(path) => write!(f, "{}", Escaped(&path.to_string_lossy())),
+            Endpoint::Abstract(name) => write!(f, "@{}", Escaped(name)),
             Endpoint::Unnamed => f.write_str("(unnamed unix socket)"),
         }
     }
 }
 
+/// For programs (`/info`'s JSON, which escapes by itself): the path or name
+/// as it is, to connect to.
 impl Serialize for Endpoint {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+        match self {
+            Endpoint::Path(path) => serializer.serialize_str(&path.to_string_lossy()),
+            Endpoint::Abstract(name) => serializer.collect_str(&format_args!("@{name}")),
+            other => serializer.collect_str(other),
+        }
     }
+}
+
+/// Text printed on a log or error line: control characters (`\n`, ESC, C1),
+/// the bidirectional overrides and the backslash itself escaped as Rust
+/// writes them (`\n`, `\u{1b}`, `\\`); everything else as it is.
+pub(crate) struct Escaped<'a>(pub(crate) &'a str);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        for c in self.0.chars() {
+            let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+            if c.is_control() || bidi || c == '\\' {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How two TCP addresses of one listener set collide, if they do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Clash {
+    /// The same address twice.
+    Same,
+    /// Different addresses that Linux will not bind both of (EADDRINUSE):
+    /// a wildcard and a specific address of its family, or `[::]` (which
+    /// also takes IPv4) and a specific IPv4 address, on one port.
+    Overlap,
+}
+
+/// Whether `a` and `b` can both be bound by one server. Port 0 is the
+/// kernel's choice of a free port, so two of them never collide. `0.0.0.0`
+/// and `[::]` of one port do not either: the `[::]` socket is then made
+/// IPv6-only ([`v6_only_beside`]).
+pub(crate) fn clash(a: SocketAddr, b: SocketAddr) -> Option<Clash> {
+    if a.port() != b.port() || a.port() == 0 {
+        return None;
+    }
+    if a == b {
+        return Some(Clash::Same);
+    }
+    let (a_any, b_any) = (a.ip().is_unspecified(), b.ip().is_unspecified());
+    let overlap = match (a.is_ipv4(), b.is_ipv4()) {
+        // A wildcard and another address of its own family.
+        (true, true) | (false, false) => a_any || b_any,
+        // `[::]` also takes every IPv4 address, unless 0.0.0.0 is listed too.
+        (true, false) => b_any && !a_any,
+        (false, true) => a_any && !b_any,
+    };
+    overlap.then_some(Clash::Overlap)
+}
+
+/// True when the `[::]` socket for `addr` must be IPv6-only: an IPv4
+/// wildcard of the same port is among `others`, and serves IPv4.
+pub(crate) fn v6_only_beside(addr: SocketAddr, others: &[SocketAddr]) -> bool {
+    addr.is_ipv6()
+        && addr.ip().is_unspecified()
+        && addr.port() != 0
+        && others.iter().any(|other| {
+            other.is_ipv4() && other.ip().is_unspecified() && other.port() == addr.port()
+        })
 }
 
 /// One address of `LISTEN` or `ADMIN_LISTEN`, with the role it serves.
@@ -194,6 +267,17 @@ pub(crate) struct SocketFile {
 
 #[cfg(unix)]
 impl SocketFile {
+    /// True when `path` (followed, as `bind` would) is this socket file.
+    fn is_at(&self, path: &std::path::Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).is_ok_and(|meta| meta.dev() == self.dev && meta.ino() == self.ino)
+    }
+
+    /// The path, escaped for a log line.
+    fn shown(&self) -> Endpoint {
+        Endpoint::Path(self.path.clone())
+    }
+
     /// Removes the file if it is still the socket we created (not one that
     /// another process put there since).
     pub(crate) fn remove(&self) {
@@ -202,15 +286,15 @@ impl SocketFile {
             Ok(meta) if meta.dev() == self.dev && meta.ino() == self.ino => {
                 match std::fs::remove_file(&self.path) {
                     Ok(()) => {
-                        tracing::debug!(path = %self.path.display(), "removed the socket file")
+                        tracing::debug!(path = %self.shown(), "removed the socket file")
                     }
                     Err(err) => {
-                        tracing::warn!(path = %self.path.display(), error = %err, "cannot remove the socket file")
+                        tracing::warn!(path = %self.shown(), error = %err, "cannot remove the socket file")
                     }
                 }
             }
             _ => {
-                tracing::debug!(path = %self.path.display(), "the socket file is no longer ours; leaving it")
+                tracing::debug!(path = %self.shown(), "the socket file is no longer ours; leaving it")
             }
         }
     }
@@ -286,17 +370,27 @@ pub(crate) fn open(
     #[cfg(not(unix))]
     let _ = fd_name;
     let mut listeners = Vec::new();
+    // Every TCP address asked for: a `[::]` beside `0.0.0.0` of its port is IPv6-only.
+    let tcp: Vec<SocketAddr> = plan
+        .listen
+        .iter()
+        .flatten()
+        .chain(&plan.admin)
+        .filter_map(|spec| spec.endpoint.tcp())
+        .collect();
     let mut bind_all = || -> Result<(), ListenError> {
         match &plan.listen {
             Some(specs) => {
                 for spec in specs {
-                    listeners.push(bind_spec(spec, plan.unix_mode)?);
+                    let listener = bind_spec(spec, plan.unix_mode, &tcp, &listeners)?;
+                    listeners.push(listener);
                 }
             }
             None => listeners.push(bind_own(plan)?),
         }
         for spec in &plan.admin {
-            listeners.push(bind_spec(spec, plan.unix_mode)?);
+            let listener = bind_spec(spec, plan.unix_mode, &tcp, &listeners)?;
+            listeners.push(listener);
         }
         Ok(())
     };
@@ -343,23 +437,43 @@ fn our_socket_file(
     })
 }
 
-/// Binds one address of `LISTEN` or `ADMIN_LISTEN`.
-fn bind_spec(spec: &ListenSpec, unix_mode: u32) -> Result<BoundListener, ListenError> {
+/// Binds one address of `LISTEN` or `ADMIN_LISTEN`. `tcp` is every TCP
+/// address asked for, `ours` the listeners this server has bound so far:
+/// an address that collides with one of ours is a setting to fix (the
+/// settings refuse the ones they can see; this catches the rest, such as
+/// `Server::bind_all`'s or a second name for one socket file).
+fn bind_spec(
+    spec: &ListenSpec,
+    unix_mode: u32,
+    tcp: &[SocketAddr],
+    ours: &[BoundListener],
+) -> Result<BoundListener, ListenError> {
     let (socket, address, file) = match &spec.endpoint {
         Endpoint::Tcp(addr) => {
-            let socket = match bind::try_bind(*addr) {
+            let v6_only = v6_only_beside(*addr, tcp);
+            let socket = match bind::try_bind_v6_only(*addr, v6_only) {
                 Ok(bind::Attempt::Bound(socket)) => socket,
                 Ok(bind::Attempt::Busy) => {
+                    let mine = ours.iter().find_map(|l| {
+                        let bound = l.info.address.tcp()?;
+                        clash(*addr, bound).map(|_| bound)
+                    });
+                    if let Some(bound) = mine {
+                        return Err(ListenError::OwnOverlap {
+                            endpoint: addr.to_string(),
+                            ours: bound.to_string(),
+                        });
+                    }
                     return Err(ListenError::ListedAddressBusy {
                         address: *addr,
                         holder: holder_of(addr.port()),
                     });
                 }
-                Err(source) => return Err(ListenError::bind_failed(*addr, source)),
+                Err(source) => return Err(ListenError::listed_bind_failed(*addr, source)),
             };
             socket
                 .set_nonblocking(true)
-                .map_err(|source| ListenError::bind_failed(*addr, source))?;
+                .map_err(|source| ListenError::listed_bind_failed(*addr, source))?;
             let address = socket
                 .local_addr()
                 .ok()
@@ -369,6 +483,16 @@ fn bind_spec(spec: &ListenSpec, unix_mode: u32) -> Result<BoundListener, ListenE
         }
         #[cfg(unix)]
         Endpoint::Path(path) => {
+            if let Some(file) = ours
+                .iter()
+                .filter_map(|l| l.file.as_ref())
+                .find(|file| file.is_at(path))
+            {
+                return Err(ListenError::OwnOverlap {
+                    endpoint: spec.endpoint.to_string(),
+                    ours: Endpoint::Path(file.path.clone()).to_string(),
+                });
+            }
             let (socket, file) = bind::bind_unix_path(path, unix_mode)?;
             (Socket::Unix(socket), spec.endpoint.clone(), Some(file))
         }
@@ -379,7 +503,7 @@ fn bind_spec(spec: &ListenSpec, unix_mode: u32) -> Result<BoundListener, ListenE
         }
         // Unix sockets off Unix; `Unnamed` never comes from the configuration.
         other => {
-            let _ = unix_mode;
+            let _ = (unix_mode, ours);
             return Err(ListenError::UnixSocket {
                 endpoint: other.to_string(),
                 reason: "not an address this system can listen on".to_owned(),
@@ -522,6 +646,17 @@ pub(crate) enum ListenError {
         /// Who holds it, when Linux can tell.
         holder: Option<String>,
     },
+    /// An address of `LISTEN` or `ADMIN_LISTEN` collides with a listener
+    /// this server has already bound.
+    #[error(
+        "cannot listen on {endpoint}: this server already listens on {ours}, which takes it too (list each address once: change ADMIN_LISTEN, LISTEN, HOST:API_PORT or bind_all)"
+    )]
+    OwnOverlap {
+        /// The address or path that could not be bound.
+        endpoint: String,
+        /// Our listener that holds it.
+        ours: String,
+    },
     /// `API_PORT` and every port of the range are taken.
     #[error("cannot listen on {address} or any port of {}..={}: all {busy} port(s) tried are in use{} (widen PORT_RANGE_START..=PORT_RANGE_END, or free a port)", .range.start(), .range.end(), held_by(.holder))]
     RangeExhausted {
@@ -534,24 +669,40 @@ pub(crate) enum ListenError {
         /// Who holds `API_PORT`, when Linux can tell.
         holder: Option<String>,
     },
-    /// HOST is not an address of this machine.
+    /// HOST (or an address of LISTEN) is not an address of this machine.
     #[error(
-        "cannot listen on {address}: HOST is not an address of this machine (use 0.0.0.0, 127.0.0.1 or one of this machine's addresses)"
+        "cannot listen on {address}: {setting} is not an address of this machine (use 0.0.0.0, 127.0.0.1 or one of this machine's addresses)"
     )]
     AddressNotAvailable {
         /// The address tried.
         address: SocketAddr,
+        /// Where it came from: `HOST`, or `LISTEN or ADMIN_LISTEN`.
+        setting: &'static str,
         /// The system's error.
         #[source]
         source: io::Error,
     },
+    /// A link-local address's scope id names no interface of this machine.
+    #[error(
+        "cannot listen on {address}: {setting} names interface {scope_id} after %, which this machine does not have (`ip link` lists the interfaces' numbers)"
+    )]
+    NoSuchInterface {
+        /// The address tried.
+        address: SocketAddr,
+        /// Its scope id.
+        scope_id: u32,
+        /// Where it came from.
+        setting: &'static str,
+    },
     /// The port needs privileges we do not have.
     #[error(
-        "cannot listen on {address}: permission denied (ports below 1024 need privileges: choose API_PORT 1024 or above, or use the systemd socket unit)"
+        "cannot listen on {address}: permission denied (ports below 1024 need privileges: choose a port of 1024 or above in {setting}, or use the systemd socket unit)"
     )]
     PermissionDenied {
         /// The address tried.
         address: SocketAddr,
+        /// Where its port came from: `API_PORT`, or `LISTEN or ADMIN_LISTEN`.
+        setting: &'static str,
         /// The system's error.
         #[source]
         source: io::Error,
@@ -609,7 +760,9 @@ impl ListenError {
             ListenError::InvalidHandoff { .. }
                 | ListenError::UnusableFd { .. }
                 | ListenError::AddressNotAvailable { .. }
+                | ListenError::NoSuchInterface { .. }
                 | ListenError::NotOneTcpListener { .. }
+                | ListenError::OwnOverlap { .. }
                 | ListenError::UnixSocket {
                     class: ErrorClass::Config,
                     ..
@@ -652,11 +805,88 @@ impl ListenError {
         }
     }
 
+    /// A failed bind of `HOST:API_PORT` (or the search).
     fn bind_failed(address: SocketAddr, source: io::Error) -> Self {
+        Self::failed_for(address, source, "HOST", "API_PORT")
+    }
+
+    /// A failed bind of an address of `LISTEN` or `ADMIN_LISTEN`.
+    fn listed_bind_failed(address: SocketAddr, source: io::Error) -> Self {
+        const LISTED: &str = "LISTEN or ADMIN_LISTEN";
+        Self::failed_for(address, source, LISTED, LISTED)
+    }
+
+    fn failed_for(
+        address: SocketAddr,
+        source: io::Error,
+        address_setting: &'static str,
+        port_setting: &'static str,
+    ) -> Self {
+        // ENODEV: the scope id of a link-local address is no interface.
+        #[cfg(target_os = "linux")]
+        if let SocketAddr::V6(v6) = address
+            && v6.scope_id() != 0
+            && source.raw_os_error() == Some(nix::errno::Errno::ENODEV as i32)
+        {
+            return ListenError::NoSuchInterface {
+                address,
+                scope_id: v6.scope_id(),
+                setting: address_setting,
+            };
+        }
         match source.kind() {
-            io::ErrorKind::AddrNotAvailable => ListenError::AddressNotAvailable { address, source },
-            io::ErrorKind::PermissionDenied => ListenError::PermissionDenied { address, source },
+            io::ErrorKind::AddrNotAvailable => ListenError::AddressNotAvailable {
+                address,
+                setting: address_setting,
+                source,
+            },
+            io::ErrorKind::PermissionDenied => ListenError::PermissionDenied {
+                address,
+                setting: port_setting,
+                source,
+            },
             _ => ListenError::Bind { address, source },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_for_people_and_kept_for_programs() {
+        let path = Endpoint::Path("/run/a\nb\u{1b}[31m\u{202e}c\\d é.sock".into());
+        assert_eq!(
+            path.to_string(),
+            "/run/a\\nb\\u{1b}[31m\\u{202e}c\\\\d é.sock"
+        );
+        let json = serde_json::to_string(&path).unwrap();
+        assert_eq!(json, "\"/run/a\\nb\\u001b[31m\u{202e}c\\\\d é.sock\"");
+        let name = Endpoint::Abstract("pk\r".into());
+        assert_eq!(name.to_string(), "@pk\\r");
+    }
+
+    #[test]
+    fn clashes_are_the_ones_linux_refuses() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(
+            clash(a("127.0.0.1:80"), a("127.0.0.1:80")),
+            Some(Clash::Same)
+        );
+        assert_eq!(
+            clash(a("0.0.0.0:80"), a("10.0.0.1:80")),
+            Some(Clash::Overlap)
+        );
+        assert_eq!(clash(a("[::1]:80"), a("[::]:80")), Some(Clash::Overlap));
+        assert_eq!(clash(a("[::]:80"), a("127.0.0.1:80")), Some(Clash::Overlap));
+        assert_eq!(clash(a("0.0.0.0:80"), a("[::]:80")), None);
+        assert_eq!(clash(a("127.0.0.1:80"), a("[::1]:80")), None);
+        assert_eq!(clash(a("127.0.0.1:0"), a("127.0.0.1:0")), None);
+        assert_eq!(clash(a("127.0.0.1:80"), a("127.0.0.1:81")), None);
+        let listed = [a("0.0.0.0:80"), a("[::]:80"), a("[::]:81")];
+        assert!(v6_only_beside(a("[::]:80"), &listed));
+        assert!(!v6_only_beside(a("[::]:81"), &listed));
+        assert!(!v6_only_beside(a("[::]:0"), &[a("0.0.0.0:0")]));
     }
 }

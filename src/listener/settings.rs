@@ -1,10 +1,10 @@
 //! The listener's settings: where to bind when nothing is inherited, and
 //! which inherited sockets serve the app.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::RangeInclusive;
 
-use super::{Endpoint, ListenSpec, Role};
+use super::{Clash, Endpoint, ListenSpec, Role, clash};
 use crate::settings::{ConfigError, Environment, Variable, parse_bool, parse_port};
 
 const HOST: Variable = Variable::new(
@@ -118,7 +118,19 @@ impl ListenSettings {
                         ),
                     });
                 }
-                Some(listen_setting.parse_or("", |v| parse_listen(v, Role::App))?)
+                let specs = listen_setting.parse_or("", |v| parse_listen(v, Some(Role::App)))?;
+                if !specs.iter().any(|spec| spec.role == Role::App) {
+                    return Err(ConfigError::Invalid {
+                        name: listen_setting.name.clone(),
+                        value: value.to_owned(),
+                        expected: format!(
+                            "at least one app address: {} has no app listener, only admin= entries (add an address without admin=, or put these in {})",
+                            listen_setting.name,
+                            env.spelled(ADMIN_LISTEN.name),
+                        ),
+                    });
+                }
+                Some(specs)
             }
         };
         let ip = host.parse(parse_host)?;
@@ -131,9 +143,9 @@ impl ListenSettings {
         };
         let port = port_setting
             .parse(|v| parse_port(v, 0, "a port number from 0 to 65535 (0 = any free port)"))?;
-        let admin = env
-            .setting(&ADMIN_LISTEN)?
-            .parse_opt(|v| parse_listen(v, Role::Admin))?
+        let admin_setting = env.setting(&ADMIN_LISTEN)?;
+        let admin = admin_setting
+            .parse_opt(|v| parse_listen(v, None))?
             .unwrap_or_default();
         let unix_mode = env.setting(&UNIX_SOCKET_MODE)?.parse(parse_mode)?;
         let auto_find_port = auto_find_port.parse(parse_bool)?;
@@ -148,6 +160,25 @@ impl ListenSettings {
                 expected: format!("a port not above {} ({range_end})", end.name),
             });
         }
+        // Each address once, and none that another takes too: both would
+        // be ours, and the second bind would fail blaming our own pid.
+        // (HOST:API_PORT against ADMIN_LISTEN is left to the bind, which
+        // knows the port a search found: `ListenError::OwnOverlap`.)
+        let mut entries: Vec<Entry> = match (&listen, listen_setting.value) {
+            (Some(specs), Some(value)) => specs
+                .iter()
+                .map(|spec| Entry::new(&listen_setting.name, value, &spec.endpoint))
+                .collect(),
+            _ => Vec::new(),
+        };
+        if let Some(value) = admin_setting.value {
+            entries.extend(
+                admin
+                    .iter()
+                    .map(|spec| Entry::new(&admin_setting.name, value, &spec.endpoint)),
+            );
+        }
+        check_apart(&entries)?;
         let listen_fd_name = env.setting(&LISTEN_FD_NAME)?.parse(parse_fd_name)?;
         Ok(ListenSettings {
             ip,
@@ -158,6 +189,80 @@ impl ListenSettings {
             unix_mode,
             listen_fd_name,
         })
+    }
+}
+
+/// One address of the listener set, with the variable it came from.
+struct Entry {
+    name: String,
+    value: String,
+    endpoint: Endpoint,
+}
+
+impl Entry {
+    fn new(name: &str, value: &str, endpoint: &Endpoint) -> Self {
+        Entry {
+            name: name.to_owned(),
+            value: value.to_owned(),
+            endpoint: endpoint.clone(),
+        }
+    }
+}
+
+/// Refuses an address listed twice (TCP, path or abstract name) and two
+/// TCP addresses that Linux will not bind both of ([`clash`]), naming the
+/// variable of the later one.
+fn check_apart(entries: &[Entry]) -> Result<(), ConfigError> {
+    for (index, later) in entries.iter().enumerate() {
+        for earlier in &entries[..index] {
+            let elsewhere = if earlier.name == later.name {
+                String::new()
+            } else {
+                format!(" in {}", earlier.name)
+            };
+            let twice = |b: &Endpoint| {
+                let also = if elsewhere.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (also{elsewhere})")
+                };
+                format!("each address once: {b} is listed twice{also}")
+            };
+            let expected = match (&earlier.endpoint, &later.endpoint) {
+                (Endpoint::Tcp(a), Endpoint::Tcp(b)) => match clash(*a, *b) {
+                    None => continue,
+                    Some(Clash::Same) => twice(&later.endpoint),
+                    Some(Clash::Overlap) => format!(
+                        "addresses that do not overlap: {b} and {a}{elsewhere} overlap ({})",
+                        overlap_reason(*a, *b)
+                    ),
+                },
+                (a, b) if a == b => twice(b),
+                _ => continue,
+            };
+            return Err(ConfigError::Invalid {
+                name: later.name.clone(),
+                value: later.value.clone(),
+                expected,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Why two overlapping TCP addresses cannot both be bound.
+fn overlap_reason(a: SocketAddr, b: SocketAddr) -> String {
+    let port = a.port();
+    match (a.is_ipv4(), b.is_ipv4()) {
+        (true, true) => {
+            format!("0.0.0.0:{port} takes every IPv4 address of port {port}: list one of them")
+        }
+        (false, false) => {
+            format!("[::]:{port} takes every IPv6 address of port {port}: list one of them")
+        }
+        _ => format!(
+            "[::]:{port} takes IPv4 too: list one of them, or write 0.0.0.0:{port},[::]:{port} for every address of both families"
+        ),
     }
 }
 
@@ -174,7 +279,15 @@ fn parse_host(value: &str) -> Result<IpAddr, String> {
         .strip_prefix('[')
         .and_then(|v| v.strip_suffix(']'))
         .unwrap_or(value);
-    literal.parse().map_err(|_| EXPECTED.to_owned())
+    let ip: IpAddr = literal.parse().map_err(|_| EXPECTED.to_owned())?;
+    if let IpAddr::V6(v6) = ip
+        && let Some(v4) = v6.to_ipv4_mapped()
+    {
+        return Err(format!(
+            "{EXPECTED}; {value} is an IPv4-mapped IPv6 address, an IPv4 address in IPv6 form (write {v4})"
+        ));
+    }
+    Ok(ip)
 }
 
 fn parse_fd_name(value: &str) -> Result<String, String> {
@@ -194,53 +307,112 @@ const MAX_UNIX_PATH: usize = 107;
 
 /// Parses `LISTEN` or `ADMIN_LISTEN`: comma-separated addresses, each
 /// `IP:PORT`, `[V6]:PORT`, an absolute path (a Unix socket) or `@name` (an
-/// abstract one), optionally preceded by `app=` or `admin=` to choose the
-/// role (default: `role`).
-fn parse_listen(value: &str, role: Role) -> Result<Vec<ListenSpec>, String> {
+/// abstract one). In `LISTEN` (`role` is `Some(App)`), each may be preceded
+/// by `app=` or `admin=` to choose its role; in `ADMIN_LISTEN` (`role` is
+/// `None`) every address is admin and a prefix is refused.
+fn parse_listen(value: &str, role: Option<Role>) -> Result<Vec<ListenSpec>, String> {
     const EXPECTED: &str = "comma-separated addresses: IP:PORT, [IPV6]:PORT, /absolute/path or @abstract, each optionally prefixed by app= or admin=";
+    const EXPECTED_ADMIN: &str = "comma-separated addresses: IP:PORT, [IPV6]:PORT, /absolute/path or @abstract, without a role prefix (every one is admin)";
+    let expected = if role.is_some() {
+        EXPECTED
+    } else {
+        EXPECTED_ADMIN
+    };
     let mut specs = Vec::new();
     for entry in value.split(',').map(str::trim) {
         if entry.is_empty() {
-            return Err(format!("{EXPECTED}; an entry is empty"));
+            return Err(format!("{expected}; an entry is empty"));
         }
-        let (role, address) = match entry.split_once('=') {
-            Some(("app", address)) => (Role::App, address.trim()),
-            Some(("admin", address)) => (Role::Admin, address.trim()),
-            Some((other, _)) => {
+        // A path or an abstract name may hold '=': only an entry that starts
+        // otherwise has a prefix.
+        let prefix = entry
+            .split_once('=')
+            .filter(|_| !entry.starts_with(['/', '@', '[']));
+        let (role, address) = match (role, prefix) {
+            (None, Some((_, address))) => {
                 return Err(format!(
-                    "{EXPECTED}; {other:?} is not a role (the roles are app and admin)"
+                    "{expected}; {entry:?} has a role prefix (write {:?} here, and app listeners in LISTEN)",
+                    address.trim()
                 ));
             }
-            None => (role, entry),
+            (None, None) => (Role::Admin, entry),
+            (Some(_), Some(("app", address))) => (Role::App, address.trim()),
+            (Some(_), Some(("admin", address))) => (Role::Admin, address.trim()),
+            (Some(_), Some((other, _))) => {
+                return Err(format!(
+                    "{expected}; {other:?} is not a role (the roles are app and admin)"
+                ));
+            }
+            (Some(role), None) => (role, entry),
         };
-        let endpoint = if let Some(name) = address.strip_prefix('@') {
-            if name.is_empty() || name.len() > MAX_UNIX_PATH - 1 {
-                return Err(format!(
-                    "{EXPECTED}; an abstract name has 1 to {} bytes",
-                    MAX_UNIX_PATH - 1
-                ));
-            }
-            Endpoint::Abstract(name.to_owned())
-        } else if address.starts_with('/') {
-            if address.len() > MAX_UNIX_PATH {
-                return Err(format!(
-                    "{EXPECTED}; the Unix socket path {address:?} has {} bytes, more than the {MAX_UNIX_PATH} a socket address holds (choose a shorter path)",
-                    address.len()
-                ));
-            }
-            if address.ends_with('/') {
-                return Err(format!("{EXPECTED}; {address:?} names a directory"));
-            }
-            Endpoint::Path(address.into())
-        } else {
-            match address.parse::<std::net::SocketAddr>() {
-                Ok(addr) => Endpoint::Tcp(addr),
-                Err(_) => return Err(format!("{EXPECTED}; {address:?} is none of these")),
-            }
-        };
-        specs.push(ListenSpec { role, endpoint });
+        specs.push(ListenSpec {
+            role,
+            endpoint: parse_endpoint(address).map_err(|why| format!("{expected}; {why}"))?,
+        });
     }
     Ok(specs)
+}
+
+/// One address of `LISTEN` or `ADMIN_LISTEN`, without its role; the error
+/// says what is wrong and what to write.
+fn parse_endpoint(address: &str) -> Result<Endpoint, String> {
+    if let Some(name) = address.strip_prefix('@') {
+        if name.is_empty() || name.len() > MAX_UNIX_PATH - 1 {
+            return Err(format!(
+                "an abstract name has 1 to {} bytes",
+                MAX_UNIX_PATH - 1
+            ));
+        }
+        return Ok(Endpoint::Abstract(name.to_owned()));
+    }
+    if address.starts_with('/') {
+        if address.len() > MAX_UNIX_PATH {
+            return Err(format!(
+                "the Unix socket path {address:?} has {} bytes, more than the {MAX_UNIX_PATH} a socket address holds (choose a shorter path)",
+                address.len()
+            ));
+        }
+        if address.ends_with('/') {
+            return Err(format!("{address:?} names a directory"));
+        }
+        return Ok(Endpoint::Path(address.into()));
+    }
+    let addr = match address.parse::<SocketAddr>() {
+        Ok(addr) => addr,
+        // std takes a scope id only as a number: `[fe80::1%2]:80`.
+        Err(_) if address.starts_with('[') && address.contains('%') => {
+            return Err(format!(
+                "{address:?} has a scope id that is not a number: write the interface's number after %, e.g. [fe80::1%2]:8080 (`ip link` lists the numbers)"
+            ));
+        }
+        Err(_) => return Err(format!("{address:?} is none of these")),
+    };
+    if let SocketAddr::V6(v6) = addr {
+        let port = v6.port();
+        let link_local = v6.ip().segments()[0] & 0xffc0 == 0xfe80;
+        if let Some(v4) = v6.ip().to_ipv4_mapped() {
+            return Err(format!(
+                "{address:?} is an IPv4-mapped IPv6 address, an IPv4 address in IPv6 form (write {v4}:{port})"
+            ));
+        }
+        match (v6.scope_id(), link_local) {
+            // Kept: a link-local address is bound on that interface.
+            (0, false) | (1.., true) => {}
+            (scope, false) => {
+                return Err(format!(
+                    "{address:?} has a scope id (%{scope}), which only a link-local address (fe80::/10) takes; the system would ignore it (write [{}]:{port})",
+                    v6.ip()
+                ));
+            }
+            (0, true) => {
+                return Err(format!(
+                    "{address:?} is a link-local address, which needs its interface: write the interface's number after %, e.g. [{}%2]:{port} (`ip link` lists the numbers)",
+                    v6.ip()
+                ));
+            }
+        }
+    }
+    Ok(Endpoint::Tcp(addr))
 }
 
 /// An octal file mode such as 0660 or 660, at most 0777.
@@ -374,6 +546,91 @@ mod tests {
         for other in ["HOST", "API_PORT", "AUTO_FIND_PORT"] {
             let err = error(&[("LISTEN", "127.0.0.1:1"), (other, "1")]);
             assert!(err.starts_with("LISTEN: ") && err.contains(other), "{err}");
+        }
+    }
+
+    #[test]
+    fn an_address_twice_or_overlapping_is_refused_naming_the_later_variable() {
+        for (listen, admin, needle) in [
+            ("127.0.0.1:8080,127.0.0.1:8080", None, "LISTEN: "),
+            ("/run/a.sock,/run//a.sock", None, "LISTEN: "),
+            ("@pk,admin=@pk", None, "LISTEN: "),
+            ("127.0.0.1:8080", Some("127.0.0.1:8080"), "ADMIN_LISTEN: "),
+            ("/run/a.sock", Some("/run/a.sock"), "ADMIN_LISTEN: "),
+            ("127.0.0.1:8080,0.0.0.0:8080", None, "LISTEN: "),
+            ("[::1]:8080,[::]:8080", None, "LISTEN: "),
+            ("[::]:8080,127.0.0.1:8080", None, "LISTEN: "),
+            ("0.0.0.0:8080", Some("10.0.0.1:8080"), "ADMIN_LISTEN: "),
+        ] {
+            let mut vars = vec![("LISTEN", listen)];
+            vars.extend(admin.map(|admin| ("ADMIN_LISTEN", admin)));
+            let err = error(&vars);
+            assert!(err.starts_with(needle), "{vars:?}: {err}");
+            assert!(
+                err.contains("listed twice") || err.contains("overlap"),
+                "{vars:?}: {err}"
+            );
+        }
+        // Apart: kernel-chosen ports, other ports, other addresses, and the
+        // two wildcards of one port (the `[::]` one is then IPv6-only).
+        for listen in [
+            "127.0.0.1:0,127.0.0.1:0,0.0.0.0:0",
+            "127.0.0.1:8080,127.0.0.1:8081",
+            "127.0.0.1:8080,127.0.0.2:8080,[::1]:8080",
+            "0.0.0.0:8080,[::]:8080",
+            "[::]:8080,0.0.0.0:8080",
+            "/run/a.sock,/run/b.sock,@a.sock",
+        ] {
+            assert!(settings(&[("LISTEN", listen)]).is_ok(), "{listen}");
+        }
+    }
+
+    #[test]
+    fn admin_listen_takes_no_role_prefix_and_listen_needs_an_app_address() {
+        for value in ["app=127.0.0.1:1", "admin=127.0.0.1:1", "web=/run/a.sock"] {
+            let err = error(&[("ADMIN_LISTEN", value)]);
+            assert!(
+                err.starts_with("ADMIN_LISTEN: ") && err.contains("role prefix"),
+                "{err}"
+            );
+        }
+        let err = error(&[("LISTEN", "admin=127.0.0.1:1,admin=/run/a.sock")]);
+        assert!(err.contains("LISTEN has no app listener"), "{err}");
+        // A path or an abstract name may hold '=' without being a role.
+        let s = settings(&[("LISTEN", "/run/a=b.sock"), ("ADMIN_LISTEN", "@x=y")]).unwrap();
+        assert_eq!(
+            s.listen.unwrap()[0].endpoint,
+            Endpoint::Path("/run/a=b.sock".into())
+        );
+        assert_eq!(s.admin[0].endpoint, Endpoint::Abstract("x=y".into()));
+    }
+
+    #[test]
+    fn mapped_addresses_and_scope_ids_are_explicit() {
+        let err = error(&[("LISTEN", "[::ffff:127.0.0.1]:8080")]);
+        assert!(
+            err.contains("IPv4-mapped") && err.contains("write 127.0.0.1:8080"),
+            "{err}"
+        );
+        let err = error(&[("HOST", "::ffff:10.0.0.1")]);
+        assert!(
+            err.starts_with("HOST: ") && err.contains("write 10.0.0.1"),
+            "{err}"
+        );
+        let err = error(&[("LISTEN", "[::1%1]:8080")]);
+        assert!(
+            err.contains("scope id (%1)") && err.contains("write [::1]:8080"),
+            "{err}"
+        );
+        let err = error(&[("LISTEN", "[fe80::1]:8080")]);
+        assert!(err.contains("needs its interface"), "{err}");
+        let err = error(&[("LISTEN", "[fe80::1%eth0]:8080")]);
+        assert!(err.contains("interface's number"), "{err}");
+        // A link-local address keeps its interface, to be bound with it.
+        let s = settings(&[("LISTEN", "[fe80::1%2]:8080")]).unwrap();
+        match s.listen.unwrap()[0].endpoint {
+            Endpoint::Tcp(std::net::SocketAddr::V6(v6)) => assert_eq!(v6.scope_id(), 2),
+            ref other => panic!("{other:?}"),
         }
     }
 

@@ -10,6 +10,7 @@ mod embedding;
 mod embedding_settings;
 mod haproxy;
 mod inherit_env;
+mod listen_checks;
 mod listener_chain;
 mod listeners;
 mod logging;
