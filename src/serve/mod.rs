@@ -43,7 +43,7 @@ use axum::http::{Request, Response};
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
 use hyper::body::{Body, Incoming};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -54,7 +54,7 @@ use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::metrics::{Connections, Metrics, OpenConnection};
-use crate::stopping::Stopping;
+use crate::stopping::{ScopedExecutor, Stopping};
 use accept::AcceptBackoff;
 use request::{Activity, PerRequest, peer_extensions};
 
@@ -337,9 +337,10 @@ async fn accept_loop<S: AppService>(
                     metrics: Arc::clone(&accepting.metrics),
                     idle_grace: accepting.idle_grace,
                     limits: accepting.limits,
-                    stopping: accepting.stopping.clone(),
+                    stopping: accepting.stopping.for_connection(),
                 };
-                tasks.spawn(connection.serve(service.clone()));
+                let scope = connection.stopping.clone();
+                tasks.spawn(scope.scope(connection.serve(service.clone())));
                 // While accepts keep coming, the `join_next` branch above
                 // never gets its turn.
                 while tasks.try_join_next().is_some() {}
@@ -600,9 +601,11 @@ impl Connection {
         let per_request = PerRequest {
             service,
             activity: Arc::clone(&activity),
-            peer: peer_extensions(&self.peer, self.stopping.for_connection()),
+            peer: peer_extensions(&self.peer),
         };
-        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // HTTP/2 streams run in tasks of their own: in this connection's
+        // Stopping scope too (HTTP/1 requests run in the connection's task).
+        let mut builder = auto::Builder::new(ScopedExecutor(self.stopping));
         // The header-read timeout is `Activity::idle_for`, for both protocols;
         // hyper's own is turned off explicitly since it needs a timer.
         builder.http1().header_read_timeout(None);
@@ -967,7 +970,7 @@ mod tests {
     /// its own: that task ends with the connection, before `serve` returns.
     #[tokio::test]
     async fn an_http2_request_past_the_shutdown_timeout_is_dropped_before_serve_returns() {
-        use hyper_util::rt::{TokioExecutor, TokioIo};
+        use hyper_util::rt::TokioIo;
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = tcp.local_addr().unwrap();
         let dropped = Arc::new(AtomicBool::new(false));
@@ -993,10 +996,12 @@ mod tests {
             Stopping::new(),
         );
         let stream = TcpStream::connect(addr).await.unwrap();
-        let (mut sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .unwrap();
+        let (mut sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
         let client = tokio::spawn(connection);
         let request = Request::get(format!("http://{addr}/slow"))
             .body(http_body_util::Empty::<Bytes>::new())

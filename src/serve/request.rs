@@ -23,7 +23,6 @@ use tower::util::Oneshot;
 
 use super::{Peer, Stop, notified_until};
 use crate::metrics::Metrics;
-use crate::stopping::Stopping;
 
 /// Counts requests on one connection, so a stop can tell idle from busy.
 #[derive(Debug)]
@@ -119,8 +118,9 @@ impl Activity {
     }
 }
 
-/// A connection's peer and its [`Stopping`] as request extensions, made once
-/// per connection and cloned into each of its requests: the peer is
+/// A connection's peer as request extensions, made once per connection and
+/// cloned into each of its requests (its `Stopping` is a task-local, see
+/// `stopping.rs`): the peer is
 /// `ConnectInfo<SocketAddr>` for TCP, `ConnectInfo<UCred>` for a Unix socket
 /// (none when the kernel would not say).
 ///
@@ -131,9 +131,9 @@ impl Activity {
 /// `ConnectInfo` cost a request (docs/benchmarks.md). A clone keeps the
 /// table's size. The table holds 3 entries in 4 buckets, then 7 in 8: four
 /// entries at once (with the placeholders) make it 8 buckets, room for ours
-/// (2), axum's (3), `DefaultBodyLimit`'s (above 2 MiB) and HTTP/2's
-/// `:protocol`. An eighth would grow it again.
-pub(super) fn peer_extensions(peer: &Peer, stopping: Stopping) -> Extensions {
+/// (1), axum's (3), `DefaultBodyLimit`'s (above 2 MiB), HTTP/2's `:protocol`
+/// and one more. An eighth would grow it again.
+pub(super) fn peer_extensions(peer: &Peer) -> Extensions {
     /// Placeholders that bring the map to four entries, so 8 buckets, even
     /// with no peer; removing them keeps the room.
     #[derive(Clone)]
@@ -153,7 +153,6 @@ pub(super) fn peer_extensions(peer: &Peer, stopping: Stopping) -> Extensions {
         #[cfg(unix)]
         Peer::Unix(None) => {}
     }
-    extensions.insert(stopping);
     extensions.remove::<Room<1>>();
     extensions.remove::<Room<2>>();
     extensions.remove::<Room<3>>();
@@ -315,8 +314,8 @@ mod tests {
     #[test]
     fn peer_extensions_hold_the_peer_alone() {
         let addr: std::net::SocketAddr = "127.0.0.1:5050".parse().unwrap();
-        let extensions = peer_extensions(&Peer::Tcp(addr), Stopping::new());
-        assert_eq!(extensions.len(), 2, "a placeholder was left behind");
+        let extensions = peer_extensions(&Peer::Tcp(addr));
+        assert_eq!(extensions.len(), 1, "a placeholder was left behind");
         assert_eq!(
             extensions
                 .get::<ConnectInfo<std::net::SocketAddr>>()
@@ -324,7 +323,7 @@ mod tests {
             Some(addr)
         );
         #[cfg(unix)]
-        assert!(peer_extensions(&Peer::Unix(None), Stopping::new()).len() == 1);
+        assert!(peer_extensions(&Peer::Unix(None)).is_empty());
     }
 
     #[tokio::test(start_paused = true)]

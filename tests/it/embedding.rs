@@ -118,6 +118,55 @@ async fn a_handler_learns_that_the_stop_began() -> Result<()> {
     Ok(())
 }
 
+/// HTTP/2 streams run in tasks of their own: `Stopping` reaches them too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_handler_learns_that_the_stop_began() -> Result<()> {
+    use http_body_util::BodyExt as _;
+    let listening = quiet_server().listen()?;
+    let addr = listening.local_addr().context("a TCP address")?;
+    let began = std::sync::Arc::new(tokio::sync::Notify::new());
+    let app = Router::new().route(
+        "/wait",
+        get({
+            let began = std::sync::Arc::clone(&began);
+            move |stopping: Stopping| async move {
+                began.notify_one();
+                stopping.wait().await;
+                "stopping seen over HTTP/2"
+            }
+        }),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        listening
+            .serve(app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .into_future(),
+    );
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await?;
+    tokio::spawn(connection);
+    let request = axum::http::Request::get(format!("http://{addr}/wait"))
+        .body(http_body_util::Empty::<axum::body::Bytes>::new())?;
+    let response = tokio::spawn(sender.send_request(request));
+    tokio::time::timeout(DEADLINE, began.notified())
+        .await
+        .context("the handler never ran")?;
+    stop.send(()).ok();
+    let response = tokio::time::timeout(DEADLINE, response).await???;
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await?.to_bytes();
+    assert_eq!(&body[..], b"stopping seen over HTTP/2");
+    tokio::time::timeout(DEADLINE, server).await???;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bare_listener_serves_with_axum_serve() -> Result<()> {
     let listener = quiet_server().listen()?.into_listener()?;
