@@ -18,5 +18,6 @@ mod reload;
 mod robustness;
 mod support;
 mod systemd;
+mod terminal;
 mod trust;
 mod unix_sockets;
