@@ -370,6 +370,7 @@ mod imp {
                     }
                 }
                 () = terminal_gone(), if on_terminal => Request::Stop,
+                () = super::terminal::watcher_gone() => Request::Stop,
                 else => std::future::pending().await,
             }
         }

@@ -24,7 +24,12 @@
 //! would be killed mid-drain. So at start the server leaves that group
 //! (unless it is the terminal's foreground group, which Ctrl-C must reach)
 //! and asks the kernel for SIGTERM when its parent exits
-//! (`PR_SET_PDEATHSIG`): the watcher's shell dies, the server drains.
+//! (`PR_SET_PDEATHSIG`): the watcher's shell dies, the server drains. Having
+//! left the group, it no longer gets what the watcher forwards to it (Ctrl-C
+//! on cargo watch sends SIGINT to the group, and exits), and the shell that
+//! cargo watch puts between itself and `cargo run` waits for its child on
+//! SIGINT: so the server also stops, with its drain, when its parent's
+//! parent (the watcher) is gone ([`watcher_gone`]).
 
 use std::sync::Mutex;
 
@@ -245,10 +250,18 @@ fn follow_parent() {
         .and_then(|tty| nix::unistd::tcgetpgrp(&tty).ok());
     if group != getpid() && foreground != Some(group) {
         match setpgid(Pid::from_raw(0), Pid::from_raw(0)) {
-            Ok(()) => tracing::debug!(
-                left = group.as_raw(),
-                "left the watcher's process group: a SIGKILL to it cannot cut the drain"
-            ),
+            Ok(()) => {
+                tracing::debug!(
+                    left = group.as_raw(),
+                    "left the watcher's process group: a SIGKILL to it cannot cut the drain"
+                );
+                // A signal the watcher sends its group (Ctrl-C forwarded)
+                // no longer reaches us, and a shell between the watcher and
+                // us waits for us on SIGINT: watch the watcher itself.
+                if let Some(grandparent) = parent_of(parent.as_raw()) {
+                    let _ = WATCHED.set((parent.as_raw(), grandparent));
+                }
+            }
             Err(err) => {
                 tracing::debug!(error = %err, "cannot leave the parent's process group");
             }
@@ -265,6 +278,52 @@ fn follow_parent() {
         ),
         Err(err) => tracing::debug!(error = %err, "cannot ask for SIGTERM when the parent exits"),
     }
+}
+
+/// Our parent and its parent at start, once we have left the watcher's
+/// process group (see [`watcher_gone`]).
+#[cfg(target_os = "linux")]
+static WATCHED: std::sync::OnceLock<(i32, i32)> = std::sync::OnceLock::new();
+
+/// How often the watcher is checked for life.
+#[cfg(target_os = "linux")]
+const WATCHER_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The parent of process `pid`, from /proc.
+#[cfg(target_os = "linux")]
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Completes when the development watcher that started us is gone, after
+/// we left its process group: our parent exited (`PR_SET_PDEATHSIG` has
+/// sent SIGTERM already; this is the backstop), or our parent's parent did
+/// (Ctrl-C: the watcher forwards SIGINT to its group, which we left, and
+/// exits, while the shell between it and us waits for us). Never completes
+/// otherwise.
+pub(super) async fn watcher_gone() {
+    #[cfg(target_os = "linux")]
+    if let Some(&(parent, grandparent)) = WATCHED.get() {
+        loop {
+            tokio::time::sleep(WATCHER_POLL).await;
+            let now = tokio::task::spawn_blocking(move || {
+                (nix::unistd::getppid().as_raw(), parent_of(parent))
+            })
+            .await;
+            let Ok((ours, theirs)) = now else { continue };
+            if ours != parent || theirs != Some(grandparent) {
+                tracing::info!(
+                    watcher = grandparent,
+                    parent,
+                    "the development watcher that started this process is gone; stopping"
+                );
+                return;
+            }
+        }
+    }
+    std::future::pending().await
 }
 
 #[cfg(all(test, target_os = "linux"))]

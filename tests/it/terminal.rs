@@ -394,6 +394,53 @@ fn a_watcher_killing_its_group_does_not_cut_the_drain() {
     );
 }
 
+/// Ctrl-C on the watcher: it forwards SIGINT to its command's group (which
+/// the server left at start) and exits, while the shell between it and the
+/// server waits for its child (dash and bash defer SIGINT for that). The
+/// server must still stop, with its drain, rather than serve on orphaned.
+#[test]
+fn a_watcher_that_forwards_ctrl_c_and_exits_stops_the_server() {
+    let dir = TempDir::new();
+    let socket = loopback_listener();
+    let addr = socket.local_addr().unwrap();
+    // The watcher runs its command in a session of its own, as cargo watch does.
+    let mut cmd = clean_command("/bin/sh");
+    cmd.current_dir(dir.path())
+        .args([
+            "-c",
+            &format!("setsid /bin/sh -c '{}; echo shell-done' & wait", binary()),
+        ])
+        .env("LISTEN_FDS", "1")
+        .env("DEBUG", "true");
+    hand_over(&mut cmd, vec![socket.into()]);
+    let mut watcher = Running::spawn(cmd, "watcher").unwrap();
+    watcher.wait_for_line(" serving ", DEADLINE).unwrap();
+    let server = pid_of(&get_json(addr, "/info").unwrap());
+    let _server = Successor(server);
+    let shell: u32 = proc_stat(server).unwrap()[1].parse().unwrap();
+    let _shell = Successor(shell);
+    assert_ne!(
+        shell,
+        watcher.pid(),
+        "a shell sits between the watcher and the server"
+    );
+    let mut slow = start_slow_request(addr, 1500).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+
+    kill_group("INT", shell);
+    watcher.signal("KILL").unwrap();
+
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut slow, &mut response).unwrap();
+    let (status, _) = parse_response(&response)
+        .unwrap_or_else(|_| panic!("the request in flight was cut: {response:?}"));
+    assert_eq!(status, 200, "{response}");
+    assert!(
+        wait_until(DEADLINE, || has_exited(server)),
+        "the server {server} serves on after its watcher went"
+    );
+}
+
 fn kill_group(signal: &str, group: u32) {
     let _ = Command::new("kill")
         .args([&format!("-{signal}"), "--", &format!("-{group}")])
