@@ -15,7 +15,12 @@
 //! The child runs in a process group of its own, and a failed upgrade kills
 //! the whole group: a wrapper script that forks (no `exec`) would otherwise
 //! leave its children alive holding the inherited socket, and once we stop,
-//! the port would accept connections that nobody answers.
+//! the port would accept connections that nobody answers. On a terminal
+//! (see [`terminal`]) the child instead joins our group, the terminal's
+//! foreground job, so that Ctrl-C and `stty tostop` treat it as the job it
+//! is; a failed one is then killed with its lineage (its descendants, and
+//! whatever names it in `LISTEN_PID`), and the first process stays until
+//! the last successor ends, so the shell does not take the terminal back.
 //!
 //! SIGHUP on a terminal is a hang-up (the terminal was closed: the kernel
 //! sends SIGHUP to its session), so there it means "stop", as for any
@@ -23,8 +28,9 @@
 //! stop it. Whether we have a terminal is decided once, at start-up: after a
 //! hang-up the kernel has already taken the terminal away. A process on a
 //! terminal also stops when it finds the terminal gone without a SIGHUP of
-//! its own (a successor runs in a background process group, which the
-//! kernel's SIGHUP does not reach). A SIGHUP ignored at start-up (`nohup`)
+//! its own (a successor whose streams are not on the terminal runs in a
+//! process group of its own, which the kernel's SIGHUP does not reach; and
+//! the session leader's exit takes the terminal away). A SIGHUP ignored at start-up (`nohup`)
 //! stays ignored, and then the terminal is not watched either.
 //!
 //! Under systemd, `NOTIFY_SOCKET` keeps naming the manager in the child: the
@@ -389,8 +395,9 @@ mod imp {
 
     /// Completes once this process has lost its controlling terminal. The
     /// kernel sends SIGHUP on a hang-up only to the session leader and the
-    /// foreground process group; a successor started by SIGUSR2 runs in a
-    /// group of its own, in the background, and would otherwise outlive its
+    /// foreground process group; a successor started by SIGUSR2 outside a
+    /// terminal's job (see [`super::terminal::is_job`]) runs in a group of
+    /// its own, in the background, and would otherwise outlive its
     /// terminal, holding the port. The terminal also goes when the session
     /// leader exits (a server started as `tmux new 'portkeeper'` or over
     /// ssh, upgraded: the old process was the leader), and its window with it.
@@ -895,7 +902,14 @@ mod imp {
                 })
                 .await?;
             let message = String::from_utf8_lossy(&buf[..n]);
-            let Some(pid) = sender.filter(|&pid| kin.contains(group, pid)) else {
+            // On a terminal the check scans /proc: off the runtime's workers.
+            let ours = match sender {
+                Some(pid) => tokio::task::spawn_blocking(move || kin.contains(group, pid))
+                    .await
+                    .unwrap_or(false),
+                None => false,
+            };
+            let Some(pid) = sender.filter(|_| ours) else {
                 tracing::warn!(
                     sender,
                     %message,
