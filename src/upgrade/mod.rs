@@ -964,6 +964,19 @@ fn is_ready(message: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// A failed `wait()` is ours, not the executable's: its message must
+    /// not say the executable could not be started.
+    #[test]
+    fn a_failed_wait_is_not_reported_as_a_failed_start() {
+        let err = HandoffError::Wait {
+            pid: 42,
+            source: std::io::Error::from(std::io::ErrorKind::Interrupted),
+        };
+        let message = err.to_string();
+        assert_eq!(message, "cannot wait for the new process 42");
+        assert!(!message.contains("cannot start"));
+    }
+
     #[test]
     fn ready_is_a_whole_line() {
         assert!(is_ready("READY=1\nSTATUS=serving"));
