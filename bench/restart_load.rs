@@ -23,6 +23,9 @@
 //! ```text
 //! restart_load ADDR LABEL RESTARTS 'RESTART COMMAND' [CONNECTIONS]
 //! ```
+//!
+//! Each request is `GET /info`, or `GET $LOAD_PATH` when set (slow requests
+//! with `DEBUG=true`'s `/debug/sleep?ms=300`, for a drain that has work).
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -31,8 +34,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A request slower than this is a failure (the server is stuck).
+/// A request slower than this is a failure (the server is stuck), unless
+/// `LOAD_TIMEOUT_S` says otherwise (a development loop queues requests for
+/// as long as a build takes).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn request_timeout() -> Duration {
+    std::env::var("LOAD_TIMEOUT_S")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(REQUEST_TIMEOUT, Duration::from_secs)
+}
 /// How long one restart may take, from the command to the new pid answering.
 const RESTART_DEADLINE: Duration = Duration::from_secs(30);
 /// Load between restarts, so each restart starts from a steady state.
@@ -53,6 +65,9 @@ struct Counts {
 /// What every worker shares.
 struct Shared {
     addr: SocketAddr,
+    /// What each request asks for: `LOAD_PATH`, else `/info` (any answer
+    /// with `"pid":N` in its body, such as `/debug/sleep?ms=300`, will do).
+    path: String,
     epoch: Instant,
     stop: AtomicBool,
     counts: Counts,
@@ -98,6 +113,7 @@ fn run(
 ) -> io::Result<()> {
     let shared = Arc::new(Shared {
         addr,
+        path: std::env::var("LOAD_PATH").unwrap_or_else(|_| "/info".to_owned()),
         epoch: Instant::now(),
         stop: AtomicBool::new(false),
         counts: Counts::default(),
@@ -238,8 +254,8 @@ fn worker(shared: &Shared) -> Vec<Sample> {
     let mut samples = Vec::new();
     let mut connection: Option<BufReader<TcpStream>> = None;
     let request = format!(
-        "GET /info HTTP/1.1\r\nHost: {}\r\nUser-Agent: restart_load\r\n\r\n",
-        shared.addr
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: restart_load\r\n\r\n",
+        shared.path, shared.addr
     );
     while !shared.stop.load(Ordering::Acquire) {
         let mut reader = match connection.take() {
@@ -284,10 +300,11 @@ fn worker(shared: &Shared) -> Vec<Sample> {
 }
 
 fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
-    let stream = TcpStream::connect_timeout(&addr, REQUEST_TIMEOUT)?;
+    let timeout = request_timeout();
+    let stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
-    stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
     Ok(stream)
 }
 

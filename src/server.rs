@@ -746,7 +746,15 @@ impl IntoFuture for Serve {
     fn into_future(self) -> Self::IntoFuture {
         let Serve { listening, app } = self;
         let config = listening.config;
-        Box::pin(lifecycle::run(
+        // On a terminal the first process stays until its successors end;
+        // under a development watcher the server follows its parent.
+        let foreground = upgrade::Foreground::at_start(
+            listening.bound.primary().info.source,
+            listening.supervision.notifier.is_some(),
+            listening.effects.signals,
+            listening.effects.upgrades,
+        );
+        let served = lifecycle::run(
             lifecycle::Plan {
                 stop: config.stop,
                 limits: config.limits,
@@ -762,6 +770,7 @@ impl IntoFuture for Serve {
                 shutdown: listening.shutdown,
             },
             app,
-        ))
+        );
+        Box::pin(async move { foreground.stay(served.await).await })
     }
 }

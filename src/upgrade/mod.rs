@@ -15,7 +15,12 @@
 //! The child runs in a process group of its own, and a failed upgrade kills
 //! the whole group: a wrapper script that forks (no `exec`) would otherwise
 //! leave its children alive holding the inherited socket, and once we stop,
-//! the port would accept connections that nobody answers.
+//! the port would accept connections that nobody answers. On a terminal
+//! (see [`terminal`]) the child instead joins our group, the terminal's
+//! foreground job, so that Ctrl-C and `stty tostop` treat it as the job it
+//! is; a failed one is then killed with its lineage (its descendants, and
+//! whatever names it in `LISTEN_PID`), and the first process stays until
+//! the last successor ends, so the shell does not take the terminal back.
 //!
 //! SIGHUP on a terminal is a hang-up (the terminal was closed: the kernel
 //! sends SIGHUP to its session), so there it means "stop", as for any
@@ -23,8 +28,9 @@
 //! stop it. Whether we have a terminal is decided once, at start-up: after a
 //! hang-up the kernel has already taken the terminal away. A process on a
 //! terminal also stops when it finds the terminal gone without a SIGHUP of
-//! its own (a successor runs in a background process group, which the
-//! kernel's SIGHUP does not reach). A SIGHUP ignored at start-up (`nohup`)
+//! its own (a successor whose streams are not on the terminal runs in a
+//! process group of its own, which the kernel's SIGHUP does not reach; and
+//! the session leader's exit takes the terminal away). A SIGHUP ignored at start-up (`nohup`)
 //! stays ignored, and then the terminal is not watched either.
 //!
 //! Under systemd, `NOTIFY_SOCKET` keeps naming the manager in the child: the
@@ -44,6 +50,8 @@
 mod control;
 mod settings;
 #[cfg(unix)]
+mod terminal;
+#[cfg(unix)]
 pub(crate) mod watch;
 
 use std::ffi::OsString;
@@ -54,6 +62,32 @@ use std::time::Duration;
 use crate::notify::Notifier;
 
 pub(crate) use settings::UpgradeSettings;
+#[cfg(unix)]
+pub(crate) use terminal::Foreground;
+
+/// Nothing to keep without Unix process groups.
+#[cfg(not(unix))]
+#[derive(Debug, Default)]
+pub(crate) struct Foreground;
+
+#[cfg(not(unix))]
+impl Foreground {
+    pub(crate) fn at_start(
+        _source: crate::listener::Source,
+        _under_manager: bool,
+        _signals: bool,
+        _upgrades: bool,
+    ) -> Self {
+        Foreground
+    }
+
+    pub(crate) async fn stay(
+        self,
+        served: Result<(), crate::error::Error>,
+    ) -> Result<(), crate::error::Error> {
+        served
+    }
+}
 
 /// The variable that tells a process started by a handoff where to report
 /// `READY=1`: its predecessor's private `sd_notify` socket (`@name` = abstract).
@@ -127,6 +161,16 @@ pub(crate) enum HandoffError {
     Spawn {
         /// The path tried.
         executable: String,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Waiting for the started process failed (a system error, not the
+    /// new executable's).
+    #[error("cannot wait for the new process {pid}")]
+    Wait {
+        /// The child's pid.
+        pid: u32,
         /// The system's error.
         #[source]
         source: std::io::Error,
@@ -246,6 +290,10 @@ mod imp {
         plan: UpgradePlan,
         sockets: Vec<handover::Handed>,
         manager: Option<Arc<Notifier>>,
+        /// A terminal's job (see [`super::terminal`]): the new process joins
+        /// our process group, the terminal's foreground job, instead of
+        /// leading one of its own in the background.
+        job: bool,
     }
 
     /// The signals this module answers; a handler that cannot be installed is
@@ -334,6 +382,7 @@ mod imp {
                     }
                 }
                 () = terminal_gone(), if on_terminal => Request::Stop,
+                () = super::terminal::watcher_gone() => Request::Stop,
                 else => std::future::pending().await,
             }
         }
@@ -352,8 +401,9 @@ mod imp {
 
     /// Completes once this process has lost its controlling terminal. The
     /// kernel sends SIGHUP on a hang-up only to the session leader and the
-    /// foreground process group; a successor started by SIGUSR2 runs in a
-    /// group of its own, in the background, and would otherwise outlive its
+    /// foreground process group; a successor started by SIGUSR2 outside a
+    /// terminal's job (see [`super::terminal::is_job`]) runs in a group of
+    /// its own, in the background, and would otherwise outlive its
     /// terminal, holding the port. The terminal also goes when the session
     /// leader exits (a server started as `tmux new 'portkeeper'` or over
     /// ssh, upgraded: the old process was the leader), and its window with it.
@@ -370,7 +420,7 @@ mod imp {
     /// succeeds exactly then (ENXIO otherwise), and opening it does not
     /// acquire one. Any other failure (no `/dev/tty` in a service's private
     /// `/dev`) also counts as none.
-    fn has_controlling_terminal() -> bool {
+    pub(super) fn has_controlling_terminal() -> bool {
         std::fs::File::open("/dev/tty").is_ok()
     }
 
@@ -397,6 +447,7 @@ mod imp {
                 }
                 (Some(_), true) => None,
                 (Some(plan), false) => Some(Handoff {
+                    job: super::terminal::is_job(manager.is_some()),
                     plan,
                     sockets,
                     manager,
@@ -494,19 +545,28 @@ mod imp {
             )
             .map_err(spawn_failed)?;
             cmd.env(HANDOFF_NOTIFY_VAR, &ready_name);
-            // A group of its own, led by the process we start (pgid = its
-            // pid), so that a failed upgrade can kill everything it started.
-            cmd.process_group(0);
+            let kin = if self.job {
+                // On a terminal: our own group, the foreground job, so that
+                // Ctrl-C reaches the new process and `stty tostop` does not
+                // stop it (SIGTTOU) when it writes before it is ready.
+                Kin::Lineage
+            } else {
+                // A group of its own, led by the process we start (pgid =
+                // its pid), so that a failed upgrade can kill everything it
+                // started.
+                cmd.process_group(0);
+                Kin::Group
+            };
             let child = tokio::process::Command::from(cmd)
                 .spawn()
                 .map_err(spawn_failed)?;
-            let mut candidate = Candidate::new(child);
+            let mut candidate = Candidate::new(child, kin);
             let group = candidate.pid;
             let child = candidate.child.as_mut().expect("set above");
             let ready = tokio::select! {
-                result = wait_ready(&ready, group) => result.map_err(HandoffError::ReadySocket)?,
+                result = wait_ready(&ready, group, kin) => result.map_err(HandoffError::ReadySocket)?,
                 status = gone(child, parent, group) => {
-                    let status = status.map_err(spawn_failed)?;
+                    let status = status.map_err(|source| HandoffError::Wait { pid: group, source })?;
                     candidate.child = None;
                     // Dropping `candidate` kills what the child left behind.
                     return Err(match status {
@@ -518,8 +578,13 @@ mod imp {
                     return Err(HandoffError::TimedOut { pid: group });
                 }
             };
-            // The new process serves now; it must outlive us.
-            candidate.adopt();
+            // The new process serves now; it must outlive us. On a terminal
+            // the first process waits for it (`Foreground::stay`).
+            if let Some(child) = candidate.adopt() {
+                if self.job {
+                    super::terminal::keep_successor(child);
+                }
+            }
             let pid = ready.pid;
             if let Some(manager) = &self.manager {
                 // The new process's own STATUS= (its URL), relayed with the
@@ -552,17 +617,27 @@ mod imp {
             return Ok(Some(status));
         }
         loop {
-            // `None`: /proc cannot tell; wait for readiness or the timeout.
-            if let Some(members) = live_members(group) {
-                let named: Vec<u32> = members.iter().filter_map(|&pid| listen_pid(pid)).collect();
-                // Members but no LISTEN_PID yet: our shell has not exec'd.
-                let main_gone = !named.is_empty() && !named.iter().any(|pid| members.contains(pid));
-                if members.is_empty() || main_gone {
-                    return Ok(None);
-                }
+            // /proc reads block: off the runtime's workers.
+            let gone = tokio::task::spawn_blocking(move || group_is_gone(group))
+                .await
+                .unwrap_or(false);
+            if gone {
+                return Ok(None);
             }
             tokio::time::sleep(GROUP_POLL).await;
         }
+    }
+
+    /// True when the orphaned new process of `group` is gone (see [`gone`]).
+    /// `false` when /proc cannot tell: then readiness or the timeout decides.
+    fn group_is_gone(group: u32) -> bool {
+        let Some(members) = live_members(group) else {
+            return false;
+        };
+        let named: Vec<u32> = members.iter().filter_map(|&pid| listen_pid(pid)).collect();
+        // Members but no LISTEN_PID yet: our shell has not exec'd.
+        let main_gone = !named.is_empty() && !named.iter().any(|pid| members.contains(pid));
+        members.is_empty() || main_gone
     }
 
     /// How often an orphaned new process's group is checked for life.
@@ -605,29 +680,53 @@ mod imp {
             .and_then(|value| std::str::from_utf8(value).ok()?.parse().ok())
     }
 
-    /// A child that has not said it is ready: killed with its whole process
-    /// group if we give up on it, including when the whole upgrade is
+    /// How the new process and what it starts are told from other processes.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Kin {
+        /// A process group of its own, led by the new process.
+        Group,
+        /// On a terminal, in our process group: the new process, its
+        /// descendants, and whatever names it in `LISTEN_PID` (a helper it
+        /// started whose parent has exited, reparented since).
+        Lineage,
+    }
+
+    impl Kin {
+        /// True when `pid` belongs to the new process `root`.
+        fn contains(self, root: u32, pid: u32) -> bool {
+            match self {
+                Kin::Group => in_group(pid, root),
+                Kin::Lineage => pid == root || lineage(root).contains(&pid),
+            }
+        }
+    }
+
+    /// A child that has not said it is ready: killed with everything it
+    /// started if we give up on it, including when the whole upgrade is
     /// cancelled by SIGTERM or a hang-up.
     struct Candidate {
         /// `None` once reaped (or adopted).
         child: Option<tokio::process::Child>,
-        /// The child's pid, which is also its process group's id.
+        /// The child's pid; with [`Kin::Group`] also its process group's id.
         pid: u32,
+        kin: Kin,
         adopted: bool,
     }
 
     impl Candidate {
-        fn new(child: tokio::process::Child) -> Self {
+        fn new(child: tokio::process::Child, kin: Kin) -> Self {
             Candidate {
                 pid: child.id().unwrap_or_default(),
                 child: Some(child),
+                kin,
                 adopted: false,
             }
         }
 
-        fn adopt(&mut self) {
+        /// The new process serves: nothing is killed; its handle, unless reaped.
+        fn adopt(&mut self) -> Option<tokio::process::Child> {
             self.adopted = true;
-            self.child = None;
+            self.child.take()
         }
     }
 
@@ -638,18 +737,44 @@ mod imp {
             }
             use nix::sys::signal::{Signal, killpg};
             use nix::unistd::Pid;
-            // The group outlives its leader while any member lives, and its
-            // id is not reused until then: killing it after the child exited
-            // reaches exactly what the child left behind. ESRCH: nothing left.
-            let group = i32::try_from(self.pid).unwrap_or_default();
-            if group > 0 {
-                match killpg(Pid::from_raw(group), Signal::SIGKILL) {
-                    Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-                    Err(err) => tracing::warn!(
-                        error = %err,
-                        pgid = group,
-                        "cannot kill the failed new process's group; kill it by hand (kill -KILL -- -{group})"
-                    ),
+            match self.kin {
+                Kin::Group => {
+                    // The group outlives its leader while any member lives,
+                    // and its id is not reused until then: killing it after
+                    // the child exited reaches exactly what the child left
+                    // behind. ESRCH: nothing left.
+                    let group = i32::try_from(self.pid).unwrap_or_default();
+                    if group > 0 {
+                        match killpg(Pid::from_raw(group), Signal::SIGKILL) {
+                            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+                            Err(err) => tracing::warn!(
+                                error = %err,
+                                pgid = group,
+                                "cannot kill the failed new process's group; kill it by hand (kill -KILL -- -{group})"
+                            ),
+                        }
+                    }
+                }
+                // Our group is the terminal's job (and the shell's, and ours):
+                // only the new process's own lineage goes. Killed until none
+                // is left, so that a fork between the scan and the kill is
+                // caught by the next scan.
+                Kin::Lineage => {
+                    for round in 0..LINEAGE_ROUNDS {
+                        let mut found = lineage(self.pid);
+                        // Not reaped yet: its pid is still its own.
+                        if round == 0 && self.child.is_some() {
+                            found.push(self.pid);
+                        }
+                        if found.is_empty() {
+                            break;
+                        }
+                        for pid in found {
+                            if let Ok(pid) = i32::try_from(pid) {
+                                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+                            }
+                        }
+                    }
                 }
             }
             if let Some(child) = &mut self.child {
@@ -658,6 +783,61 @@ mod imp {
                 let _ = child.start_kill();
             }
         }
+    }
+
+    /// How many times a failed new process's lineage is scanned and killed.
+    const LINEAGE_ROUNDS: usize = 5;
+
+    /// The living processes that descend from `root` (not `root` itself), by
+    /// parent links, and those whose environment names `root` in
+    /// `LISTEN_PID`: what `root` started whose parent has exited since (our
+    /// shell sets `LISTEN_PID` to `root` just before `exec`, and children
+    /// inherit it). Read from /proc; empty when it cannot be read.
+    fn lineage(root: u32) -> Vec<u32> {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        let mut parents = Vec::new();
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // "pid (comm) state ppid ...": comm may hold spaces.
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let mut fields = rest.split_whitespace();
+            let state = fields.next().unwrap_or("Z");
+            let Some(ppid) = fields.next().and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            if !matches!(state, "Z" | "X") {
+                parents.push((pid, ppid));
+            }
+        }
+        let mut found: Vec<u32> = Vec::new();
+        let mut frontier = vec![root];
+        while let Some(parent) = frontier.pop() {
+            for &(pid, ppid) in &parents {
+                if ppid == parent && pid != root && !found.contains(&pid) {
+                    found.push(pid);
+                    frontier.push(pid);
+                }
+            }
+        }
+        for &(pid, _) in &parents {
+            if pid != root && !found.contains(&pid) && listen_pid(pid) == Some(root) {
+                found.push(pid);
+            }
+        }
+        found
     }
 
     async fn recv(signal: &mut Option<Signal>) -> Option<()> {
@@ -718,11 +898,15 @@ mod imp {
         status: Option<String>,
     }
 
-    /// Reads datagrams until one from a process of the new process's
-    /// group carries `READY=1` (other lines, such as `STATUS=`, are logged
-    /// and skipped). The kernel tells the sender's pid (`SO_PASSCRED`), so
-    /// no other local process can end the handoff.
-    async fn wait_ready(socket: &tokio::net::UnixDatagram, group: u32) -> std::io::Result<Ready> {
+    /// Reads datagrams until one from the new process (one of its group, or
+    /// on a terminal of its lineage) carries `READY=1` (other lines, such as
+    /// `STATUS=`, are logged and skipped). The kernel tells the sender's pid
+    /// (`SO_PASSCRED`), so no other local process can end the handoff.
+    async fn wait_ready(
+        socket: &tokio::net::UnixDatagram,
+        group: u32,
+        kin: Kin,
+    ) -> std::io::Result<Ready> {
         use std::os::fd::AsRawFd as _;
         let mut buf = vec![0u8; 4096];
         loop {
@@ -732,7 +916,14 @@ mod imp {
                 })
                 .await?;
             let message = String::from_utf8_lossy(&buf[..n]);
-            let Some(pid) = sender.filter(|&pid| in_group(pid, group)) else {
+            // On a terminal the check scans /proc: off the runtime's workers.
+            let ours = match sender {
+                Some(pid) => tokio::task::spawn_blocking(move || kin.contains(group, pid))
+                    .await
+                    .unwrap_or(false),
+                None => false,
+            };
+            let Some(pid) = sender.filter(|_| ours) else {
                 tracing::warn!(
                     sender,
                     %message,
@@ -786,6 +977,19 @@ fn is_ready(message: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A failed `wait()` is ours, not the executable's: its message must
+    /// not say the executable could not be started.
+    #[test]
+    fn a_failed_wait_is_not_reported_as_a_failed_start() {
+        let err = HandoffError::Wait {
+            pid: 42,
+            source: std::io::Error::from(std::io::ErrorKind::Interrupted),
+        };
+        let message = err.to_string();
+        assert_eq!(message, "cannot wait for the new process 42");
+        assert!(!message.contains("cannot start"));
+    }
 
     #[test]
     fn ready_is_a_whole_line() {

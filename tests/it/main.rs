@@ -20,5 +20,6 @@ mod reload;
 mod robustness;
 mod support;
 mod systemd;
+mod terminal;
 mod trust;
 mod unix_sockets;

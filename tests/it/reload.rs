@@ -686,11 +686,11 @@ impl Drop for Session {
 }
 
 /// A shell on a pty runs the server and stays (it is the session leader,
-/// as a login shell is). After a SIGUSR2 upgrade the successor runs in a
-/// process group of its own, which the kernel's SIGHUP on a hang-up does
-/// not reach: it must notice on its own that the terminal is gone, and stop,
-/// rather than outlive the terminal holding the port. While the terminal is
-/// open it keeps serving.
+/// as a login shell is). After a SIGUSR2 upgrade the successor runs in the
+/// foreground group, where the kernel's SIGHUP on a hang-up reaches it (and
+/// it also notices on its own that the terminal is gone); it stops rather
+/// than outlive the terminal holding the port, and the first process, which
+/// waited for it, ends too. While the terminal is open it keeps serving.
 #[test]
 fn after_an_upgrade_on_a_terminal_closing_it_stops_the_successor() {
     let Some(script) = peer_tool("script") else {
@@ -725,10 +725,12 @@ fn after_an_upgrade_on_a_terminal_closing_it_stops_the_successor() {
         .unwrap();
     let info = wait_for_successor(addr, u64::from(old)).unwrap();
     let successor = pid_of(&info) as u32;
-    assert!(
-        wait_until(DEADLINE, || has_exited(old)),
-        "the old process drains and exits"
-    );
+    let _successor = Successor(successor);
+    // On a terminal the old process drains, then stays the terminal's job
+    // until its successor ends (tests/it/terminal.rs).
+    terminal
+        .wait_for_line("stays in the foreground", DEADLINE)
+        .unwrap();
     // Three times the terminal check's interval: the terminal is open, so
     // the successor serves on.
     std::thread::sleep(Duration::from_millis(1500));
@@ -738,6 +740,10 @@ fn after_an_upgrade_on_a_terminal_closing_it_stops_the_successor() {
     assert!(
         wait_until(DEADLINE, || has_exited(successor)),
         "the successor {successor} still runs after its terminal hung up"
+    );
+    assert!(
+        wait_until(DEADLINE, || has_exited(old)),
+        "the first process {old} still waits after its terminal hung up"
     );
     assert!(
         wait_until(Duration::from_secs(5), || holders_of(inode).is_empty()),
