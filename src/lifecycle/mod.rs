@@ -201,6 +201,7 @@ pub(crate) async fn run(plan: Plan, app: Router) -> Result<(), Error> {
                         tracing::info!("terminal hung up; stopping");
                         true
                     }
+                    Departure::WatcherGone => true,
                 },
             };
             // Long-lived streams may end now, on a stop and on a handoff alike.

@@ -151,6 +151,9 @@ pub(crate) enum Departure {
     /// SIGHUP with a controlling terminal: the terminal was closed. Stop as
     /// on SIGTERM (`STOPPING=1`, drain), and start no successor.
     HungUp,
+    /// The development watcher that started us (cargo watch) is gone: stop
+    /// as on SIGTERM, with the drain.
+    WatcherGone,
 }
 
 /// Why a handoff did not happen; the old process keeps serving.
@@ -324,6 +327,7 @@ mod imp {
     enum Request {
         Upgrade(Trigger),
         Stop,
+        WatcherGone,
     }
 
     impl Signals {
@@ -382,7 +386,7 @@ mod imp {
                     }
                 }
                 () = terminal_gone(), if on_terminal => Request::Stop,
-                () = super::terminal::watcher_gone() => Request::Stop,
+                () = super::terminal::watcher_gone() => Request::WatcherGone,
                 else => std::future::pending().await,
             }
         }
@@ -487,6 +491,7 @@ mod imp {
                     request = self.signals.next() => match request {
                         Request::Upgrade(trigger) => trigger,
                         Request::Stop => return Departure::HungUp,
+                        Request::WatcherGone => return Departure::WatcherGone,
                     },
                     () = changed(&mut self.watch) => Trigger::ExecutableReplaced,
                     pid = self.control.requested() => Trigger::Requested(pid),
