@@ -337,9 +337,14 @@ fn without_reload_a_replaced_executable_is_left_alone() {
     let mut server = spawn_fresh_copy(cmd, "no-reload");
     let addr = server.serving_address().unwrap();
     let old = pid_of(&get_json(addr, "/info").unwrap());
+    // No watch was started (it says so at start-up, before serving), so
+    // nothing can act on the replacement.
+    assert!(
+        !server.output().contains("RELOAD: watching the executable"),
+        "{}",
+        server.output()
+    );
     replace_file(&executable, &std::fs::read(binary()).unwrap());
-    // Four watch intervals: a watcher would have acted by now.
-    std::thread::sleep(Duration::from_secs(2));
     assert_eq!(pid_of(&get_json(addr, "/info").unwrap()), old);
     assert!(!server.output().contains("binary upgrade"));
 }
@@ -357,8 +362,10 @@ fn busy_keep_alive_connections_are_closed_cleanly_on_stop() {
     let mut server = Running::spawn(cmd, "keep-alive-stop").unwrap();
     let addr = server.serving_address().unwrap();
 
+    let (busy, all_busy) = std::sync::mpsc::channel::<()>();
     let clients: Vec<_> = (0..4)
         .map(|_| {
+            let busy = busy.clone();
             std::thread::spawn(move || -> Result<u32> {
                 let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
                 stream.set_read_timeout(Some(DEADLINE))?;
@@ -394,12 +401,20 @@ fn busy_keep_alive_connections_are_closed_cleanly_on_stop() {
                     if close {
                         return Ok(answered + 1);
                     }
+                    if answered == 0 {
+                        let _ = busy.send(());
+                    }
                 }
                 unreachable!()
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // Every client has had an answer and keeps asking: stop now.
+    for _ in 0..4 {
+        all_busy
+            .recv_timeout(DEADLINE)
+            .expect("a client got no answer");
+    }
     server.signal("TERM").unwrap();
     for client in clients {
         let answered = client.join().unwrap().expect("a clean close");
@@ -731,9 +746,7 @@ fn after_an_upgrade_on_a_terminal_closing_it_stops_the_successor() {
     terminal
         .wait_for_line("stays in the foreground", DEADLINE)
         .unwrap();
-    // Three times the terminal check's interval: the terminal is open, so
-    // the successor serves on.
-    std::thread::sleep(Duration::from_millis(1500));
+    // The terminal is open, so the successor serves on.
     assert_eq!(pid_of(&get_json(addr, "/info").unwrap()) as u32, successor);
 
     terminal.signal("KILL").unwrap();
@@ -766,23 +779,23 @@ fn under_nohup_sighup_is_ignored() {
     cmd.arg(binary());
     let mut server = Running::spawn(cmd, "nohup").unwrap();
     let addr = server.serving_address().unwrap();
-    server.signal("HUP").unwrap();
-    // A handoff takes some 100 ms; a stop less.
-    std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(
-        pid_of(&get_json(addr, "/info").unwrap()),
-        u64::from(server.pid())
-    );
-    assert!(
-        !server.output().contains("binary upgrade"),
-        "{}",
-        server.output()
-    );
     server
         .wait_for_line("SIGHUP is ignored (nohup)", DEADLINE)
         .unwrap();
-    server.signal("TERM").unwrap();
+    server.signal("HUP").unwrap();
+    // Then an event that must come after anything the SIGHUP could cause:
+    // a SIGUSR2's upgrade. Exactly one upgrade, and no stop before it.
+    server.signal("USR2").unwrap();
+    let info = wait_for_successor(addr, u64::from(server.pid())).unwrap();
+    let _successor = Successor(pid_of(&info) as u32);
     assert!(server.wait_exit(DEADLINE).unwrap().success());
+    let output = server.output();
+    assert_eq!(
+        output.matches("binary upgrade: starting").count(),
+        1,
+        "{output}"
+    );
+    assert!(!output.contains("stop requested"), "{output}");
 }
 
 /// Under a manager, a forking wrapper that fails while its background

@@ -175,8 +175,11 @@ fn assert_first_stays(terminal: &Terminal, old: u32) {
 /// back last, with status 0.
 fn ctrl_c_drains_and_ends(terminal: &mut Terminal, addr: SocketAddr, serving: u32, first: u32) {
     let slow = start_slow_request(addr, 1500).unwrap();
-    // The request is in flight once the server holds the connection.
-    std::thread::sleep(Duration::from_millis(200));
+    // The request is in flight once the handler says so.
+    terminal
+        .running
+        .wait_for_line("debug: sleeping", DEADLINE)
+        .unwrap();
     terminal.ctrl_c();
     let mut response = String::new();
     let mut slow = slow;
@@ -371,7 +374,7 @@ fn a_watcher_killing_its_group_does_not_cut_the_drain() {
     let server = pid_of(&get_json(addr, "/info").unwrap());
     let _server = Successor(server);
     let mut slow = start_slow_request(addr, 1500).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    shell.wait_for_line("debug: sleeping", DEADLINE).unwrap();
 
     // What cargo watch does on a change.
     kill_group("TERM", group);
@@ -425,7 +428,7 @@ fn a_watcher_that_forwards_ctrl_c_and_exits_stops_the_server() {
         "a shell sits between the watcher and the server"
     );
     let mut slow = start_slow_request(addr, 1500).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    watcher.wait_for_line("debug: sleeping", DEADLINE).unwrap();
 
     kill_group("INT", shell);
     watcher.signal("KILL").unwrap();
