@@ -122,12 +122,18 @@ pub(crate) fn was_ignored(signal: i32) -> bool {
 
 /// Whether `signal` is ignored now, from the `SigIgn` mask of
 /// `/proc/self/status` (bit 0 is signal 1). Without `/proc`: not ignored.
+/// Read once for all signals: what is asked is the state before we touched
+/// any of them, and a start-up is a few milliseconds.
 fn ignored_now(signal: i32) -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            let mask = status.lines().find_map(|l| l.strip_prefix("SigIgn:"))?;
-            u64::from_str_radix(mask.trim(), 16).ok()
-        })
-        .is_some_and(|mask| mask & (1 << (signal - 1)) != 0)
+    static IGNORED: OnceLock<u64> = OnceLock::new();
+    let mask = IGNORED.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| {
+                let mask = status.lines().find_map(|l| l.strip_prefix("SigIgn:"))?;
+                u64::from_str_radix(mask.trim(), 16).ok()
+            })
+            .unwrap_or(0)
+    });
+    mask & (1 << (signal - 1)) != 0
 }
