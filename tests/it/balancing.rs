@@ -129,9 +129,16 @@ fn the_delay_applies_under_a_service_manager_to_a_socket_bound_here() {
     let _manager = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
     let mut cmd = loopback_server(&dir);
     // Far longer than DEADLINE: only the second signal ends it in time.
-    cmd.env("NOTIFY_SOCKET", &path).env("SHUTDOWN_DELAY", "600");
+    cmd.env("NOTIFY_SOCKET", &path)
+        .env("SHUTDOWN_DELAY", "600")
+        .env("DEBUG", "true")
+        .env("SHUTDOWN_TIMEOUT", "60");
     let mut server = Running::spawn(cmd, "delay-notify").unwrap();
     let addr = server.serving_address().unwrap();
+    // A request in flight, so that the second signal ends the drain by force
+    // (143) rather than racing an empty drain (0).
+    let _slow = start_slow_request(addr, 10_000).unwrap();
+    server.wait_for_line("debug: sleeping", DEADLINE).unwrap();
     server.signal("TERM").unwrap();
     server
         .wait_for_line("SHUTDOWN_DELAY: serving on", DEADLINE)
