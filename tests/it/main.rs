@@ -9,6 +9,7 @@ mod configuration;
 mod embedding;
 mod embedding_settings;
 mod haproxy;
+mod hostile;
 mod inherit_env;
 mod listener_chain;
 mod listeners;
