@@ -581,6 +581,73 @@ mod tests {
         );
     }
 
+    fn activity(output: &Arc<Output>) -> Arc<Activity> {
+        Arc::new(Activity::new(
+            Arc::default(),
+            Arc::new(Metrics::new([])),
+            TaskTracker::new().token(),
+            Arc::clone(output),
+        ))
+    }
+
+    /// A write that waits for the peer is neither idleness (however long
+    /// it waits) nor, before `WRITE_TIMEOUT`, a stall; once it goes
+    /// through, the idle clock starts again from then.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_write_stalls_at_the_write_timeout_and_is_never_idleness() {
+        let (header, write) = (Duration::from_secs(10), Duration::from_secs(30));
+        let output = Arc::new(Output::new());
+        let activity = activity(&output);
+        // No request in flight: the response was taken whole, and waits.
+        output.blocked();
+        let started = tokio::time::Instant::now();
+        let quiet = tokio::time::timeout(write * 2, activity.watch(header, write))
+            .await
+            .expect("a stall within two write timeouts");
+        assert_eq!(quiet, Quiet::Stalled);
+        let waited = started.elapsed();
+        assert!(
+            waited >= write && waited < write + Duration::from_secs(1),
+            "{waited:?}"
+        );
+        // It goes through: idle a header timeout later, not at once.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        output.went_through();
+        let started = tokio::time::Instant::now();
+        let quiet = tokio::time::timeout(header * 2, activity.watch(header, write))
+            .await
+            .expect("idle within two header timeouts");
+        assert_eq!(quiet, Quiet::Idle);
+        assert!(started.elapsed() >= header, "{:?}", started.elapsed());
+    }
+
+    /// An HTTP/2 response held for the peer's window stalls at the write
+    /// timeout; one let go now and then does not.
+    #[tokio::test(start_paused = true)]
+    async fn a_held_http2_response_stalls_unless_one_is_let_go() {
+        let (header, write) = (Duration::from_secs(10), Duration::from_secs(30));
+        let output = Arc::new(Output::new());
+        let activity = activity(&output);
+        let mut request = activity.begin(false);
+        request.hold();
+        let watching = tokio::spawn({
+            let activity = Arc::clone(&activity);
+            async move { activity.watch(header, write).await }
+        });
+        // Let go every 20 s for 3 minutes: progress, no stall.
+        for _ in 0..9 {
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            request.release();
+            request.hold();
+            assert!(!watching.is_finished(), "stalled while making progress");
+        }
+        let quiet = tokio::time::timeout(write * 2, watching)
+            .await
+            .expect("a stall within two write timeouts of the last release")
+            .unwrap();
+        assert_eq!(quiet, Quiet::Stalled);
+    }
+
     #[tokio::test]
     async fn the_stop_path_wakes_for_a_new_request_only() {
         let activity = Arc::new(Activity::new(
