@@ -11,6 +11,9 @@
 //! | `portkeeper_http_requests_total{class}` | counter | answered requests by status class (`1xx` … `5xx`), the application's routes included |
 //! | `portkeeper_http_request_duration_seconds` | histogram | from a request's headers to its response's headers |
 //! | `portkeeper_open_connections` | gauge | accepted connections not yet closed |
+//! | `portkeeper_max_connections` | gauge | `MAX_CONNECTIONS`, the cap on open connections (0: none) |
+//! | `portkeeper_connection_limit_reached_total` | counter | times accepting paused at `MAX_CONNECTIONS` until a connection closed |
+//! | `portkeeper_write_timeouts_total` | counter | connections closed for making no write progress for `WRITE_TIMEOUT` |
 //! | `portkeeper_http_requests_in_flight` | gauge | requests whose response has not been sent whole |
 //! | `portkeeper_upgrades_total{outcome}` | counter | binary upgrades `done` (handed over) and `failed` (this process kept serving) |
 //! | `portkeeper_listener_info{source,address,fd_name}` | gauge, always 1 | the listener served, the info-metric convention |
@@ -59,6 +62,9 @@ pub(crate) struct Metrics {
     duration: Histogram,
     in_flight: Gauge,
     connections: Connections,
+    max_connections: Gauge,
+    limit_reached: Counter,
+    write_timeouts: Counter,
 }
 
 impl Metrics {
@@ -95,6 +101,24 @@ impl Metrics {
             "Accepted connections not yet closed",
             connections.0.clone(),
         );
+        let max_connections = Gauge::default();
+        registry.register(
+            "max_connections",
+            "MAX_CONNECTIONS, the cap on open connections (0: no cap)",
+            max_connections.clone(),
+        );
+        let limit_reached = Counter::default();
+        registry.register(
+            "connection_limit_reached",
+            "Times accepting paused at MAX_CONNECTIONS until a connection closed",
+            limit_reached.clone(),
+        );
+        let write_timeouts = Counter::default();
+        registry.register(
+            "write_timeouts",
+            "Connections closed for making no write progress for WRITE_TIMEOUT",
+            write_timeouts.clone(),
+        );
         // Shown at 0 before the first upgrade, as the classes are.
         for outcome in ["done", "failed"] {
             let _ = UPGRADES.get_or_create(&[("outcome", outcome)]);
@@ -121,7 +145,26 @@ impl Metrics {
             duration,
             in_flight,
             connections,
+            max_connections,
+            limit_reached,
+            write_timeouts,
         }
+    }
+
+    /// Shows the cap on open connections (0: none).
+    pub(crate) fn set_max_connections(&self, cap: usize) {
+        self.max_connections
+            .set(i64::try_from(cap).unwrap_or(i64::MAX));
+    }
+
+    /// Accepting paused at the cap on open connections.
+    pub(crate) fn connection_limit_reached(&self) {
+        self.limit_reached.inc();
+    }
+
+    /// A connection was closed for making no write progress.
+    pub(crate) fn write_timed_out(&self) {
+        self.write_timeouts.inc();
     }
 
     /// Counts a request as in flight, until [`Metrics::request_ended`].

@@ -466,7 +466,9 @@ mod tests {
         let limits = Limits {
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_millis(100),
+            write_timeout: Duration::from_secs(10),
             max_body_bytes: 64,
+            max_connections: 0,
         };
         let slow = Router::new().route(
             "/slow",

@@ -1,7 +1,15 @@
 //! The pause after accept errors such as EMFILE: short, growing while the
-//! errors last, and logged once per spell rather than once per error.
+//! errors last, and logged once per spell rather than once per error; and
+//! the cap on open connections (`MAX_CONNECTIONS`), at which the accept
+//! loops wait, also logged once per spell.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::metrics::Metrics;
 
 /// The first pause after an accept error such as EMFILE, doubled while the
 /// error lasts, up to [`ACCEPT_BACKOFF_MAX`]: short, so the server answers
@@ -70,9 +78,143 @@ impl AcceptBackoff {
     }
 }
 
+/// The cap on open connections (`MAX_CONNECTIONS`), shared by every accept
+/// loop: each accepted connection holds a permit until its stream is dropped
+/// (also after an upgrade). At the cap the loops stop accepting, so new
+/// connections wait in the kernel's queue (and its backlog bounds them)
+/// rather than being accepted and closed, and accepting resumes when a
+/// connection ends.
+pub(super) struct ConnectionLimit {
+    /// `None`: no cap (`MAX_CONNECTIONS=0`).
+    permits: Option<Arc<Semaphore>>,
+    cap: usize,
+    /// Whether a spell at the cap is on: the one load the common path pays.
+    in_spell: AtomicBool,
+    spell: Mutex<Option<LimitSpell>>,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Debug)]
+struct LimitSpell {
+    began: std::time::Instant,
+    last_reached: std::time::Instant,
+    times: u64,
+}
+
+/// What [`ConnectionLimit::try_admit`] says.
+pub(super) enum Admit {
+    /// Below the cap (or no cap): the connection's permit, if there is a cap.
+    Now(Option<OwnedSemaphorePermit>),
+    /// At the cap: wait for a connection to close.
+    Wait(Arc<Semaphore>),
+}
+
+impl ConnectionLimit {
+    /// A cap of `cap` open connections; 0 for none.
+    pub(super) fn new(cap: usize, metrics: Arc<Metrics>) -> Self {
+        metrics.set_max_connections(cap);
+        ConnectionLimit {
+            permits: (cap > 0).then(|| Arc::new(Semaphore::new(cap))),
+            cap,
+            in_spell: AtomicBool::new(false),
+            spell: Mutex::new(None),
+            metrics,
+        }
+    }
+
+    /// A permit for one more connection, or where to wait for one. Reaching
+    /// the cap is counted each time, and logged once per spell.
+    pub(super) fn try_admit(&self) -> Admit {
+        let Some(permits) = &self.permits else {
+            return Admit::Now(None);
+        };
+        match Arc::clone(permits).try_acquire_owned() {
+            Ok(permit) => {
+                if self.in_spell.load(Ordering::Relaxed) {
+                    self.maybe_end_spell();
+                }
+                Admit::Now(Some(permit))
+            }
+            Err(_) => {
+                self.reached();
+                Admit::Wait(Arc::clone(permits))
+            }
+        }
+    }
+
+    #[cold]
+    fn reached(&self) {
+        self.metrics.connection_limit_reached();
+        let now = std::time::Instant::now();
+        let mut spell = self.spell.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut *spell {
+            Some(spell) => {
+                spell.times += 1;
+                spell.last_reached = now;
+            }
+            None => {
+                tracing::warn!(
+                    max_connections = self.cap,
+                    "MAX_CONNECTIONS reached: not accepting until a connection closes"
+                );
+                *spell = Some(LimitSpell {
+                    began: now,
+                    last_reached: now,
+                    times: 1,
+                });
+                self.in_spell.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A spell at the cap is over at the first connection admitted at once
+    /// [`ACCEPT_SPELL_QUIET`] after the cap was last reached.
+    #[cold]
+    fn maybe_end_spell(&self) {
+        let mut spell = self.spell.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(over) = spell.as_ref() {
+            if over.last_reached.elapsed() >= ACCEPT_SPELL_QUIET {
+                let lasted_ms = over.last_reached.duration_since(over.began).as_millis();
+                tracing::info!(
+                    times = over.times,
+                    lasted_ms = u64::try_from(lasted_ms).unwrap_or(u64::MAX),
+                    "below MAX_CONNECTIONS again"
+                );
+                *spell = None;
+                self.in_spell.store(false, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_connection_limit_admits_up_to_its_cap() {
+        let metrics = Arc::new(Metrics::new([]));
+        let limit = ConnectionLimit::new(2, Arc::clone(&metrics));
+        let admit = || match limit.try_admit() {
+            Admit::Now(permit) => Some(permit.expect("a cap gives permits")),
+            Admit::Wait(_) => None,
+        };
+        let (first, _second) = (admit().unwrap(), admit().unwrap());
+        assert!(
+            admit().is_none() && admit().is_none(),
+            "admitted above the cap"
+        );
+        let text = metrics.render();
+        assert!(text.contains("portkeeper_max_connections 2\n"), "{text}");
+        assert!(
+            text.contains("portkeeper_connection_limit_reached_total 2\n"),
+            "{text}"
+        );
+        drop(first);
+        assert!(admit().is_some(), "a closed connection frees its place");
+        let unlimited = ConnectionLimit::new(0, metrics);
+        assert!(matches!(unlimited.try_admit(), Admit::Now(None)));
+    }
 
     #[test]
     fn accept_backoff_grows_to_its_cap_and_resets() {

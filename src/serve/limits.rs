@@ -1,5 +1,5 @@
 //! Bounds that keep one client from holding the server: `HEADER_READ_TIMEOUT`,
-//! `REQUEST_TIMEOUT` and `MAX_BODY_BYTES`.
+//! `REQUEST_TIMEOUT`, `WRITE_TIMEOUT`, `MAX_BODY_BYTES` and `MAX_CONNECTIONS`.
 
 use std::ops::RangeInclusive;
 use std::time::Duration;
@@ -16,14 +16,30 @@ const REQUEST_TIMEOUT: Variable = Variable::new(
     "30",
     "seconds from a request's headers to its response (503 after)",
 );
+const WRITE_TIMEOUT: Variable = Variable::new(
+    "WRITE_TIMEOUT",
+    "30",
+    "seconds a response waiting to be sent may go without progress (the connection is closed after)",
+);
 const MAX_BODY_BYTES: Variable = Variable::new(
     "MAX_BODY_BYTES",
     "1048576",
     "largest request body accepted (413 above)",
 );
+const MAX_CONNECTIONS: Variable = Variable::new(
+    "MAX_CONNECTIONS",
+    "10000",
+    "open connections at most; more wait in the kernel's queue until one closes (0: no limit)",
+);
 
 /// The limits' variables, in the order of the documentation.
-const VARIABLES: &[Variable] = &[HEADER_READ_TIMEOUT, REQUEST_TIMEOUT, MAX_BODY_BYTES];
+const VARIABLES: &[Variable] = &[
+    HEADER_READ_TIMEOUT,
+    REQUEST_TIMEOUT,
+    WRITE_TIMEOUT,
+    MAX_BODY_BYTES,
+    MAX_CONNECTIONS,
+];
 
 /// The header and request timeouts, in seconds: an hour is already generous
 /// for an API, and anything longer is more likely a unit mix-up (milliseconds).
@@ -31,6 +47,10 @@ const TIMEOUT_SECS: RangeInclusive<u64> = 1..=3_600;
 
 /// The largest body limit: 1 GiB, beyond which "no limit" is what was meant.
 const MAX_BODY_LIMIT: usize = 1024 * 1024 * 1024;
+
+/// The largest connection cap: a million, beyond which "no limit" (0) is
+/// what was meant.
+const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
 
 /// Bounds that keep one client from holding the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,8 +60,15 @@ pub(crate) struct Limits {
     pub(crate) header_read_timeout: Duration,
     /// Time from a request's headers to its response.
     pub(crate) request_timeout: Duration,
+    /// Time a connection with output waiting (a response not yet written, or
+    /// an HTTP/2 stream held back by the peer's flow-control window) may go
+    /// without writing any of it; it is closed after.
+    pub(crate) write_timeout: Duration,
     /// The largest request body accepted.
     pub(crate) max_body_bytes: usize,
+    /// Open connections at most (0: no limit); at the cap the accept loops
+    /// wait, and new connections wait in the kernel's queue.
+    pub(crate) max_connections: usize,
 }
 
 impl Limits {
@@ -57,7 +84,11 @@ impl Limits {
         Ok(Limits {
             header_read_timeout: env.setting(&HEADER_READ_TIMEOUT)?.parse(timeout)?,
             request_timeout: env.setting(&REQUEST_TIMEOUT)?.parse(timeout)?,
+            write_timeout: env.setting(&WRITE_TIMEOUT)?.parse(timeout)?,
             max_body_bytes: env.setting(&MAX_BODY_BYTES)?.parse(parse_body_limit)?,
+            max_connections: env
+                .setting(&MAX_CONNECTIONS)?
+                .parse(parse_max_connections)?,
         })
     }
 }
@@ -72,6 +103,15 @@ impl Limits {
                 "a number of bytes from 0 to {MAX_BODY_LIMIT} (e.g. 1048576 for 1 MiB)"
             ))
         }
+    }
+}
+
+fn parse_max_connections(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(cap) if cap <= MAX_CONNECTIONS_LIMIT => Ok(cap),
+        _ => Err(format!(
+            "a number of connections from 0 (no limit) to {MAX_CONNECTIONS_LIMIT}"
+        )),
     }
 }
 
@@ -101,7 +141,9 @@ mod tests {
             Limits {
                 header_read_timeout: Duration::from_secs(10),
                 request_timeout: Duration::from_secs(30),
+                write_timeout: Duration::from_secs(30),
                 max_body_bytes: 1_048_576,
+                max_connections: 10_000,
             }
         );
     }
@@ -111,9 +153,13 @@ mod tests {
         let l = limits(&[
             ("HEADER_READ_TIMEOUT", "1"),
             ("REQUEST_TIMEOUT", "3600"),
+            ("WRITE_TIMEOUT", "1"),
             ("MAX_BODY_BYTES", "0"),
+            ("MAX_CONNECTIONS", "0"),
         ])
         .unwrap();
+        assert_eq!(l.write_timeout, Duration::from_secs(1));
+        assert_eq!(l.max_connections, 0);
         assert_eq!(l.header_read_timeout, Duration::from_secs(1));
         assert_eq!(l.request_timeout, Duration::from_secs(3600));
         assert_eq!(l.max_body_bytes, 0);
@@ -122,6 +168,9 @@ mod tests {
             ("HEADER_READ_TIMEOUT", "3601"),
             ("REQUEST_TIMEOUT", "2.5"),
             ("REQUEST_TIMEOUT", ""),
+            ("WRITE_TIMEOUT", "0"),
+            ("MAX_CONNECTIONS", "-1"),
+            ("MAX_CONNECTIONS", "1000001"),
             ("MAX_BODY_BYTES", "1MB"),
             ("MAX_BODY_BYTES", "1073741825"),
         ] {

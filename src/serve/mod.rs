@@ -55,8 +55,8 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::metrics::{Connections, Metrics, OpenConnection};
 use crate::stopping::{ScopedExecutor, Stopping};
-use accept::AcceptBackoff;
-use request::{Activity, PerRequest, peer_extensions};
+use accept::{AcceptBackoff, Admit, ConnectionLimit};
+use request::{Activity, Output, PerRequest, Quiet, peer_extensions};
 
 mod accept;
 mod limits;
@@ -71,6 +71,12 @@ pub(crate) use limits::Limits;
 /// errors. Half a second covers a busy client and adds little to a restart
 /// when browsers hold idle keep-alive connections.
 pub(crate) const IDLE_GRACE: Duration = Duration::from_millis(500);
+
+/// How long a connection closed for idleness has, once told to go away (an
+/// HTTP/2 GOAWAY, written at once), to end by itself before it is dropped:
+/// a client that answers the GOAWAY's PING closes sooner, an HTTP/1
+/// connection at once.
+const GOODBYE_WAIT: Duration = Duration::from_secs(1);
 
 /// How long [`serve`], once it has closed the connections left at the end of
 /// the drain, waits for them to be gone: an aborted task ends at its next
@@ -197,6 +203,10 @@ pub(crate) async fn serve<S: AppService>(
     // task by a moment.
     let requests = TaskTracker::new();
     let idle_grace = IDLE_GRACE.min(options.shutdown_timeout);
+    let limit = Arc::new(ConnectionLimit::new(
+        options.limits.max_connections,
+        Arc::clone(&options.metrics),
+    ));
     let loops: Vec<_> = listeners
         .into_iter()
         .map(|(listener, service)| {
@@ -210,6 +220,7 @@ pub(crate) async fn serve<S: AppService>(
                     connections: connections.clone(),
                     requests: requests.clone(),
                     counted: options.metrics.connections(),
+                    limit: Arc::clone(&limit),
                     metrics: Arc::clone(&options.metrics),
                     idle_grace,
                     limits: options.limits,
@@ -290,6 +301,8 @@ struct Accepting {
     requests: TaskTracker,
     /// The open-connections gauge.
     counted: Connections,
+    /// `MAX_CONNECTIONS`, shared by every accept loop.
+    limit: Arc<ConnectionLimit>,
     /// The request metrics, for each connection's requests.
     metrics: Arc<Metrics>,
     idle_grace: Duration,
@@ -313,6 +326,16 @@ async fn accept_loop<S: AppService>(
     let ended = accepting.end.begun();
     tokio::pin!(ended);
     loop {
+        // At MAX_CONNECTIONS, wait for a connection to close before
+        // accepting again: new ones wait in the kernel's queue.
+        let permit = match accepting.limit.try_admit() {
+            Admit::Now(permit) => permit,
+            Admit::Wait(permits) => tokio::select! {
+                biased;
+                () = &mut ended => break,
+                permit = permits.acquire_owned() => permit.ok(),
+            },
+        };
         let accepted = tokio::select! {
             biased;
             () = &mut ended => break,
@@ -322,15 +345,20 @@ async fn accept_loop<S: AppService>(
         match accepted {
             Ok((stream, peer)) => {
                 backoff.succeeded();
+                let output = Arc::new(Output::new());
                 let connection = Connection {
                     stream: TrackedIo {
                         io: stream,
                         home: None,
                         kill: Arc::clone(&accepting.kill),
                         closing: Closing::Home,
+                        output: Arc::clone(&output),
+                        write_blocked: false,
+                        _permit: permit,
                         _open: accepting.connections.token(),
                         _counted: accepting.counted.open(),
                     },
+                    output,
                     peer,
                     requests: accepting.requests.token(),
                     stop: Arc::clone(&accepting.stop),
@@ -443,12 +471,23 @@ type Stream = tokio_util::either::Either<TcpStream, TcpStream>;
 /// That task is woken through [`Kill::wake`], which the stream registers for
 /// only there, on the way to `Pending`. Our own task pays a relaxed load
 /// per poll and a comparison of task ids when its stream has nothing to read.
+///
+/// It also tells the connection's watch when a write waits for the peer to
+/// read ([`Output`]), for `WRITE_TIMEOUT` and so that the idle clock does
+/// not run while a response is still being written. A write that does not
+/// wait costs a test of `write_blocked`.
 struct TrackedIo {
     io: Stream,
     /// Our connection task, set when it begins ([`Connection::serve`]).
     home: Option<tokio::task::Id>,
     kill: Arc<Kill>,
     closing: Closing,
+    /// Whether a write waits, shared with the connection's watch.
+    output: Arc<Output>,
+    /// Whether the last write returned `Pending` (what `output` was told).
+    write_blocked: bool,
+    /// A place under `MAX_CONNECTIONS`, given back when the stream is dropped.
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
     _open: TaskTrackerToken,
     _counted: OpenConnection,
 }
@@ -522,6 +561,23 @@ impl TrackedIo {
         true
     }
 
+    /// Tells [`Output`] when a write begins or ends waiting for the peer.
+    #[inline]
+    fn wrote<T>(&mut self, polled: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
+        match &polled {
+            Poll::Pending if !self.write_blocked => {
+                self.write_blocked = true;
+                self.output.blocked();
+            }
+            Poll::Ready(_) if self.write_blocked => {
+                self.write_blocked = false;
+                self.output.went_through();
+            }
+            _ => {}
+        }
+        polled
+    }
+
     /// Shuts the stream down (the peer reads its end now, whether or not
     /// the task holding the stream drops it), and fails the poll.
     #[cold]
@@ -550,7 +606,9 @@ impl AsyncWrite for TrackedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.get_mut().poll_io(cx, |io, cx| io.poll_write(cx, buf))
+        let this = self.get_mut();
+        let polled = this.poll_io(cx, |io, cx| io.poll_write(cx, buf));
+        this.wrote(polled)
     }
 
     fn poll_write_vectored(
@@ -558,8 +616,9 @@ impl AsyncWrite for TrackedIo {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        self.get_mut()
-            .poll_io(cx, |io, cx| io.poll_write_vectored(cx, bufs))
+        let this = self.get_mut();
+        let polled = this.poll_io(cx, |io, cx| io.poll_write_vectored(cx, bufs));
+        this.wrote(polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -578,12 +637,14 @@ impl AsyncWrite for TrackedIo {
 /// What ended a connection's normal service.
 enum Watched {
     StopBegun,
-    Idle,
+    Quiet(Quiet),
 }
 
 /// One accepted connection and what serving it needs.
 struct Connection {
     stream: TrackedIo,
+    /// The stream's writes, as its watch sees them.
+    output: Arc<Output>,
     peer: Peer,
     /// Held by its requests' [`Activity`] until the last of them is dropped.
     requests: TaskTrackerToken,
@@ -597,7 +658,13 @@ struct Connection {
 impl Connection {
     async fn serve<S: AppService>(mut self, service: S) {
         self.stream.home = tokio::task::try_id();
-        let activity = Arc::new(Activity::new(self.stop, self.metrics, self.requests));
+        let metrics = Arc::clone(&self.metrics);
+        let activity = Arc::new(Activity::new(
+            self.stop,
+            self.metrics,
+            self.requests,
+            self.output,
+        ));
         let per_request = PerRequest {
             service,
             activity: Arc::clone(&activity),
@@ -606,7 +673,7 @@ impl Connection {
         // HTTP/2 streams run in tasks of their own: in this connection's
         // Stopping scope too (HTTP/1 requests run in the connection's task).
         let mut builder = auto::Builder::new(ScopedExecutor(self.stopping));
-        // The header-read timeout is `Activity::idle_for`, for both protocols;
+        // The header-read timeout is `Activity::watch`, for both protocols;
         // hyper's own is turned off explicitly since it needs a timer.
         builder.http1().header_read_timeout(None);
         // RFC 8441: WebSockets over HTTP/2, as axum::serve allows.
@@ -615,32 +682,54 @@ impl Connection {
             builder.serve_connection_with_upgrades(TokioIo::new(self.stream), per_request);
         tokio::pin!(connection);
 
-        let header_timeout = self.limits.header_read_timeout;
-        // In a FuturesUnordered, the stop and idle watch is polled only when
-        // its own waker fires; in the select! itself it would be polled at
-        // every wake of the connection, that is at every request.
+        let (header_timeout, write_timeout) =
+            (self.limits.header_read_timeout, self.limits.write_timeout);
+        // In a FuturesUnordered, the stop, idle and write watch is polled
+        // only when its own waker fires; in the select! itself it would be
+        // polled at every wake of the connection, that is at every request.
         let mut watch: FuturesUnordered<_> = [async {
             tokio::select! {
                 () = activity.stop.begun() => Watched::StopBegun,
-                () = activity.idle_for(header_timeout) => Watched::Idle,
+                quiet = activity.watch(header_timeout, write_timeout) => Watched::Quiet(quiet),
             }
         }]
         .into_iter()
         .collect();
-        tokio::select! {
+        let quiet = tokio::select! {
             result = connection.as_mut() => {
                 log_connection_end(result);
                 return;
             }
-            Some(watched) = watch.next() => {
-                if let Watched::Idle = watched {
-                    // Slow-loris headers or an idle keep-alive connection:
-                    // dropping the connection closes it without a response.
-                    tracing::debug!("closing a connection idle for HEADER_READ_TIMEOUT");
-                    return;
+            Some(watched) = watch.next() => match watched {
+                Watched::StopBegun => None,
+                Watched::Quiet(quiet) => Some(quiet),
+            },
+        };
+        drop(watch);
+        match quiet {
+            Some(Quiet::Idle) => {
+                // Slow-loris headers or an idle keep-alive connection: told
+                // to go away (HTTP/2: a GOAWAY; HTTP/1 closes at once), then
+                // dropped, which closes it without a response.
+                tracing::debug!("closing a connection idle for HEADER_READ_TIMEOUT");
+                connection.as_mut().graceful_shutdown();
+                if let Ok(result) = tokio::time::timeout(GOODBYE_WAIT, connection.as_mut()).await {
+                    log_connection_end(result);
                 }
+                return;
             }
+            Some(Quiet::Stalled) => {
+                metrics.write_timed_out();
+                tracing::debug!(
+                    "closing a connection that wrote nothing of its waiting output for WRITE_TIMEOUT"
+                );
+                return;
+            }
+            None => {}
         }
+        // The stop has begun.
+        let quiet = activity.watch(header_timeout, write_timeout);
+        tokio::pin!(quiet);
         if activity.in_flight.load(Ordering::Acquire) == 0 {
             // Idle: a request may be on the wire already. Wait briefly for it
             // so it is answered rather than cut off.
@@ -654,13 +743,28 @@ impl Connection {
                 () = tokio::time::sleep(self.idle_grace) => {}
             }
         }
-        // HTTP/1: finishes the request in flight (answered with Connection:
-        // close), then closes. HTTP/2: sends GOAWAY and finishes open streams.
+        if !activity.is_http2() {
+            // HTTP/1: each response now says `Connection: close`, after which
+            // hyper closes; a graceful shutdown while one is in flight would
+            // also make hyper add `close` to a 101 (an upgrade). So it waits
+            // until none is in flight.
+            tokio::select! {
+                result = connection.as_mut() => {
+                    log_connection_end(result);
+                    return;
+                }
+                () = activity.none_in_flight() => {}
+                _ = &mut quiet => return,
+            }
+        }
+        // HTTP/1: closes now (or after a request whose head is on its way).
+        // HTTP/2: sends GOAWAY and finishes open streams.
         connection.as_mut().graceful_shutdown();
         tokio::select! {
             result = connection.as_mut() => log_connection_end(result),
-            // A slow-loris head is still cut at the header timeout while stopping.
-            () = activity.idle_for(header_timeout) => {}
+            // A slow-loris head is still cut at the header timeout while
+            // stopping, and a stalled response at the write timeout.
+            _ = &mut quiet => {}
         }
     }
 }
@@ -704,7 +808,9 @@ mod tests {
     const LIMITS: Limits = Limits {
         header_read_timeout: Duration::from_secs(10),
         request_timeout: Duration::from_secs(10),
+        write_timeout: Duration::from_secs(10),
         max_body_bytes: 1024,
+        max_connections: 0,
     };
 
     /// Serves `listeners` in a task until the sender is used; the task
@@ -729,6 +835,20 @@ mod tests {
         tokio::sync::oneshot::Sender<()>,
         tokio::task::JoinHandle<Stopped>,
     ) {
+        start_limited(listeners, metrics, shutdown_timeout, stopping, LIMITS)
+    }
+
+    /// [`start_with`] with limits of the test's.
+    fn start_limited<S: AppService>(
+        listeners: Vec<(Listener, S)>,
+        metrics: Arc<Metrics>,
+        shutdown_timeout: Duration,
+        stopping: Stopping,
+        limits: Limits,
+    ) -> (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<Stopped>,
+    ) {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let serving = tokio::spawn(serve(
             listeners,
@@ -738,7 +858,7 @@ mod tests {
             std::future::pending(),
             ServeOptions {
                 shutdown_timeout,
-                limits: LIMITS,
+                limits,
                 metrics,
                 stopping,
             },
@@ -943,7 +1063,7 @@ mod tests {
     }
 
     /// Asks for a WebSocket at `path` and reads the 101 response's head.
-    async fn upgrade(client: &mut TcpStream, path: &str) {
+    async fn upgrade(client: &mut TcpStream, path: &str) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -959,11 +1079,9 @@ mod tests {
                 .unwrap();
             head.push(byte[0]);
         }
-        assert!(
-            head.starts_with(b"HTTP/1.1 101"),
-            "{}",
-            String::from_utf8_lossy(&head)
-        );
+        let head = String::from_utf8_lossy(&head).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        head
     }
 
     /// The same over HTTP/2, where hyper runs each request in a task of
@@ -1135,5 +1253,237 @@ mod tests {
             "{response}"
         );
         assert_eq!(stop_and_wait(stop, serving).await, Stopped::Drained);
+    }
+
+    /// Tells its `Notify` when dropped: the response that holds it is gone.
+    struct NotifyOnDrop(Arc<Notify>);
+
+    impl Drop for NotifyOnDrop {
+        fn drop(&mut self) {
+            self.0.notify_one();
+        }
+    }
+
+    /// A route at `/endless` whose response never ends (64 KiB chunks, as
+    /// fast as they are taken), and a `Notify` told when it is dropped.
+    fn endless_response() -> (axum::Router, Arc<Notify>) {
+        let dropped = Arc::new(Notify::new());
+        let app = axum::Router::new().route(
+            "/endless",
+            axum::routing::get({
+                let dropped = Arc::clone(&dropped);
+                move || {
+                    let guard = NotifyOnDrop(Arc::clone(&dropped));
+                    async move {
+                        let chunks = futures_util::stream::repeat_with(move || {
+                            let _held = &guard;
+                            Ok::<_, Infallible>(Bytes::from(vec![b'x'; 64 * 1024]))
+                        });
+                        axum::body::Body::from_stream(chunks)
+                    }
+                }
+            }),
+        );
+        (app, dropped)
+    }
+
+    /// Limits with a short `WRITE_TIMEOUT`.
+    const WRITE_LIMITS: Limits = Limits {
+        write_timeout: Duration::from_secs(1),
+        ..LIMITS
+    };
+
+    /// HTTP/1.1: a client that asks for a response and never reads it pins
+    /// the response (and whatever it holds) until `WRITE_TIMEOUT`, then the
+    /// connection is closed.
+    #[tokio::test]
+    async fn a_response_the_client_never_reads_is_closed_at_the_write_timeout() {
+        use tokio::io::AsyncWriteExt;
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let (app, dropped) = endless_response();
+        let metrics = Arc::new(Metrics::new([]));
+        let (stop, serving) = start_limited(
+            vec![(Listener::Tcp(tcp), crate::routes::service(app, LIMITS))],
+            Arc::clone(&metrics),
+            Duration::from_secs(5),
+            Stopping::new(),
+            WRITE_LIMITS,
+        );
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(b"GET /endless HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        // The client reads nothing: the server's writes wait, then it gives up.
+        tokio::time::timeout(DEADLINE, dropped.notified())
+            .await
+            .expect("the response is dropped at the write timeout");
+        read_until_closed(&mut client).await;
+        assert!(
+            metrics
+                .render()
+                .contains("portkeeper_write_timeouts_total 1\n")
+        );
+        assert_eq!(stop_and_wait(stop, serving).await, Stopped::Drained);
+    }
+
+    /// HTTP/2: a client whose stream windows start at 0 and never open
+    /// holds every response it asks for; the connection is closed at
+    /// `WRITE_TIMEOUT`, and the responses with it.
+    #[tokio::test]
+    async fn an_http2_window_never_opened_is_closed_at_the_write_timeout() {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let (app, dropped) = endless_response();
+        let (stop, serving) = start_limited(
+            vec![(Listener::Tcp(tcp), crate::routes::service(app, LIMITS))],
+            Arc::new(Metrics::new([])),
+            Duration::from_secs(5),
+            Stopping::new(),
+            WRITE_LIMITS,
+        );
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (mut sender, connection) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .initial_stream_window_size(0)
+                .handshake(TokioIo::new(stream))
+                .await
+                .unwrap();
+        let client = tokio::spawn(connection);
+        let request = Request::get(format!("http://{addr}/endless"))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        // The head arrives (headers are not flow-controlled); the body is never read.
+        let response = tokio::time::timeout(DEADLINE, sender.send_request(request))
+            .await
+            .expect("the response head arrives")
+            .unwrap();
+        tokio::time::timeout(DEADLINE, dropped.notified())
+            .await
+            .expect("the response is dropped at the write timeout");
+        tokio::time::timeout(DEADLINE, client)
+            .await
+            .expect("the server closes the connection")
+            .unwrap()
+            .ok();
+        drop(response);
+        assert_eq!(stop_and_wait(stop, serving).await, Stopped::Drained);
+    }
+
+    /// The idle clock does not run while a response waits to be written:
+    /// a response that hyper took whole (its body has ended) but still
+    /// writes to a client that reads late is not cut at
+    /// `HEADER_READ_TIMEOUT`.
+    #[tokio::test]
+    async fn a_response_still_being_written_is_not_idleness() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const SIZE: usize = 64 * 1024 * 1024;
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let body = Bytes::from(vec![b'x'; SIZE]);
+        let app =
+            axum::Router::new().route("/big", axum::routing::get(move || async move { body }));
+        let limits = Limits {
+            header_read_timeout: Duration::from_millis(300),
+            ..LIMITS
+        };
+        let (stop, serving) = start_limited(
+            vec![(Listener::Tcp(tcp), crate::routes::service(app, limits))],
+            Arc::new(Metrics::new([])),
+            Duration::from_secs(5),
+            Stopping::new(),
+            limits,
+        );
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        // Reads late, as a client on a loaded machine does: several header
+        // timeouts pass while the server waits to write.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let read = read_until_closed(&mut client).await;
+        let body_at = read.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert_eq!(read.len() - body_at, SIZE, "the response was cut");
+        let _ = client.read(&mut [0]).await;
+        assert_eq!(stop_and_wait(stop, serving).await, Stopped::Drained);
+    }
+
+    /// A WebSocket upgrade answered during the drain keeps its
+    /// `Connection: upgrade` (`close` in its place would break the
+    /// handshake), and the WebSocket works.
+    #[tokio::test]
+    async fn a_101_during_the_drain_keeps_connection_upgrade() {
+        use axum::extract::ws::WebSocketUpgrade;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let app = axum::Router::new().route(
+            "/ws",
+            axum::routing::get(|ws: WebSocketUpgrade| async move {
+                ws.on_upgrade(|mut socket| async move {
+                    while let Some(Ok(message)) = socket.recv().await {
+                        if socket.send(message).await.is_err() {
+                            break;
+                        }
+                    }
+                })
+            }),
+        );
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let (stream, peer) = tcp.accept().await.unwrap();
+        // A connection open and idle when the stop begins: it is served
+        // through its idle grace (here long enough never to end first).
+        let stop = Arc::new(Stop::default());
+        stop.begin();
+        let tracker = TaskTracker::new();
+        let metrics = Arc::new(Metrics::new([]));
+        let output = Arc::new(Output::new());
+        let connection = Connection {
+            stream: TrackedIo {
+                io: Stream::Left(stream),
+                home: None,
+                kill: Arc::default(),
+                closing: Closing::Home,
+                output: Arc::clone(&output),
+                write_blocked: false,
+                _permit: None,
+                _open: tracker.token(),
+                _counted: metrics.connections().open(),
+            },
+            output,
+            peer: Peer::Tcp(peer),
+            requests: tracker.token(),
+            stop,
+            metrics,
+            idle_grace: DEADLINE,
+            limits: LIMITS,
+            stopping: Stopping::new(),
+        };
+        let serving = tokio::spawn(connection.serve(crate::routes::service(app, LIMITS)));
+        let head = upgrade(&mut client, "/ws").await.to_ascii_lowercase();
+        assert!(head.contains("\r\nconnection: upgrade\r\n"), "{head}");
+        assert!(!head.contains("close"), "{head}");
+        // A masked text frame "hi", echoed back unmasked.
+        let mask = [1, 2, 3, 4];
+        let mut frame = vec![0x81, 0x80 | 2, 1, 2, 3, 4];
+        frame.extend(b"hi".iter().zip(mask).map(|(b, m)| b ^ m));
+        client.write_all(&frame).await.unwrap();
+        let mut echo = [0; 4];
+        tokio::time::timeout(DEADLINE, client.read_exact(&mut echo))
+            .await
+            .expect("the WebSocket answers")
+            .unwrap();
+        assert_eq!(echo, [0x81, 2, b'h', b'i']);
+        drop(client);
+        tokio::time::timeout(DEADLINE, serving)
+            .await
+            .expect("the connection ends")
+            .unwrap();
+        tracker.close();
+        tokio::time::timeout(DEADLINE, tracker.wait())
+            .await
+            .expect("the upgraded stream is dropped");
     }
 }

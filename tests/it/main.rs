@@ -9,6 +9,7 @@ mod configuration;
 mod embedding;
 mod embedding_settings;
 mod haproxy;
+mod hostile;
 mod inherit_env;
 mod listen_checks;
 mod listener_chain;
