@@ -1410,6 +1410,56 @@ mod tests {
         assert_eq!(stop_and_wait(stop, serving).await, Stopped::Drained);
     }
 
+    /// The same over HTTP/2: a response of one large chunk, which h2 sends
+    /// as the client's window opens, is not cut at `HEADER_READ_TIMEOUT`
+    /// while the client reads late.
+    #[tokio::test]
+    async fn an_http2_response_still_being_sent_is_not_idleness() {
+        use http_body_util::BodyExt;
+        const SIZE: usize = 4 * 1024 * 1024;
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let body = Bytes::from(vec![b'x'; SIZE]);
+        let app =
+            axum::Router::new().route("/big", axum::routing::get(move || async move { body }));
+        let limits = Limits {
+            header_read_timeout: Duration::from_millis(300),
+            ..LIMITS
+        };
+        let (stop, serving) = start_limited(
+            vec![(Listener::Tcp(tcp), crate::routes::service(app, limits))],
+            Arc::new(Metrics::new([])),
+            Duration::from_secs(5),
+            Stopping::new(),
+            limits,
+        );
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        let client = tokio::spawn(connection);
+        let request = Request::get(format!("http://{addr}/big"))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let response = tokio::time::timeout(DEADLINE, sender.send_request(request))
+            .await
+            .expect("the response head arrives")
+            .unwrap();
+        // Reads late: the window fills, and several header timeouts pass
+        // while the server waits for it to open.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let body = tokio::time::timeout(DEADLINE, response.into_body().collect())
+            .await
+            .expect("the body arrives")
+            .expect("the response was cut")
+            .to_bytes();
+        assert_eq!(body.len(), SIZE);
+        drop(sender);
+        let _ = tokio::time::timeout(DEADLINE, client).await;
+        assert_eq!(stop_and_wait(stop, serving).await, Stopped::Drained);
+    }
+
     /// A WebSocket upgrade answered during the drain keeps its
     /// `Connection: upgrade` (`close` in its place would break the
     /// handshake), and the WebSocket works.

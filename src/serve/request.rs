@@ -132,7 +132,19 @@ pub(super) struct Activity {
 pub(super) struct InFlight {
     activity: Arc<Activity>,
     held: Held,
+    /// HTTP/2: what is left of the body's last chunk, handed to hyper a
+    /// [`PIECE`] at a time.
+    rest: Bytes,
 }
+
+/// How much of a chunk an HTTP/2 response hands hyper at once: h2's
+/// largest frame by default. hyper gives h2 a chunk once the stream's window
+/// has room for one byte of it, and h2 keeps the rest until the window
+/// opens; given a large chunk whole (a body of one `Bytes`), the body would
+/// end at once, and the idle clock run while h2 still had most of it to send.
+/// A piece at a time, the response stays in flight (and held, for
+/// `WRITE_TIMEOUT`, when the window stays shut) until the last piece.
+const PIECE: usize = 16 * 1024;
 
 /// Whether hyper holds an HTTP/2 response's chunk, waiting for the peer's window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +171,32 @@ impl InFlight {
             self.activity.releases.fetch_add(1, Ordering::Relaxed);
             self.activity.held.fetch_sub(1, Ordering::AcqRel);
         }
+    }
+
+    /// HTTP/2: the first piece of a chunk for hyper, held; keeps the rest.
+    fn first_piece(&mut self, mut data: Bytes) -> Bytes {
+        self.hold();
+        if data.len() > PIECE {
+            let piece = data.split_to(PIECE);
+            self.rest = data;
+            piece
+        } else {
+            data
+        }
+    }
+
+    /// HTTP/2: the next piece of the last chunk, held, if any is left.
+    fn next_piece(&mut self) -> Option<Bytes> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let piece = if self.rest.len() > PIECE {
+            self.rest.split_to(PIECE)
+        } else {
+            std::mem::take(&mut self.rest)
+        };
+        self.hold();
+        Some(piece)
     }
 }
 
@@ -215,6 +253,7 @@ impl Activity {
         InFlight {
             activity: Arc::clone(self),
             held,
+            rest: Bytes::new(),
         }
     }
 
@@ -470,34 +509,61 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
-        // Polled again: hyper sent the chunk it held (HTTP/2).
         if let Some(in_flight) = this.in_flight {
-            in_flight.release();
+            if in_flight.held != Held::Untracked {
+                // Polled again: hyper gave h2 the piece it held (HTTP/2).
+                in_flight.release();
+                if let Some(piece) = in_flight.next_piece() {
+                    return Poll::Ready(Some(Ok(Frame::data(piece))));
+                }
+            }
         }
         let frame = match this.body.as_pin_mut() {
             Some(body) => std::task::ready!(body.poll_frame(cx)),
             None => None,
         };
-        match &frame {
-            None => drop(this.in_flight.take()),
-            Some(Ok(frame)) if frame.is_data() => {
-                if let Some(in_flight) = this.in_flight {
-                    in_flight.hold();
-                }
+        match frame {
+            None => {
+                drop(this.in_flight.take());
+                Poll::Ready(None)
             }
-            Some(_) => {}
+            Some(Ok(frame)) => match this.in_flight {
+                Some(in_flight) if in_flight.held != Held::Untracked => match frame.into_data() {
+                    Ok(data) => Poll::Ready(Some(Ok(Frame::data(in_flight.first_piece(data))))),
+                    Err(frame) => Poll::Ready(Some(Ok(frame))),
+                },
+                _ => Poll::Ready(Some(Ok(frame))),
+            },
+            Some(Err(err)) => Poll::Ready(Some(Err(err.into()))),
         }
-        Poll::Ready(frame.map(|frame| frame.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {
         self.body.as_ref().is_none_or(Body::is_end_stream)
+            && self
+                .in_flight
+                .as_ref()
+                .is_none_or(|in_flight| in_flight.rest.is_empty())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body
+        let hint = self
+            .body
             .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint);
+        let rest = self
+            .in_flight
+            .as_ref()
+            .map_or(0, |in_flight| in_flight.rest.len() as u64);
+        if rest == 0 {
+            return hint;
+        }
+        let mut with_rest = SizeHint::new();
+        if let Some(upper) = hint.upper() {
+            with_rest.set_upper(upper + rest);
+        }
+        with_rest.set_lower(hint.lower() + rest);
+        with_rest
     }
 }
 
