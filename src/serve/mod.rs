@@ -1434,10 +1434,12 @@ mod tests {
             limits,
         );
         let stream = TcpStream::connect(addr).await.unwrap();
-        let (mut sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .unwrap();
+        let (mut sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
         let client = tokio::spawn(connection);
         let request = Request::get(format!("http://{addr}/big"))
             .body(http_body_util::Empty::<Bytes>::new())
