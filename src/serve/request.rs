@@ -133,8 +133,10 @@ pub(super) struct InFlight {
     activity: Arc<Activity>,
     held: Held,
     /// HTTP/2: what is left of the body's last chunk, handed to hyper a
-    /// [`PIECE`] at a time.
-    rest: Bytes,
+    /// [`PIECE`] at a time. Boxed, and only for a chunk larger than a
+    /// piece: every response's future and body carry this guard, and hyper
+    /// moves them, so it stays three words.
+    rest: Option<Box<Bytes>>,
 }
 
 /// How much of a chunk an HTTP/2 response hands hyper at once: h2's
@@ -178,7 +180,10 @@ impl InFlight {
         self.hold();
         if data.len() > PIECE {
             let piece = data.split_to(PIECE);
-            self.rest = data;
+            match &mut self.rest {
+                Some(rest) => **rest = data,
+                None => self.rest = Some(Box::new(data)),
+            }
             piece
         } else {
             data
@@ -187,16 +192,19 @@ impl InFlight {
 
     /// HTTP/2: the next piece of the last chunk, held, if any is left.
     fn next_piece(&mut self) -> Option<Bytes> {
-        if self.rest.is_empty() {
-            return None;
-        }
-        let piece = if self.rest.len() > PIECE {
-            self.rest.split_to(PIECE)
+        let rest = self.rest.as_deref_mut().filter(|rest| !rest.is_empty())?;
+        let piece = if rest.len() > PIECE {
+            rest.split_to(PIECE)
         } else {
-            std::mem::take(&mut self.rest)
+            std::mem::take(rest)
         };
         self.hold();
         Some(piece)
+    }
+
+    /// How much of the last chunk is left (HTTP/2).
+    fn rest_len(&self) -> usize {
+        self.rest.as_deref().map_or(0, Bytes::len)
     }
 }
 
@@ -253,7 +261,7 @@ impl Activity {
         InFlight {
             activity: Arc::clone(self),
             held,
-            rest: Bytes::new(),
+            rest: None,
         }
     }
 
@@ -543,7 +551,7 @@ where
             && self
                 .in_flight
                 .as_ref()
-                .is_none_or(|in_flight| in_flight.rest.is_empty())
+                .is_none_or(|in_flight| in_flight.rest_len() == 0)
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -554,7 +562,7 @@ where
         let rest = self
             .in_flight
             .as_ref()
-            .map_or(0, |in_flight| in_flight.rest.len() as u64);
+            .map_or(0, |in_flight| in_flight.rest_len() as u64);
         if rest == 0 {
             return hint;
         }
