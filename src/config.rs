@@ -72,7 +72,9 @@ pub(crate) struct Overrides {
     pub(crate) shutdown_delay: Option<Duration>,
     pub(crate) header_read_timeout: Option<Duration>,
     pub(crate) request_timeout: Option<Duration>,
+    pub(crate) write_timeout: Option<Duration>,
     pub(crate) max_body_bytes: Option<usize>,
+    pub(crate) max_connections: Option<usize>,
     pub(crate) bind: Option<Bind>,
     pub(crate) auto_find_port: Option<RangeInclusive<u16>>,
     /// Redacted in `Debug`.
@@ -165,9 +167,17 @@ impl Overrides {
             limits.request_timeout =
                 check_duration("request_timeout", value, Limits::TIMEOUT_SECS)?;
         }
+        if let Some(value) = self.write_timeout {
+            limits.write_timeout = check_duration("write_timeout", value, Limits::TIMEOUT_SECS)?;
+        }
         if let Some(bytes) = self.max_body_bytes {
             limits.max_body_bytes = Limits::check_body_limit(bytes).map_err(|expected| {
                 ConfigError::invalid("max_body_bytes", bytes.to_string(), expected)
+            })?;
+        }
+        if let Some(cap) = self.max_connections {
+            limits.max_connections = Limits::check_max_connections(cap).map_err(|expected| {
+                ConfigError::invalid("max_connections", cap.to_string(), expected)
             })?;
         }
         Ok(limits)
@@ -293,6 +303,8 @@ mod tests {
             ("HEADER_READ_TIMEOUT", "5"),
             ("REQUEST_TIMEOUT", "5"),
             ("MAX_BODY_BYTES", "5"),
+            ("WRITE_TIMEOUT", "5"),
+            ("MAX_CONNECTIONS", "5"),
             ("DEBUG", "true"),
             ("RELOAD", "true"),
         ]);
@@ -301,7 +313,9 @@ mod tests {
             shutdown_delay: Some(Duration::from_millis(1500)),
             header_read_timeout: Some(Duration::from_secs(8)),
             request_timeout: Some(Duration::from_secs(9)),
+            write_timeout: Some(Duration::from_secs(11)),
             max_body_bytes: Some(10),
+            max_connections: Some(12),
             bind: Some(Bind::One("127.0.0.1:6000".parse().unwrap())),
             auto_find_port: Some(6001..=6010),
             api_tokens: Some(vec![Secret::new("tok-0123456789abcdef".to_owned())]),
@@ -314,6 +328,8 @@ mod tests {
         assert_eq!(cfg.limits.header_read_timeout, Duration::from_secs(8));
         assert_eq!(cfg.limits.request_timeout, Duration::from_secs(9));
         assert_eq!(cfg.limits.max_body_bytes, 10);
+        assert_eq!(cfg.limits.write_timeout, Duration::from_secs(11));
+        assert_eq!(cfg.limits.max_connections, 12);
         assert_eq!(cfg.listener.ip, IpAddr::V4(Ipv4Addr::LOCALHOST));
         assert_eq!(cfg.listener.port, 6000);
         assert_eq!(cfg.listener.search, Some(6001..=6010));
@@ -375,6 +391,20 @@ mod tests {
                 "request_timeout",
                 Overrides {
                     request_timeout: Some(Duration::from_secs(3601)),
+                    ..Overrides::default()
+                },
+            ),
+            (
+                "write_timeout",
+                Overrides {
+                    write_timeout: Some(Duration::ZERO),
+                    ..Overrides::default()
+                },
+            ),
+            (
+                "max_connections",
+                Overrides {
+                    max_connections: Some(1_000_001),
                     ..Overrides::default()
                 },
             ),

@@ -245,6 +245,33 @@ impl Server {
         self
     }
 
+    /// Time a connection with output waiting may go without writing any of
+    /// it (a client that stops reading, an HTTP/2 window never opened), in
+    /// place of `WRITE_TIMEOUT` (1 to 3600 s); it is closed after.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// let server = portkeeper::Server::from_env().write_timeout(Duration::from_secs(10));
+    /// # let _ = server;
+    /// ```
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        self.overrides.write_timeout = Some(timeout);
+        self
+    }
+
+    /// Open connections at most, over every listener, in place of
+    /// `MAX_CONNECTIONS` (0: no limit; at most 1,000,000). At the cap new
+    /// connections wait in the kernel's queue.
+    ///
+    /// ```no_run
+    /// let server = portkeeper::Server::from_env().max_connections(2_000);
+    /// # let _ = server;
+    /// ```
+    pub fn max_connections(mut self, cap: usize) -> Self {
+        self.overrides.max_connections = Some(cap);
+        self
+    }
+
     /// The largest request body accepted (413 above), in place of
     /// `MAX_BODY_BYTES` (0 to 1 GiB).
     ///

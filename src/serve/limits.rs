@@ -75,7 +75,7 @@ impl Limits {
     /// The limits' variables, in the order of the documentation.
     pub(crate) const VARIABLES: &'static [Variable] = VARIABLES;
 
-    /// The bounds of both timeouts, in seconds, for the typed setters.
+    /// The bounds of the timeouts, in seconds, for the typed setters.
     pub(crate) const TIMEOUT_SECS: RangeInclusive<u64> = TIMEOUT_SECS;
 
     /// Reads and checks the limits' variables.
@@ -106,12 +106,24 @@ impl Limits {
     }
 }
 
+impl Limits {
+    /// A connection cap up to [`MAX_CONNECTIONS_LIMIT`] (0: none); the error
+    /// says what is expected.
+    pub(crate) fn check_max_connections(cap: usize) -> Result<usize, String> {
+        if cap <= MAX_CONNECTIONS_LIMIT {
+            Ok(cap)
+        } else {
+            Err(format!(
+                "a number of connections from 0 (no limit) to {MAX_CONNECTIONS_LIMIT}"
+            ))
+        }
+    }
+}
+
 fn parse_max_connections(value: &str) -> Result<usize, String> {
     match value.parse::<usize>() {
-        Ok(cap) if cap <= MAX_CONNECTIONS_LIMIT => Ok(cap),
-        _ => Err(format!(
-            "a number of connections from 0 (no limit) to {MAX_CONNECTIONS_LIMIT}"
-        )),
+        Ok(cap) => Limits::check_max_connections(cap),
+        Err(_) => Limits::check_max_connections(usize::MAX),
     }
 }
 
