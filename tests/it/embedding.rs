@@ -29,6 +29,27 @@ fn quiet_server() -> Server {
         .upgrades(false)
 }
 
+/// Serves `app` as a task of the test's own runtime, as a host program
+/// would, until the returned sender is used (or dropped).
+fn spawn_serving(
+    listening: portkeeper::Listening,
+    app: Router,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), portkeeper::Error>>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        listening
+            .serve(app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .into_future(),
+    );
+    (stop, server)
+}
+
 async fn get_text(addr: std::net::SocketAddr, path: &str) -> Result<String> {
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     stream
@@ -47,15 +68,7 @@ async fn a_spawned_server_serves_and_stops_on_the_hosts_future() -> Result<()> {
     let listening = quiet_server().listen()?;
     let addr = listening.local_addr().context("a TCP address")?;
     let app = Router::new().route("/hello", get(|| async { "hello from the host" }));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        listening
-            .serve(app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .into_future(),
-    );
+    let (stop, server) = spawn_serving(listening, app);
     let response = tokio::time::timeout(DEADLINE, get_text(addr, "/hello")).await??;
     assert!(response.contains("hello from the host"), "{response}");
     stop.send(()).ok();
@@ -83,15 +96,7 @@ async fn a_handler_learns_that_the_stop_began() -> Result<()> {
             format!("stopping seen, before={before}")
         }),
     );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        listening
-            .serve(app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .into_future(),
-    );
+    let (stop, server) = spawn_serving(listening, app);
     let waiting = tokio::spawn(get_text(addr, "/wait"));
     // The request is in flight once the server counts it; /metrics says so.
     let in_flight = async {
@@ -136,15 +141,7 @@ async fn an_http2_handler_learns_that_the_stop_began() -> Result<()> {
             }
         }),
     );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        listening
-            .serve(app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .into_future(),
-    );
+    let (stop, server) = spawn_serving(listening, app);
     let stream = tokio::net::TcpStream::connect(addr).await?;
     let (mut sender, connection) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
