@@ -1371,17 +1371,18 @@ mod tests {
         assert_eq!(stop_and_wait(stop, serving).await, Stopped::Drained);
     }
 
-    /// The idle clock does not run while a response waits to be written:
-    /// a response that hyper took whole (its body has ended) but still
-    /// writes to a client that reads late is not cut at
-    /// `HEADER_READ_TIMEOUT`.
-    #[tokio::test]
-    async fn a_response_still_being_written_is_not_idleness() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        const SIZE: usize = 64 * 1024 * 1024;
+    /// Serves `GET /big`, a body of `size` bytes in one chunk, with a
+    /// header timeout of 300 ms: for the clients that read late.
+    async fn serve_big_body(
+        size: usize,
+    ) -> (
+        SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<Stopped>,
+    ) {
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = tcp.local_addr().unwrap();
-        let body = Bytes::from(vec![b'x'; SIZE]);
+        let body = Bytes::from(vec![b'x'; size]);
         let app =
             axum::Router::new().route("/big", axum::routing::get(move || async move { body }));
         let limits = Limits {
@@ -1395,6 +1396,18 @@ mod tests {
             Stopping::new(),
             limits,
         );
+        (addr, stop, serving)
+    }
+
+    /// The idle clock does not run while a response waits to be written:
+    /// a response that hyper took whole (its body has ended) but still
+    /// writes to a client that reads late is not cut at
+    /// `HEADER_READ_TIMEOUT`.
+    #[tokio::test]
+    async fn a_response_still_being_written_is_not_idleness() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const SIZE: usize = 64 * 1024 * 1024;
+        let (addr, stop, serving) = serve_big_body(SIZE).await;
         let mut client = TcpStream::connect(addr).await.unwrap();
         client
             .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -1417,22 +1430,7 @@ mod tests {
     async fn an_http2_response_still_being_sent_is_not_idleness() {
         use http_body_util::BodyExt;
         const SIZE: usize = 4 * 1024 * 1024;
-        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = tcp.local_addr().unwrap();
-        let body = Bytes::from(vec![b'x'; SIZE]);
-        let app =
-            axum::Router::new().route("/big", axum::routing::get(move || async move { body }));
-        let limits = Limits {
-            header_read_timeout: Duration::from_millis(300),
-            ..LIMITS
-        };
-        let (stop, serving) = start_limited(
-            vec![(Listener::Tcp(tcp), crate::routes::service(app, limits))],
-            Arc::new(Metrics::new([])),
-            Duration::from_secs(5),
-            Stopping::new(),
-            limits,
-        );
+        let (addr, stop, serving) = serve_big_body(SIZE).await;
         let stream = TcpStream::connect(addr).await.unwrap();
         let (mut sender, connection) = hyper::client::conn::http2::handshake(
             hyper_util::rt::TokioExecutor::new(),
