@@ -21,6 +21,15 @@ use std::path::Path;
 /// [`variables()`](crate::variables) lists them all, in the order of the
 /// documentation; `--help`, README, `docs/configuration.md` and
 /// `config.example.env` are kept in step with that list by tests.
+///
+/// ```
+/// let port = portkeeper::variables()
+///     .into_iter()
+///     .find(|variable| variable.name == "API_PORT")
+///     .expect("API_PORT is read");
+/// assert_eq!(port.default, Some("5050"));
+/// println!("{}: {}", port.name, port.meaning);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Variable {

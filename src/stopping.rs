@@ -57,11 +57,28 @@ impl Stopping {
 
     /// Completes once this process has begun to stop or to hand over; at
     /// once if it already has.
+    ///
+    /// ```no_run
+    /// // A handler that holds its answer until the stop begins.
+    /// async fn until_stop(stopping: portkeeper::Stopping) -> &'static str {
+    ///     stopping.wait().await;
+    ///     "stopping"
+    /// }
+    /// # let _ = until_stop;
+    /// ```
     pub async fn wait(&self) {
         self.0.cancelled().await;
     }
 
     /// Whether this process has begun to stop or to hand over.
+    ///
+    /// ```no_run
+    /// // Tells a client not to reconnect here once the stop has begun.
+    /// async fn status(stopping: portkeeper::Stopping) -> &'static str {
+    ///     if stopping.is_stopping() { "leaving" } else { "serving" }
+    /// }
+    /// # let _ = status;
+    /// ```
     pub fn is_stopping(&self) -> bool {
         self.0.is_cancelled()
     }
