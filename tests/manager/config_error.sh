@@ -16,29 +16,11 @@ binary=${1:-$root/target/debug/portkeeper}
 tool=$root/../shared/tools/systemd-user-manager
 [ -x "$tool/start.sh" ] || { echo "no manager tool at $tool" >&2; exit 2; }
 
-work=$(mktemp -d /tmp/pk-manager.XXXXXX)
-export PKUM=$work/pkum UNITS=$work/units
-mkdir -p "$UNITS"
-cleanup() {
-    "$tool/stop.sh" || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+. "$root/tests/manager/lib.sh"
+prepare_units
+install_service -e "s|^ExecStart=.*|ExecStart=$UNITS/portkeeper\nWorkingDirectory=$UNITS\nEnvironment=AUTO_FIND_PORT=sometimes|"
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-cp "$binary" "$UNITS/portkeeper"
-sed -e "s/^ListenStream=5050$/ListenStream=127.0.0.1:$port/" -e '/^BindIPv6Only=/d' \
-    systemd/portkeeper.socket >"$UNITS/portkeeper.socket"
-grep -v -E '^(DynamicUser|PrivateTmp|ProtectProc|ProcSubset|ProtectControlGroups|ProtectKernelTunables|ProtectHome)=' \
-    systemd/portkeeper.service |
-    sed -e "s|^ExecStart=.*|ExecStart=$UNITS/portkeeper\nWorkingDirectory=$UNITS\nEnvironment=AUTO_FIND_PORT=sometimes|" \
-    >"$UNITS/portkeeper.service"
-
-setsid "$tool/start.sh" >"$work/manager.log" 2>&1 </dev/null &
-for _ in $(seq 100); do [ -S "$PKUM/xdg/systemd/private" ] && break; sleep 0.1; done
-[ -S "$PKUM/xdg/systemd/private" ] || { echo "the manager did not start:" >&2; cat "$work/manager.log" >&2; exit 1; }
-export XDG_RUNTIME_DIR=$PKUM/xdg
-sc() { systemctl --user --no-pager "$@"; }
+start_manager
 sc start portkeeper.socket
 
 started=$(date +%s.%N)

@@ -32,36 +32,16 @@ for cg in /sys/fs/cgroup/*/pkum /sys/fs/cgroup/pkum; do
     fi
 done
 
-work=$(mktemp -d /tmp/pk-manager.XXXXXX)
-export PKUM=$work/pkum UNITS=$work/units
-mkdir -p "$UNITS"
-cleanup() {
-    "$tool/stop.sh" || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-cp "$binary" "$UNITS/portkeeper"
+. "$root/tests/manager/lib.sh"
+prepare_units
 cp "$binary" "$UNITS/portkeeper.good"
-sed -e "s/^ListenStream=5050$/ListenStream=127.0.0.1:$port/" -e '/^BindIPv6Only=/d' \
-    systemd/portkeeper.socket >"$UNITS/portkeeper.socket"
-# The manager tool's README: these hardening lines break start-up, readiness or
-# the journal in a user manager (services run as root there). Every
-# /usr/local/bin/portkeeper (ExecStart= and ExecReload=) is the test's copy.
-grep -v -E '^(DynamicUser|PrivateTmp|ProtectProc|ProcSubset|ProtectControlGroups|ProtectKernelTunables|ProtectHome)=' \
-    systemd/portkeeper.service |
-    sed -e "s|/usr/local/bin/portkeeper|$UNITS/portkeeper|g" \
-        -e "s|^ExecStart=.*|&\nWorkingDirectory=$UNITS|" \
-    >"$UNITS/portkeeper.service"
+# Every /usr/local/bin/portkeeper (ExecStart= and ExecReload=) is the test's copy.
+install_service -e "s|/usr/local/bin/portkeeper|$UNITS/portkeeper|g" \
+    -e "s|^ExecStart=.*|&\nWorkingDirectory=$UNITS|"
 grep -q "^ExecReload=$UNITS/portkeeper upgrade \$MAINPID\$" "$UNITS/portkeeper.service" ||
     { echo "the shipped unit's ExecReload= is not \`portkeeper upgrade \$MAINPID\`:" >&2; grep '^ExecReload' "$UNITS/portkeeper.service" >&2; exit 2; }
 
-setsid "$tool/start.sh" >"$work/manager.log" 2>&1 </dev/null &
-for _ in $(seq 100); do [ -S "$PKUM/xdg/systemd/private" ] && break; sleep 0.1; done
-[ -S "$PKUM/xdg/systemd/private" ] || { echo "the manager did not start:" >&2; cat "$work/manager.log" >&2; exit 1; }
-export XDG_RUNTIME_DIR=$PKUM/xdg
-sc() { systemctl --user --no-pager "$@"; }
+start_manager
 sc start portkeeper.socket
 
 prop() { sc show portkeeper.service -p "$1" --value; }
