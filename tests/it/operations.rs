@@ -3,7 +3,6 @@
 //!
 //! The same command under a real systemd manager: `tests/manager/upgrade_result.sh`.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -25,57 +24,6 @@ fn upgrade(pid: u32) -> (Option<i32>, String) {
     let mut run = Running::spawn(cmd, &format!("upgrade {pid}")).unwrap();
     let status = run.wait_exit(COMMAND_DEADLINE).unwrap();
     (status.code(), run.output())
-}
-
-/// A copy of the binary in `dir`, so that a test can replace it, and a
-/// command that runs it on a kernel-chosen loopback port.
-fn copy_of_binary(dir: &Path) -> (PathBuf, Command) {
-    let path = dir.join("portkeeper");
-    std::fs::copy(binary(), &path).expect("copy the binary");
-    let mut cmd = clean_command(&path);
-    cmd.current_dir(dir)
-        .env("HOST", "127.0.0.1")
-        .env("API_PORT", "0");
-    (path, cmd)
-}
-
-/// Spawns a freshly written executable: another test's fork may still hold
-/// it open for writing for a moment (ETXTBSY), so retry briefly.
-fn spawn_copy(cmd: &Command, label: &str) -> Running {
-    let end = Instant::now() + Duration::from_secs(5);
-    loop {
-        let mut attempt = clean_command(cmd.get_program());
-        for (name, value) in cmd.get_envs() {
-            if let Some(value) = value {
-                attempt.env(name, value);
-            }
-        }
-        if let Some(dir) = cmd.get_current_dir() {
-            attempt.current_dir(dir);
-        }
-        match Running::spawn(attempt, label) {
-            Ok(running) => return running,
-            Err(err)
-                if Instant::now() < end
-                    && err
-                        .downcast_ref::<std::io::Error>()
-                        .and_then(std::io::Error::raw_os_error)
-                        == Some(26) =>
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(err) => panic!("{err:#}"),
-        }
-    }
-}
-
-/// Puts `contents` at `path` as a new file (new inode), as an installer does.
-fn replace_file(path: &Path, contents: &[u8]) {
-    use std::os::unix::fs::PermissionsExt;
-    let next = path.with_extension("new");
-    std::fs::write(&next, contents).unwrap();
-    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::rename(&next, path).unwrap();
 }
 
 /// Asks `/info` until `pid` answers; every request must succeed.
@@ -136,7 +84,7 @@ fn upgrade_command_returns_once_the_new_process_serves() {
 fn a_failed_upgrade_exits_1_with_the_reason_and_the_old_process_serves_on() {
     let dir = TempDir::new();
     let (executable, cmd) = copy_of_binary(dir.path());
-    let mut server = spawn_copy(&cmd, "upgrade-broken");
+    let mut server = spawn_fresh_copy(&cmd, "upgrade-broken");
     let addr = server.serving_address().unwrap();
     let old = pid_of(&get_json(addr, "/info").unwrap());
 
@@ -166,7 +114,7 @@ fn a_failed_upgrade_exits_1_with_the_reason_and_the_old_process_serves_on() {
 fn an_upgrade_abandoned_by_a_stop_is_reported_as_failed() {
     let dir = TempDir::new();
     let (executable, cmd) = copy_of_binary(dir.path());
-    let mut server = spawn_copy(&cmd, "upgrade-abandoned");
+    let mut server = spawn_fresh_copy(&cmd, "upgrade-abandoned");
     let addr = server.serving_address().unwrap();
     let old = pid_of(&get_json(addr, "/info").unwrap());
 

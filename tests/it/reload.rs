@@ -58,28 +58,6 @@ fn finish_slow_request(mut stream: TcpStream) -> Result<serde_json::Value> {
     Ok(serde_json::from_str(&body)?)
 }
 
-/// Copies the built binary into `dir`, so a test may replace the file.
-/// A copy of the binary in `dir` (which a test may replace, as a build
-/// would), and a loopback command that runs it from `dir`.
-fn copy_of_binary(dir: &Path) -> (PathBuf, Command) {
-    let path = dir.join("portkeeper");
-    std::fs::copy(binary(), &path).expect("copy the binary");
-    let mut cmd = clean_command(&path);
-    cmd.current_dir(dir);
-    loopback(&mut cmd);
-    (path, cmd)
-}
-
-/// Puts `contents` at `path` as a new file (new inode), as a build or an
-/// installer does: written beside it, then renamed over it.
-fn replace_file(path: &Path, contents: &[u8]) {
-    use std::os::unix::fs::PermissionsExt;
-    let next = path.with_extension("new");
-    std::fs::write(&next, contents).unwrap();
-    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::rename(&next, path).unwrap();
-}
-
 /// `cmd`'s program and arguments, run through `setsid`: a session of its
 /// own, so no controlling terminal (a spawned child is no process group
 /// leader, so `setsid` execs in place and the pid stays the server's).
@@ -90,63 +68,11 @@ fn without_terminal(cmd: &Command) -> Command {
     detached
 }
 
-/// `into` with `cmd`'s variables and directory (not its program or arguments).
-fn copy_settings(cmd: &Command, mut into: Command) -> Command {
-    for (name, value) in cmd.get_envs() {
-        if let Some(value) = value {
-            into.env(name, value);
-        }
-    }
-    if let Some(dir) = cmd.get_current_dir() {
-        into.current_dir(dir);
-    }
-    into
-}
-
-/// Spawns a command whose program was just copied: while another test
-/// thread forks, its child briefly holds our write descriptor of the copy,
-/// and exec fails with ETXTBSY ("text file busy"). Retried for a while.
-fn spawn_fresh_copy(cmd: Command, label: &str) -> Running {
-    let end = Instant::now() + Duration::from_secs(5);
-    loop {
-        let mut attempt = copy_settings(&cmd, clean_command(cmd.get_program()));
-        attempt.args(cmd.get_args());
-        match Running::spawn(attempt, label) {
-            Ok(running) => return running,
-            Err(err)
-                if Instant::now() < end
-                    && err
-                        .downcast_ref::<std::io::Error>()
-                        .and_then(std::io::Error::raw_os_error)
-                        == Some(26) =>
-            // ETXTBSY
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(err) => panic!("{err:#}"),
-        }
-    }
-}
-
 /// The controlling terminal's device number (0: none).
 fn controlling_terminal(pid: u32) -> u64 {
     proc_stat(pid).expect("the process is running")[4]
         .parse()
         .unwrap()
-}
-
-/// Waits until `done` holds, for at most `deadline`.
-fn wait_until(deadline: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + deadline;
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() >= end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The inode of the socket listening on `addr` (IPv4), from /proc/net/tcp.
@@ -284,7 +210,7 @@ fn sigusr2_hands_the_socket_to_a_new_pid_on_the_same_port() {
 fn a_successor_that_fails_to_start_leaves_the_old_one_serving() {
     let dir = TempDir::new();
     let (executable, cmd) = copy_of_binary(dir.path());
-    let mut server = spawn_fresh_copy(cmd, "broken-upgrade");
+    let mut server = spawn_fresh_copy(&cmd, "broken-upgrade");
     let addr = server.serving_address().unwrap();
     let old = pid_of(&get_json(addr, "/info").unwrap());
 
@@ -311,7 +237,7 @@ fn reload_picks_up_a_replaced_executable() {
     let dir = TempDir::new();
     let (executable, mut cmd) = copy_of_binary(dir.path());
     cmd.env("RELOAD", "true");
-    let mut first = spawn_fresh_copy(cmd, "reload");
+    let mut first = spawn_fresh_copy(&cmd, "reload");
     let addr = first.serving_address().unwrap();
     first
         .wait_for_line("RELOAD: watching the executable", DEADLINE)
@@ -334,7 +260,7 @@ fn reload_picks_up_a_replaced_executable() {
 fn without_reload_a_replaced_executable_is_left_alone() {
     let dir = TempDir::new();
     let (executable, cmd) = copy_of_binary(dir.path());
-    let mut server = spawn_fresh_copy(cmd, "no-reload");
+    let mut server = spawn_fresh_copy(&cmd, "no-reload");
     let addr = server.serving_address().unwrap();
     let old = pid_of(&get_json(addr, "/info").unwrap());
     // No watch was started (it says so at start-up, before serving), so
@@ -487,7 +413,7 @@ fn sighup_under_a_manager_announces_the_new_mainpid() {
 fn a_failed_upgrade_kills_everything_the_new_process_started() {
     let dir = TempDir::new();
     let (executable, cmd) = copy_of_binary(dir.path());
-    let mut server = spawn_fresh_copy(cmd, "forking-upgrade");
+    let mut server = spawn_fresh_copy(&cmd, "forking-upgrade");
     let addr = server.serving_address().unwrap();
     let inode = listening_socket_inode(addr);
     assert_eq!(holders_of(inode), [server.pid()]);
@@ -524,7 +450,7 @@ fn a_failed_upgrade_kills_everything_the_new_process_started() {
 fn a_stop_during_an_upgrade_kills_everything_the_new_process_started() {
     let dir = TempDir::new();
     let (executable, cmd) = copy_of_binary(dir.path());
-    let mut server = spawn_fresh_copy(cmd, "forking-pending");
+    let mut server = spawn_fresh_copy(&cmd, "forking-pending");
     let addr = server.serving_address().unwrap();
     let inode = listening_socket_inode(addr);
 
@@ -625,7 +551,7 @@ fn under_a_manager_a_successor_that_fails_is_noticed_at_once() {
     let (manager, socket_path) = fake_manager(dir.path());
     let (executable, mut cmd) = copy_of_binary(dir.path());
     cmd.env("NOTIFY_SOCKET", &socket_path);
-    let mut server = spawn_fresh_copy(cmd, "managed-broken-upgrade");
+    let mut server = spawn_fresh_copy(&cmd, "managed-broken-upgrade");
     let addr = server.serving_address().unwrap();
     let inode = listening_socket_inode(addr);
 
@@ -662,7 +588,7 @@ fn under_a_manager_a_stop_during_an_upgrade_kills_the_orphaned_group() {
     let (_manager, socket_path) = fake_manager(dir.path());
     let (executable, mut cmd) = copy_of_binary(dir.path());
     cmd.env("NOTIFY_SOCKET", &socket_path);
-    let mut server = spawn_fresh_copy(cmd, "managed-forking-pending");
+    let mut server = spawn_fresh_copy(&cmd, "managed-forking-pending");
     let addr = server.serving_address().unwrap();
     let inode = listening_socket_inode(addr);
 
@@ -719,7 +645,7 @@ fn after_an_upgrade_on_a_terminal_closing_it_stops_the_successor() {
         &format!("{}; sleep 60", copy.get_program().to_str().unwrap()),
         "/dev/null",
     ]);
-    let mut terminal = spawn_fresh_copy(cmd, "terminal-upgrade");
+    let mut terminal = spawn_fresh_copy(&cmd, "terminal-upgrade");
     let line = terminal.wait_for_line(" serving ", DEADLINE).unwrap();
     let addr: SocketAddr = line
         .split(" serving ")
@@ -808,7 +734,7 @@ fn under_a_manager_a_forking_successor_that_fails_is_noticed_at_once() {
     let (_manager, socket_path) = fake_manager(dir.path());
     let (executable, mut cmd) = copy_of_binary(dir.path());
     cmd.env("NOTIFY_SOCKET", &socket_path);
-    let mut server = spawn_fresh_copy(cmd, "managed-forking-upgrade");
+    let mut server = spawn_fresh_copy(&cmd, "managed-forking-upgrade");
     let addr = server.serving_address().unwrap();
     let inode = listening_socket_inode(addr);
 

@@ -493,3 +493,76 @@ pub(crate) fn proc_stat(pid: u32) -> Option<Vec<String>> {
 pub(crate) fn has_exited(pid: u32) -> bool {
     proc_stat(pid).is_none_or(|fields| fields[0] == "Z" || fields[0] == "X")
 }
+
+/// A copy of the binary in `dir` (which a test may replace, as a build
+/// would), and a loopback command that runs it from `dir`.
+pub(crate) fn copy_of_binary(dir: &Path) -> (PathBuf, Command) {
+    let path = dir.join("portkeeper");
+    std::fs::copy(binary(), &path).expect("copy the binary");
+    let mut cmd = clean_command(&path);
+    cmd.current_dir(dir);
+    cmd.env("HOST", "127.0.0.1").env("API_PORT", "0");
+    (path, cmd)
+}
+
+/// Puts `contents` at `path` as a new file (new inode), as a build or an
+/// installer does: written beside it, then renamed over it.
+pub(crate) fn replace_file(path: &Path, contents: &[u8]) {
+    use std::os::unix::fs::PermissionsExt;
+    let next = path.with_extension("new");
+    std::fs::write(&next, contents).unwrap();
+    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&next, path).unwrap();
+}
+
+/// `into` with `cmd`'s variables and directory (not its program or arguments).
+pub(crate) fn copy_settings(cmd: &Command, mut into: Command) -> Command {
+    for (name, value) in cmd.get_envs() {
+        if let Some(value) = value {
+            into.env(name, value);
+        }
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        into.current_dir(dir);
+    }
+    into
+}
+
+/// Spawns a command whose program was just copied: while another test
+/// thread forks, its child briefly holds our write descriptor of the copy,
+/// and exec fails with ETXTBSY ("text file busy"). Retried for a while.
+pub(crate) fn spawn_fresh_copy(cmd: &Command, label: &str) -> Running {
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut attempt = copy_settings(cmd, clean_command(cmd.get_program()));
+        attempt.args(cmd.get_args());
+        match Running::spawn(attempt, label) {
+            Ok(running) => return running,
+            Err(err)
+                if Instant::now() < end
+                    && err
+                        .downcast_ref::<std::io::Error>()
+                        .and_then(std::io::Error::raw_os_error)
+                        == Some(26) =>
+            // ETXTBSY
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(err) => panic!("{err:#}"),
+        }
+    }
+}
+
+/// Waits until `done` holds, for at most `deadline`.
+pub(crate) fn wait_until(deadline: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -15,7 +15,7 @@
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -87,19 +87,6 @@ fn wait_for_successor(addr: SocketAddr, old: u32) -> u32 {
             return pid;
         }
         assert!(Instant::now() < end, "pid {old} still answers");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn wait_until(deadline: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + deadline;
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() >= end {
-            return false;
-        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -456,13 +443,4 @@ use std::os::unix::process::CommandExt as _;
 fn copy_binary(path: &Path) {
     let bytes = std::fs::read(binary()).unwrap();
     replace_file(path, &bytes);
-}
-
-/// Puts `contents` at `path` as a new file (new inode), as a build does.
-fn replace_file(path: &Path, contents: &[u8]) {
-    use std::os::unix::fs::PermissionsExt;
-    let next: PathBuf = path.with_extension("new");
-    std::fs::write(&next, contents).unwrap();
-    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::rename(&next, path).unwrap();
 }
