@@ -60,6 +60,7 @@ use request::{Activity, Output, PerRequest, Quiet, peer_extensions};
 
 mod accept;
 mod limits;
+mod proxy;
 mod request;
 
 pub(crate) use limits::Limits;
