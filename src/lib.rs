@@ -94,6 +94,8 @@ pub use listener::Listener;
 pub use server::{Listening, Serve, Server};
 pub use settings::Variable;
 pub use stopping::Stopping;
+#[cfg(feature = "tls")]
+pub use tls::ClientIdentity;
 
 /// Every environment variable portkeeper reads, with its default and its
 /// meaning, in the order of the documentation: for a program's own `--help`,
