@@ -85,6 +85,10 @@ mod signals;
 mod startup;
 mod stopping;
 mod timeout;
+// Until the listeners and the accept loop use it (they are being wired):
+// then this allowance goes.
+#[allow(unused)]
+mod tls;
 mod upgrade;
 
 pub use error::Error;
@@ -92,6 +96,8 @@ pub use listener::Listener;
 pub use server::{Listening, Serve, Server};
 pub use settings::Variable;
 pub use stopping::Stopping;
+#[cfg(feature = "tls")]
+pub use tls::ClientIdentity;
 
 /// Every environment variable portkeeper reads, with its default and its
 /// meaning, in the order of the documentation: for a program's own `--help`,
