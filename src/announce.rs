@@ -102,14 +102,15 @@ pub(crate) fn log_serving(info: &ListenerInfo, urls: &[String]) {
         Endpoint::Abstract(name) => Some(format!("@{name}")),
     };
     // The role, then the marks if any: "app", "app+tls".
-    let role = match info.marks.to_string() {
-        marks if marks.is_empty() => info.role.as_str().to_owned(),
-        marks => format!("{}+{marks}", info.role.as_str()),
+    let marks = Some(info.marks.to_string()).filter(|marks| !marks.is_empty());
+    let role = match &marks {
+        None => info.role.as_str().to_owned(),
+        Some(marks) => format!("{}+{marks}", info.role.as_str()),
     };
     tracing::info!(
         source = %info.source,
         role = info.role.as_str(),
-        marks = %info.marks,
+        marks,
         address = %info.address,
         port = info.address.tcp().map(|a| a.port()),
         path,

@@ -17,8 +17,8 @@ use crate::lifecycle::StopSettings;
 use crate::listener::{Endpoint, ListenSettings, ListenSpec, Marks, Role};
 use crate::logging::LogSettings;
 use crate::serve::{Limits, ProxySettings};
-use crate::tls::TlsSettings;
 use crate::settings::{ConfigError, Environment, Variable, check_duration};
+use crate::tls::TlsSettings;
 use crate::upgrade::UpgradeSettings;
 
 /// Every variable portkeeper reads, owner by owner, in the order of the
@@ -26,13 +26,13 @@ use crate::upgrade::UpgradeSettings;
 pub(crate) fn variables() -> impl Iterator<Item = &'static Variable> {
     [
         ListenSettings::VARIABLES,
-        TlsSettings::VARIABLES,
         ProxySettings::VARIABLES,
         LogSettings::VARIABLES,
         debug_routes::VARIABLES,
         UpgradeSettings::VARIABLES,
         Auth::VARIABLES,
         Limits::VARIABLES,
+        TlsSettings::VARIABLES,
         StopSettings::VARIABLES,
     ]
     .into_iter()
@@ -44,7 +44,9 @@ pub(crate) fn variables() -> impl Iterator<Item = &'static Variable> {
 pub(crate) struct Config {
     /// Where to bind when no socket is inherited, and which inherited ones serve the app.
     pub(crate) listener: ListenSettings,
-    /// The certificate pair, client certificates and handshake bounds of TLS listeners.
+    /// The certificate pair, client certificates and handshake bounds of
+    /// TLS listeners (read, and checked, in a build without TLS too).
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     pub(crate) tls: TlsSettings,
     /// The peers that may send PROXY headers to listeners marked `proxy`.
     pub(crate) proxy: ProxySettings,

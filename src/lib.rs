@@ -85,9 +85,6 @@ mod signals;
 mod startup;
 mod stopping;
 mod timeout;
-// Until the listeners and the accept loop use it (they are being wired):
-// then this allowance goes.
-#[allow(unused)]
 mod tls;
 mod upgrade;
 

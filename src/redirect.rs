@@ -49,7 +49,11 @@ fn redirect(request: &Request, port: Option<u16>) -> Response {
             [(header::LOCATION, location)],
         )
             .into_response(),
-        Err(_) => (StatusCode::BAD_REQUEST, "the request cannot be redirected\n").into_response(),
+        Err(_) => (
+            StatusCode::BAD_REQUEST,
+            "the request cannot be redirected\n",
+        )
+            .into_response(),
     }
 }
 

@@ -165,18 +165,31 @@ pub(crate) fn edge(config: &Config, bound: &listener::Bound) -> Result<Edge, Con
             ),
         ));
     }
+    #[cfg(feature = "tls")]
     let tls = match marked(|marks| marks.tls) {
         None => None,
         Some(info) => Some(load_tls(config, info)?),
     };
+    #[cfg(not(feature = "tls"))]
+    if let Some(info) = marked(|marks| marks.tls) {
+        return Err(ConfigError::invalid(
+            "LISTEN",
+            format!("{}={}", info.marks, info.address),
+            "a listener without tls: this program was built without portkeeper's tls feature",
+        ));
+    }
     Ok(Edge {
+        #[cfg(feature = "tls")]
         tls,
         proxy: Arc::new(config.proxy.clone()),
     })
 }
 
 #[cfg(feature = "tls")]
-fn load_tls(config: &Config, info: &listener::ListenerInfo) -> Result<crate::tls::Tls, ConfigError> {
+fn load_tls(
+    config: &Config,
+    info: &listener::ListenerInfo,
+) -> Result<crate::tls::Tls, ConfigError> {
     let Some(pair) = &config.tls.pair else {
         return Err(ConfigError::invalid(
             "TLS_CERT_FILE",
@@ -187,14 +200,15 @@ fn load_tls(config: &Config, info: &listener::ListenerInfo) -> Result<crate::tls
             ),
         ));
     };
-    crate::tls::Tls::load(&config.tls, pair)
-}
-
-#[cfg(not(feature = "tls"))]
-fn load_tls(_config: &Config, info: &listener::ListenerInfo) -> Result<std::convert::Infallible, ConfigError> {
-    Err(ConfigError::invalid(
-        "LISTEN",
-        format!("{}={}", info.marks, info.address),
-        "a listener without tls: this program was built without portkeeper's tls feature",
-    ))
+    let tls = crate::tls::Tls::load(&config.tls, pair)?;
+    let serving = tls.serving();
+    tracing::info!(
+        cert = %pair.cert.display(),
+        serial = serving.serial,
+        subject = serving.subject,
+        not_after = serving.not_after,
+        client_certificates = config.tls.client_ca.is_some(),
+        "TLS certificate loaded"
+    );
+    Ok(tls)
 }

@@ -41,9 +41,6 @@ pub(crate) struct Edge {
     /// The TLS acceptor, when a listener serves TLS.
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<crate::tls::Tls>,
-    /// Never made without the tls feature: a TLS listener is refused then.
-    #[cfg(not(feature = "tls"))]
-    pub(crate) tls: Option<std::convert::Infallible>,
     /// The peers allowed to send PROXY headers.
     pub(crate) proxy: Arc<ProxySettings>,
 }

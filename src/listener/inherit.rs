@@ -573,10 +573,7 @@ mod tests {
         };
         assert_eq!(roles(&unnamed, "http", plain), vec![app; 2]);
         // TLS=true marks the sockets systemfd hands over without names.
-        let tls = Marks {
-            tls: true,
-            ..plain
-        };
+        let tls = Marks { tls: true, ..plain };
         assert_eq!(
             roles(&unnamed, "http", tls),
             vec![Some((Role::App, tls)); 2]
@@ -613,7 +610,10 @@ mod tests {
             ]
         );
         // A successor reads back the name each listener is handed over with.
-        for (role, marks) in roles(&offer, "http", Marks::default()).into_iter().flatten() {
+        for (role, marks) in roles(&offer, "http", Marks::default())
+            .into_iter()
+            .flatten()
+        {
             for app_name in ["http", "web"] {
                 let name = marks.fd_name(role, app_name);
                 assert_eq!(

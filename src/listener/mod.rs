@@ -140,13 +140,9 @@ impl Marks {
     /// `https`, `admin+tls`, `http+proxy+redirect`, ...
     pub(crate) fn fd_name(self, role: Role, app_name: &str) -> String {
         let (mut name, rest) = match role {
-            Role::App if self.tls && app_name == "http" => (
-                HTTPS_FD_NAME.to_owned(),
-                Marks {
-                    tls: false,
-                    ..self
-                },
-            ),
+            Role::App if self.tls && app_name == "http" => {
+                (HTTPS_FD_NAME.to_owned(), Marks { tls: false, ..self })
+            }
             Role::App => (app_name.to_owned(), self),
             Role::Admin => (ADMIN_FD_NAME.to_owned(), self),
         };
@@ -179,10 +175,7 @@ impl Marks {
 
     /// Parses a `LISTEN` prefix's words (`tls`, `proxy`, `redirect`), with
     /// the role words `app` and `admin` when `roles` allows them.
-    pub(crate) fn parse_prefix(
-        prefix: &str,
-        roles: bool,
-    ) -> Result<(Option<Role>, Marks), String> {
+    pub(crate) fn parse_prefix(prefix: &str, roles: bool) -> Result<(Option<Role>, Marks), String> {
         let mut role = None;
         let mut marks = Marks::default();
         for word in prefix.split('+').map(str::trim) {

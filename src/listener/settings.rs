@@ -648,10 +648,22 @@ mod tests {
         for (name, value, needle) in [
             ("LISTEN", "tsl=127.0.0.1:1", "\"tsl\" is not a role prefix"),
             ("LISTEN", "app+admin=127.0.0.1:1", "names two roles"),
-            ("LISTEN", "tls+redirect=127.0.0.1:1", "redirect is for a plain app listener"),
-            ("LISTEN", "admin+redirect=127.0.0.1:1", "redirect is for a plain app listener"),
+            (
+                "LISTEN",
+                "tls+redirect=127.0.0.1:1",
+                "redirect is for a plain app listener",
+            ),
+            (
+                "LISTEN",
+                "admin+redirect=127.0.0.1:1",
+                "redirect is for a plain app listener",
+            ),
             ("ADMIN_LISTEN", "admin+tls=127.0.0.1:1", "role prefix"),
-            ("ADMIN_LISTEN", "redirect=127.0.0.1:1", "redirect is for a plain app listener"),
+            (
+                "ADMIN_LISTEN",
+                "redirect=127.0.0.1:1",
+                "redirect is for a plain app listener",
+            ),
         ] {
             let err = error(&[(name, value)]);
             assert!(

@@ -65,8 +65,8 @@ mod proxy;
 mod request;
 
 pub(crate) use limits::Limits;
-pub(crate) use proxy::ProxySettings;
 use proxy::Proxied;
+pub(crate) use proxy::ProxySettings;
 
 /// How long, once a stop begins, an idle connection may take to send its next request.
 ///
@@ -385,8 +385,12 @@ async fn accept_loop<S: AppService>(
                     Some(tls) => match tls.try_handshake_permit() {
                         Some(permit) => Some(permit),
                         None => {
-                            accepting.metrics.tls_handshake(crate::tls::HandshakeOutcome::OverCap);
-                            tracing::debug!("closing a connection: TLS_MAX_HANDSHAKES handshakes are in progress");
+                            accepting
+                                .metrics
+                                .tls_handshake(crate::metrics::HandshakeOutcome::OverCap);
+                            tracing::debug!(
+                                "closing a connection: TLS_MAX_HANDSHAKES handshakes are in progress"
+                            );
                             continue;
                         }
                     },
@@ -749,7 +753,10 @@ impl Connection {
         };
         #[cfg(not(feature = "tls"))]
         let io = stream;
-        scope.clone().scope(self.serve_http(io, scope, service)).await;
+        scope
+            .clone()
+            .scope(self.serve_http(io, scope, service))
+            .await;
     }
 
     async fn serve_http<S: AppService>(self, io: Io, scope: ConnectionScope, service: S) {
@@ -773,8 +780,7 @@ impl Connection {
         builder.http1().header_read_timeout(None);
         // RFC 8441: WebSockets over HTTP/2, as axum::serve allows.
         builder.http2().enable_connect_protocol();
-        let connection =
-            builder.serve_connection_with_upgrades(TokioIo::new(io), per_request);
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), per_request);
         tokio::pin!(connection);
 
         let (header_timeout, write_timeout) =
@@ -1042,7 +1048,11 @@ mod tests {
                 axum::routing::get(move || async move { scraped.render() }),
             );
         let (stop, serving) = start(
-            vec![(Listener::Tcp(tcp), Wire::default(), crate::routes::service(app, LIMITS))],
+            vec![(
+                Listener::Tcp(tcp),
+                Wire::default(),
+                crate::routes::service(app, LIMITS),
+            )],
             metrics,
         );
         let request = |line: &str, host: bool| {
@@ -1153,7 +1163,11 @@ mod tests {
             }),
         );
         let (stop, serving) = start_with(
-            vec![(Listener::Tcp(tcp), Wire::default(), crate::routes::service(app, LIMITS))],
+            vec![(
+                Listener::Tcp(tcp),
+                Wire::default(),
+                crate::routes::service(app, LIMITS),
+            )],
             Arc::new(Metrics::new([])),
             Duration::from_millis(200),
             Stopping::new(),
@@ -1223,7 +1237,11 @@ mod tests {
             }),
         );
         let (stop, serving) = start_with(
-            vec![(Listener::Tcp(tcp), Wire::default(), crate::routes::service(app, LIMITS))],
+            vec![(
+                Listener::Tcp(tcp),
+                Wire::default(),
+                crate::routes::service(app, LIMITS),
+            )],
             Arc::new(Metrics::new([])),
             Duration::from_millis(200),
             Stopping::new(),
@@ -1276,7 +1294,11 @@ mod tests {
             }),
         );
         let (stop, serving) = start_with(
-            vec![(Listener::Tcp(tcp), Wire::default(), crate::routes::service(app, LIMITS))],
+            vec![(
+                Listener::Tcp(tcp),
+                Wire::default(),
+                crate::routes::service(app, LIMITS),
+            )],
             Arc::new(Metrics::new([])),
             Duration::from_millis(200),
             Stopping::new(),
@@ -1310,7 +1332,11 @@ mod tests {
             }),
         );
         let (stop, serving) = start_with(
-            vec![(Listener::Tcp(tcp), Wire::default(), crate::routes::service(app, LIMITS))],
+            vec![(
+                Listener::Tcp(tcp),
+                Wire::default(),
+                crate::routes::service(app, LIMITS),
+            )],
             Arc::new(Metrics::new([])),
             Duration::from_millis(200),
             Stopping::new(),
@@ -1346,7 +1372,11 @@ mod tests {
         );
         let stopping = Stopping::new();
         let (stop, serving) = start_with(
-            vec![(Listener::Tcp(tcp), Wire::default(), crate::routes::service(app, LIMITS))],
+            vec![(
+                Listener::Tcp(tcp),
+                Wire::default(),
+                crate::routes::service(app, LIMITS),
+            )],
             Arc::new(Metrics::new([])),
             Duration::from_secs(5),
             stopping.clone(),
@@ -1419,7 +1449,11 @@ mod tests {
         let (app, dropped) = endless_response();
         let metrics = Arc::new(Metrics::new([]));
         let (stop, serving) = start_limited(
-            vec![(Listener::Tcp(tcp), Wire::default(), crate::routes::service(app, LIMITS))],
+            vec![(
+                Listener::Tcp(tcp),
+                Wire::default(),
+                crate::routes::service(app, LIMITS),
+            )],
             Arc::clone(&metrics),
             Duration::from_secs(5),
             Stopping::new(),
@@ -1452,7 +1486,11 @@ mod tests {
         let addr = tcp.local_addr().unwrap();
         let (app, dropped) = endless_response();
         let (stop, serving) = start_limited(
-            vec![(Listener::Tcp(tcp), Wire::default(), crate::routes::service(app, LIMITS))],
+            vec![(
+                Listener::Tcp(tcp),
+                Wire::default(),
+                crate::routes::service(app, LIMITS),
+            )],
             Arc::new(Metrics::new([])),
             Duration::from_secs(5),
             Stopping::new(),
@@ -1505,7 +1543,11 @@ mod tests {
             ..LIMITS
         };
         let (stop, serving) = start_limited(
-            vec![(Listener::Tcp(tcp), Wire::default(), crate::routes::service(app, limits))],
+            vec![(
+                Listener::Tcp(tcp),
+                Wire::default(),
+                crate::routes::service(app, limits),
+            )],
             Arc::new(Metrics::new([])),
             Duration::from_secs(5),
             Stopping::new(),
@@ -1605,18 +1647,18 @@ mod tests {
         let tracker = TaskTracker::new();
         let metrics = Arc::new(Metrics::new([]));
         let output = Arc::new(Output::new());
+        let stream = TrackedIo {
+            io: Stream::Left(stream),
+            home: None,
+            kill: Arc::default(),
+            closing: Closing::Home,
+            output: Arc::clone(&output),
+            write_blocked: false,
+            _permit: None,
+            _open: tracker.token(),
+            _counted: metrics.connections().open(),
+        };
         let connection = Connection {
-            stream: TrackedIo {
-                io: Stream::Left(stream),
-                home: None,
-                kill: Arc::default(),
-                closing: Closing::Home,
-                output: Arc::clone(&output),
-                write_blocked: false,
-                _permit: None,
-                _open: tracker.token(),
-                _counted: metrics.connections().open(),
-            },
             output,
             peer: Peer::Tcp(peer),
             requests: tracker.token(),
@@ -1625,8 +1667,11 @@ mod tests {
             idle_grace: DEADLINE,
             limits: LIMITS,
             stopping: Stopping::new(),
+            wire: Wire::default(),
+            #[cfg(feature = "tls")]
+            handshake: None,
         };
-        let serving = tokio::spawn(connection.serve(crate::routes::service(app, LIMITS)));
+        let serving = tokio::spawn(connection.serve(stream, crate::routes::service(app, LIMITS)));
         let head = upgrade(&mut client, "/ws").await.to_ascii_lowercase();
         assert!(head.contains("\r\nconnection: upgrade\r\n"), "{head}");
         assert!(!head.contains("close"), "{head}");

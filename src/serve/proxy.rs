@@ -17,7 +17,6 @@
 //! bytes). A header usually arrives in one segment, so that path is rare.
 
 // Wired into the accept loop separately; until then nothing calls in.
-#![allow(dead_code)]
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;

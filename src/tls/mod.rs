@@ -16,12 +16,10 @@ mod settings;
 
 #[cfg(feature = "tls")]
 pub use identity::ClientIdentity;
-pub(crate) use settings::{PairPaths, TlsSettings};
+pub(crate) use settings::TlsSettings;
 
 #[cfg(feature = "tls")]
-pub(crate) use certs::Summary;
-#[cfg(feature = "tls")]
-pub(crate) use runtime::{Accepted, HandshakeError, Tls};
+pub(crate) use runtime::Tls;
 
 #[cfg(feature = "tls")]
 mod runtime {

@@ -2,6 +2,9 @@
 //! with certificates made here by rcgen (same provider, ring).
 
 use std::net::{IpAddr, Ipv4Addr};
+
+use super::runtime::{Accepted, HandshakeError};
+use super::settings::PairPaths;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
