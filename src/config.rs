@@ -18,7 +18,7 @@ use crate::listener::{Endpoint, ListenSettings, ListenSpec, Marks, Role};
 use crate::logging::LogSettings;
 use crate::serve::{Limits, ProxySettings};
 use crate::settings::{ConfigError, Environment, Variable, check_duration};
-use crate::tls::TlsSettings;
+use crate::tls::{PairPaths, TlsSettings};
 use crate::upgrade::UpgradeSettings;
 
 /// Every variable portkeeper reads, owner by owner, in the order of the
@@ -90,6 +90,9 @@ pub(crate) struct Overrides {
     pub(crate) api_tokens: Option<Vec<Secret>>,
     pub(crate) debug: Option<bool>,
     pub(crate) reload: Option<bool>,
+    pub(crate) tls: Option<bool>,
+    pub(crate) tls_files: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    pub(crate) tls_client_ca: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -103,7 +106,7 @@ impl Config {
     /// typed value out of range is refused naming its setter.
     pub(crate) fn load(env: &Environment, overrides: &Overrides) -> Result<Self, ConfigError> {
         let mut listener = overrides.apply_listener(ListenSettings::from_env(env)?)?;
-        let tls = TlsSettings::from_env(env)?;
+        let tls = overrides.apply_tls(TlsSettings::from_env(env)?);
         listener.unmarked.tls = tls.unmarked;
         let proxy = ProxySettings::from_env(env)?;
         let debug = overrides
@@ -171,6 +174,23 @@ impl Overrides {
             listener.search = Some(range.clone());
         }
         Ok(listener)
+    }
+
+    fn apply_tls(&self, mut tls: TlsSettings) -> TlsSettings {
+        tls.unmarked = self.tls.unwrap_or(tls.unmarked);
+        if let Some((cert, key)) = &self.tls_files {
+            tls.pair = Some(PairPaths {
+                cert: cert.clone(),
+                key: key.clone(),
+                cert_setting: "tls_files (certificate)".to_owned(),
+                key_setting: "tls_files (key)".to_owned(),
+            });
+        }
+        if let Some(path) = &self.tls_client_ca {
+            tls.client_ca = Some(path.clone());
+            tls.client_ca_setting = "tls_client_ca".to_owned();
+        }
+        tls
     }
 
     fn apply_limits(&self, mut limits: Limits) -> Result<Limits, ConfigError> {
@@ -336,8 +356,20 @@ mod tests {
             api_tokens: Some(vec![Secret::new("tok-0123456789abcdef".to_owned())]),
             debug: Some(false),
             reload: Some(false),
+            tls: Some(true),
+            tls_files: Some(("/etc/c.pem".into(), "/etc/k.pem".into())),
+            tls_client_ca: Some("/etc/ca.pem".into()),
         };
         let cfg = Config::load(&env, &overrides).unwrap();
+        // TLS=true reaches the listener settings; the files are the setter's.
+        assert!(cfg.tls.unmarked && cfg.listener.unmarked.tls);
+        let pair = cfg.tls.pair.as_ref().unwrap();
+        assert_eq!(pair.cert, std::path::Path::new("/etc/c.pem"));
+        assert_eq!(pair.key_setting, "tls_files (key)");
+        assert_eq!(
+            cfg.tls.client_ca.as_deref(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
         assert_eq!(cfg.stop.shutdown_timeout, Duration::from_secs(7));
         assert_eq!(cfg.stop.shutdown_delay, Duration::from_millis(1500));
         assert_eq!(cfg.limits.header_read_timeout, Duration::from_secs(8));

@@ -342,6 +342,45 @@ impl Server {
         self
     }
 
+    /// Serves TLS on the listeners that carry no mark of their own
+    /// (`HOST:API_PORT`, [`Server::bind`], the port search, inherited sockets
+    /// without a name), in place of `TLS`. `LISTEN` entries are marked each
+    /// (`tls=0.0.0.0:8443`), inherited ones by name (`https`).
+    ///
+    /// ```no_run
+    /// let server = portkeeper::Server::from_env()
+    ///     .tls(true)
+    ///     .tls_files("/etc/app/cert.pem", "/etc/app/key.pem");
+    /// # let _ = server;
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, on: bool) -> Self {
+        self.overrides.tls = Some(on);
+        self
+    }
+
+    /// The certificate chain and key (PEM) of the TLS listeners, in place of
+    /// `TLS_CERT_FILE` and `TLS_KEY_FILE` (and the systemd credentials). The
+    /// files are read at [`Server::listen`], and again whenever they change.
+    #[cfg(feature = "tls")]
+    pub fn tls_files(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.overrides.tls_files = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// Requires client certificates that chain to the CA certificates (PEM)
+    /// in `path`, in place of `TLS_CLIENT_CA_FILE`; handlers read the
+    /// verified identity with [`ClientIdentity`](crate::ClientIdentity).
+    #[cfg(feature = "tls")]
+    pub fn tls_client_ca(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.overrides.tls_client_ca = Some(path.into());
+        self
+    }
+
     /// Development diagnostics (the debug routes, debug logging unless
     /// `LOG_LEVEL` says otherwise), in place of `DEBUG`.
     ///

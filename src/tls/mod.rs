@@ -16,7 +16,7 @@ mod settings;
 
 #[cfg(feature = "tls")]
 pub use identity::ClientIdentity;
-pub(crate) use settings::TlsSettings;
+pub(crate) use settings::{PairPaths, TlsSettings};
 
 #[cfg(feature = "tls")]
 pub(crate) use runtime::Tls;
