@@ -156,13 +156,12 @@ pub(crate) fn edge(config: &Config, bound: &listener::Bound) -> Result<Edge, Con
     }
     let proxied_tcp = infos().find(|info| info.marks.proxy && info.address.tcp().is_some());
     if let (Some(info), true) = (proxied_tcp, config.proxy.trusted.is_empty()) {
-        return Err(ConfigError::invalid(
-            "PROXY_TRUSTED",
-            "",
+        return Err(ConfigError::Owner(
             format!(
-                "the addresses of the load balancers that send PROXY headers: {} takes them over TCP, and no peer is trusted",
+                "PROXY_TRUSTED: unset, but {} takes PROXY headers over TCP (set it to the addresses or networks of the load balancers that send them)",
                 info.address
-            ),
+            )
+            .into(),
         ));
     }
     #[cfg(feature = "tls")]
@@ -191,13 +190,12 @@ fn load_tls(
     info: &listener::ListenerInfo,
 ) -> Result<crate::tls::Tls, ConfigError> {
     let Some(pair) = &config.tls.pair else {
-        return Err(ConfigError::invalid(
-            "TLS_CERT_FILE",
-            "",
+        return Err(ConfigError::Owner(
             format!(
-                "a PEM certificate chain, with TLS_KEY_FILE (or systemd credentials tls-cert and tls-key): {} serves TLS",
+                "TLS_CERT_FILE: unset, but {} serves TLS (set TLS_CERT_FILE and TLS_KEY_FILE to a PEM certificate chain and its key, or give the service the credentials tls-cert and tls-key)",
                 info.address
-            ),
+            )
+            .into(),
         ));
     };
     let tls = crate::tls::Tls::load(&config.tls, pair)?;
