@@ -91,6 +91,17 @@ fn v2(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
     header
 }
 
+/// `header` (v2) with a TLV appended, as AWS's NLB adds its endpoint's id
+/// (type 0xEA) or HAProxy the authority (0x02): skipped, not refused.
+fn with_tlv(mut header: Vec<u8>, kind: u8, value: &[u8]) -> Vec<u8> {
+    header.push(kind);
+    header.extend((value.len() as u16).to_be_bytes());
+    header.extend(value);
+    let length = (header.len() - 16) as u16;
+    header[14..16].copy_from_slice(&length.to_be_bytes());
+    header
+}
+
 /// A v2 LOCAL header: what a balancer sends on its own connections (health
 /// checks); the connection's own peer stands.
 fn v2_local() -> Vec<u8> {
@@ -215,6 +226,12 @@ fn v1_v2_and_v2_ipv6_headers_give_handlers_the_client_and_local_keeps_the_peer()
         ip_after(addr, &v2(six, six_front)).unwrap(),
         "[2001:db8::7]:6000"
     );
+    let tlvs = with_tlv(
+        with_tlv(v2(v2_client, FRONT), 0x02, b"example.com"),
+        0xEA,
+        b"\x01vpce-0123456789abcdef",
+    );
+    assert_eq!(ip_after(addr, &tlvs).unwrap(), v2_client.to_string());
     // v1 for IPv6 too.
     let v1_six = b"PROXY TCP6 2001:db8::7 2001:db8::1 6000 443\r\n";
     assert_eq!(ip_after(addr, v1_six).unwrap(), "[2001:db8::7]:6000");
@@ -404,6 +421,65 @@ fn an_inherited_socket_named_http_proxy_reads_the_header() {
     closed_without_answer(stream).unwrap();
     let line = wait_for_refusals(&server, 1).unwrap();
     assert!(line.contains("not a PROXY header"), "{line}");
+}
+
+#[test]
+fn an_upgrade_hands_the_proxy_listener_over_with_its_mark() {
+    let dir = TempDir::new();
+    let cmd = app(
+        &dir,
+        &[
+            ("LISTEN", "proxy=127.0.0.1:0"),
+            ("ADMIN_LISTEN", "127.0.0.1:0"),
+            ("PROXY_TRUSTED", "127.0.0.1"),
+        ],
+    );
+    let mut server = Running::spawn(cmd, "proxy-upgrade").unwrap();
+    let lines = serving_lines(&mut server, 2).unwrap();
+    let address = |role: &str| -> SocketAddr {
+        lines
+            .iter()
+            .find(|l| field(l, "role") == Some(role))
+            .and_then(|l| field(l, "address")?.parse().ok())
+            .unwrap_or_else(|| panic!("no {role} listener in {lines:#?}"))
+    };
+    let (public, admin) = (address("app"), address("admin"));
+    let old = get_json(admin, "/info").unwrap()["pid"].as_u64().unwrap();
+
+    server.signal("USR2").unwrap();
+    let end = Instant::now() + DEADLINE;
+    let successor = loop {
+        // The header is read throughout, by whichever process serves.
+        assert_eq!(
+            ip_after(public, &v2(CLIENT, FRONT)).unwrap(),
+            CLIENT.to_string()
+        );
+        let info = get_json(admin, "/info").unwrap();
+        if info["pid"].as_u64() != Some(old) {
+            break info;
+        }
+        assert!(Instant::now() < end, "no successor within {DEADLINE:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _successor = Successor(successor["pid"].as_u64().unwrap() as u32);
+    assert!(server.wait_exit(DEADLINE).unwrap().success());
+    let handed = successor["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["role"] == "app")
+        .cloned()
+        .unwrap();
+    assert_eq!(handed["source"], "handoff", "{handed}");
+    assert_eq!(handed["proxy"], true, "{handed}");
+    assert_eq!(
+        ip_after(public, &v1(CLIENT, FRONT)).unwrap(),
+        CLIENT.to_string()
+    );
+    // Still required: the successor refuses a request without one.
+    let mut stream = connect(public).unwrap();
+    stream.write_all(&get("/ip")).unwrap();
+    closed_without_answer(stream).unwrap();
 }
 
 #[test]
