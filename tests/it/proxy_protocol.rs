@@ -579,7 +579,8 @@ fn no_header_within_5_s_closes_the_connection_and_others_are_served_meanwhile() 
             proxied_get(connect(addr).unwrap(), &v1(CLIENT, FRONT), "/health").unwrap();
         assert_eq!(status, 200);
     }
-    assert!(started.elapsed() < Duration::from_secs(2));
+    // Well before the silent ones are closed: nothing waited for them.
+    assert!(started.elapsed() < Duration::from_secs(4));
     for waiting in waiting {
         let waited = waiting.join().unwrap().unwrap();
         assert!(
