@@ -17,6 +17,7 @@ mod listeners;
 mod logging;
 mod operations;
 mod peers;
+mod proxy_protocol;
 mod reload;
 mod robustness;
 mod support;
