@@ -378,24 +378,6 @@ async fn accept_loop<S: AppService>(
         match accepted {
             Ok((stream, peer)) => {
                 backoff.succeeded();
-                // TLS_MAX_HANDSHAKES: a connection beyond it is closed at
-                // once rather than queued behind slow handshakes.
-                #[cfg(feature = "tls")]
-                let handshake = match &wire.tls {
-                    Some(tls) => match tls.try_handshake_permit() {
-                        Some(permit) => Some(permit),
-                        None => {
-                            accepting
-                                .metrics
-                                .tls_handshake(crate::metrics::HandshakeOutcome::OverCap);
-                            tracing::debug!(
-                                "closing a connection: TLS_MAX_HANDSHAKES handshakes are in progress"
-                            );
-                            continue;
-                        }
-                    },
-                    None => None,
-                };
                 let output = Arc::new(Output::new());
                 let stream = TrackedIo {
                     io: stream,
@@ -418,8 +400,6 @@ async fn accept_loop<S: AppService>(
                     limits: accepting.limits,
                     stopping: accepting.stopping.for_connection(),
                     wire: wire.clone(),
-                    #[cfg(feature = "tls")]
-                    handshake,
                 };
                 tasks.spawn(connection.serve(stream, service.clone()));
                 // While accepts keep coming, the `join_next` branch above
@@ -713,9 +693,6 @@ struct Connection {
     stopping: Stopping,
     /// What the listener speaks besides plain HTTP.
     wire: Wire,
-    /// A place under `TLS_MAX_HANDSHAKES`, given back once the handshake ends.
-    #[cfg(feature = "tls")]
-    handshake: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Connection {
@@ -734,8 +711,17 @@ impl Connection {
         let (io, scope) = match self.wire.tls.take() {
             None => (Io::Left(stream), scope),
             Some(tls) => {
+                // TLS_MAX_HANDSHAKES: a connection beyond it is closed at
+                // once rather than queued behind slow handshakes. Taken
+                // after the PROXY header, which has a deadline of its own.
+                let Some(permit) = tls.try_handshake_permit() else {
+                    self.metrics
+                        .tls_handshake(crate::metrics::HandshakeOutcome::OverCap);
+                    tracing::debug!(peer = %self.peer, "closing a connection: TLS_MAX_HANDSHAKES handshakes are in progress");
+                    return;
+                };
                 let accepted = tls.accept(stream, &self.metrics).await;
-                drop(self.handshake.take());
+                drop(permit);
                 match accepted {
                     Ok(accepted) => (
                         Io::Right(accepted.stream),
@@ -1668,8 +1654,6 @@ mod tests {
             limits: LIMITS,
             stopping: Stopping::new(),
             wire: Wire::default(),
-            #[cfg(feature = "tls")]
-            handshake: None,
         };
         let serving = tokio::spawn(connection.serve(stream, crate::routes::service(app, LIMITS)));
         let head = upgrade(&mut client, "/ws").await.to_ascii_lowercase();
