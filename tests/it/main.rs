@@ -22,5 +22,6 @@ mod robustness;
 mod support;
 mod systemd;
 mod terminal;
+mod tls_scan;
 mod trust;
 mod unix_sockets;
