@@ -859,14 +859,64 @@ fn every_system_call_made_is_allowed_by_the_service_filter() {
     let (Some(strace), Some(analyze)) = (peer_tool("strace"), peer_tool("systemd-analyze")) else {
         return;
     };
+    check_system_calls(&strace, &analyze, "portkeeper.service", None);
+}
+
+/// The same with TLS, as `portkeeper-tls.service` runs it: an fd named
+/// `https`, the pair from `$CREDENTIALS_DIRECTORY`, requests over TLS, and
+/// a rotation of the pair (the watch's file checks and the reload).
+#[test]
+fn every_system_call_made_over_tls_is_allowed_by_the_tls_service_filter() {
+    let (Some(strace), Some(analyze), Some(curl)) = (
+        peer_tool("strace"),
+        peer_tool("systemd-analyze"),
+        peer_tool("curl"),
+    ) else {
+        return;
+    };
+    check_system_calls(&strace, &analyze, "portkeeper-tls.service", Some(&curl));
+}
+
+/// A self-signed certificate for localhost and its key, as PEM.
+fn localhost_pair() -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// GET `path` over HTTPS from 127.0.0.1:`port` with curl, trusting `ca`
+/// alone; the body, or `None` when curl fails (the certificate too).
+fn curl_https(curl: &Path, port: u16, ca: &Path, path: &str) -> Option<String> {
+    let output = clean_command(curl)
+        .args(["-sS", "--fail", "--max-time", "10", "--cacert"])
+        .arg(ca)
+        .arg("--resolve")
+        .arg(format!("localhost:{port}:127.0.0.1"))
+        .arg(format!("https://localhost:{port}{path}"))
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Runs the server under strace as `unit` runs it (with TLS when `curl`
+/// is given, to talk to it) and checks every system call it made against
+/// the unit's `SystemCallFilter=`, and every socket it created against
+/// `RestrictAddressFamilies=`.
+fn check_system_calls(strace: &Path, analyze: &Path, unit: &str, curl: Option<&Path>) {
     if !succeeds(strace.to_str().unwrap(), &["-f", "-o", "/dev/null", "true"]) {
         eprintln!("note: strace cannot trace here (ptrace denied); the filter is unchecked");
         return;
     }
-    let groups = syscall_groups(&analyze);
+    let groups = syscall_groups(analyze);
     let mut allowed = std::collections::HashSet::new();
     let mut denied = std::collections::HashSet::new();
-    let service = unit_settings("portkeeper.service");
+    let service = unit_settings(unit);
     for filter in values(&service, "SystemCallFilter") {
         let (set, names) = match filter.strip_prefix('~') {
             Some(names) => (&mut denied, names),
@@ -884,9 +934,19 @@ fn every_system_call_made_is_allowed_by_the_service_filter() {
     let notify = NotifySocket::at_path();
     let listener = loopback_listener();
     let addr = listener.local_addr().unwrap();
-    let mut cmd = clean_command(&strace);
+    let credentials = dir.path().join("credentials");
+    std::fs::create_dir(&credentials).unwrap();
+    let mut cmd = clean_command(strace);
+    if curl.is_some() {
+        let (cert, key) = localhost_pair();
+        std::fs::write(credentials.join("tls-cert"), cert).unwrap();
+        std::fs::write(credentials.join("tls-key"), key).unwrap();
+        cmd.env("LISTEN_FDNAMES", "https")
+            .env("CREDENTIALS_DIRECTORY", &credentials);
+    } else {
+        cmd.env("LISTEN_FDNAMES", "http");
+    }
     cmd.env("LISTEN_FDS", "1")
-        .env("LISTEN_FDNAMES", "http")
         .env("NOTIFY_SOCKET", &notify.value)
         .env("WATCHDOG_USEC", "200000")
         .current_dir(dir.path())
@@ -899,8 +959,31 @@ fn every_system_call_made_is_allowed_by_the_service_filter() {
     // stderr is the journal stream, so the server probes journald's socket.
     let mut traced = Running::spawn_on_journal_stream(cmd, "strace").unwrap();
     notify.receive_until(|m| m.contains("READY=1"), DEADLINE);
-    assert_eq!(get_json(addr, "/health").unwrap()["status"], "ok");
-    let info = get_json(addr, "/info").unwrap();
+    let info = match curl {
+        None => {
+            assert_eq!(get_json(addr, "/health").unwrap()["status"], "ok");
+            get_json(addr, "/info").unwrap()
+        }
+        Some(curl) => {
+            let cert = credentials.join("tls-cert");
+            let info = curl_https(curl, addr.port(), &cert, "/info")
+                .unwrap_or_else(|| panic!("no answer over TLS on {addr}"));
+            // A new pair, written as a rotation tool does (a new file renamed
+            // over the old); new handshakes get it within 2 to 4 s.
+            let (new_cert, new_key) = localhost_pair();
+            let next = dir.path().join("next.pem");
+            std::fs::write(&next, new_key).unwrap();
+            std::fs::rename(&next, credentials.join("tls-key")).unwrap();
+            std::fs::write(&next, &new_cert).unwrap();
+            std::fs::rename(&next, &cert).unwrap();
+            assert!(
+                wait_until(DEADLINE, || curl_https(curl, addr.port(), &cert, "/health")
+                    .is_some()),
+                "the rotated pair was not served"
+            );
+            serde_json::from_str(&info).unwrap()
+        }
+    };
     notify.receive_until(|m| m == "WATCHDOG=1", DEADLINE);
     // SIGTERM to the server itself, not to strace.
     let kill = Command::new("kill")
