@@ -17,9 +17,9 @@ use anyhow::{Context, Result, anyhow, bail};
 
 use crate::support::*;
 
-/// One scan's bound: 55 to 65 s alone on a 2-core machine with a debug build,
-/// up to 117 s with the other scan beside it and a busy machine; most of it
-/// is testssl waiting out its renegotiation and vulnerability checks.
+/// One scan's bound: both scans side by side took 43 to 117 s on a shared
+/// 2-core machine with a debug build, depending on its load; most of it is
+/// testssl waiting out its renegotiation and vulnerability checks.
 const SCAN_DEADLINE: Duration = Duration::from_secs(240);
 
 /// What testssl is asked for: protocols (`-p`), cipher categories (`-s`), every
