@@ -69,7 +69,8 @@ pub(crate) fn load_pair(
         path: pair.key.clone(),
         problem,
     };
-    let chain = read_certificates(&pair.cert).map_err(cert_err)?;
+    let chain = read_certificates(&pair.cert, "the server's first, then its intermediates")
+        .map_err(cert_err)?;
     let summary = summarize(&chain[0]).map_err(cert_err)?;
     let key = read_key(&pair.key).map_err(key_err)?;
     // rustls's key errors name the key's kind, never its bytes.
@@ -101,11 +102,12 @@ pub(crate) fn load_client_cas(setting: &str, path: &Path) -> Result<RootCertStor
         problem,
     };
     let mut roots = RootCertStore::empty();
-    for (index, cert) in read_certificates(path)
-        .map_err(err)?
-        .into_iter()
-        .enumerate()
-    {
+    let cas = read_certificates(
+        path,
+        "the CA certificates client certificates must chain to",
+    )
+    .map_err(err)?;
+    for (index, cert) in cas.into_iter().enumerate() {
         roots.add(cert).map_err(|e| {
             err(format!(
                 "certificate {} is not a usable CA certificate ({e})",
@@ -116,17 +118,17 @@ pub(crate) fn load_client_cas(setting: &str, path: &Path) -> Result<RootCertStor
     Ok(roots)
 }
 
-/// The certificates of a PEM file, in order; at least one.
-fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+/// The certificates of a PEM file, in order; at least one. `which` says
+/// what the file should hold, for the error when it holds none.
+fn read_certificates(path: &Path, which: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     let pem = read_file(path)?;
     let chain = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(pem_problem)?;
     if chain.is_empty() {
-        return Err(
-            "holds no certificate (expected PEM \"-----BEGIN CERTIFICATE-----\" blocks, the server's first)"
-                .to_owned(),
-        );
+        return Err(format!(
+            "holds no certificate (expected PEM \"-----BEGIN CERTIFICATE-----\" blocks: {which})"
+        ));
     }
     for (index, cert) in chain.iter().enumerate() {
         if let Err(err) = x509_parser::parse_x509_certificate(cert) {

@@ -298,7 +298,7 @@ fn a_file_that_is_not_pem_is_refused_by_name() {
     assert_eq!(
         load_error(&paths),
         format!(
-            "TLS_CERT_FILE ({}): holds no certificate (expected PEM \"-----BEGIN CERTIFICATE-----\" blocks, the server's first)",
+            "TLS_CERT_FILE ({}): holds no certificate (expected PEM \"-----BEGIN CERTIFICATE-----\" blocks: the server's first, then its intermediates)",
             paths.cert.display()
         )
     );
@@ -454,12 +454,12 @@ fn a_bad_client_ca_file_is_refused_by_name() {
     let message = Tls::load(&settings(&paths, Some(&bad)), &paths)
         .unwrap_err()
         .to_string();
-    assert!(
-        message.starts_with(&format!(
-            "TLS_CLIENT_CA_FILE ({}): holds no certificate",
+    assert_eq!(
+        message,
+        format!(
+            "TLS_CLIENT_CA_FILE ({}): holds no certificate (expected PEM \"-----BEGIN CERTIFICATE-----\" blocks: the CA certificates client certificates must chain to)",
             bad.display()
-        )),
-        "{message}"
+        ),
     );
 }
 

@@ -24,5 +24,6 @@ mod support;
 mod systemd;
 mod terminal;
 mod tls;
+mod tls_scan;
 mod trust;
 mod unix_sockets;

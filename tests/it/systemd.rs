@@ -39,7 +39,28 @@ fn unit_source(name: &str) -> PathBuf {
 fn install_units(dir: &Path, extra_service_lines: &str) -> (PathBuf, PathBuf) {
     let socket = dir.join("portkeeper.socket");
     std::fs::copy(unit_source("portkeeper.socket"), &socket).unwrap();
-    let service_text = std::fs::read_to_string(unit_source("portkeeper.service")).unwrap();
+    let service = install_service(dir, "portkeeper.service", extra_service_lines);
+    (socket, service)
+}
+
+/// The TLS recipe's units (docs/tls.md), installed as [`install_units`]
+/// does: the two sockets and the service, in that order.
+fn install_tls_units(dir: &Path, extra_service_lines: &str) -> [PathBuf; 3] {
+    let sockets = TLS_SOCKETS.map(|name| {
+        let path = dir.join(name);
+        std::fs::copy(unit_source(name), &path).unwrap();
+        path
+    });
+    let service = install_service(dir, "portkeeper-tls.service", extra_service_lines);
+    [sockets[0].clone(), sockets[1].clone(), service]
+}
+
+/// The TLS recipe's socket units: HTTPS, and the optional redirect.
+const TLS_SOCKETS: [&str; 2] = ["portkeeper-tls.socket", "portkeeper-tls-redirect.socket"];
+
+/// Copies the service `name` into `dir`, as [`install_units`] describes.
+fn install_service(dir: &Path, name: &str, extra_service_lines: &str) -> PathBuf {
+    let service_text = std::fs::read_to_string(unit_source(name)).unwrap();
     assert!(
         service_text.contains("ExecStart=/usr/local/bin/portkeeper\n"),
         "the service should run /usr/local/bin/portkeeper, as README installs it"
@@ -52,9 +73,9 @@ fn install_units(dir: &Path, extra_service_lines: &str) -> (PathBuf, PathBuf) {
         "ExecReload=/usr/local/bin/portkeeper ",
         &format!("ExecReload={} ", binary()),
     );
-    let service = dir.join("portkeeper.service");
+    let service = dir.join(name);
     std::fs::write(&service, service_text).unwrap();
-    (socket, service)
+    service
 }
 
 /// Runs `systemd-analyze` with `args` in `dir`; returns success and all it printed.
@@ -99,6 +120,29 @@ fn systemd_analyze_verify_prints_nothing_for_the_units() {
         printed.contains("ProtectSytem"),
         "verify should report an unknown key; it printed:\n{printed}"
     );
+
+    // The TLS recipe's units (docs/tls.md), the same way.
+    let verify_tls = |extra: &str| {
+        let dir = TempDir::new();
+        let units = install_tls_units(dir.path(), extra);
+        let mut args = vec!["verify"];
+        args.extend(units.iter().map(|u| u.to_str().unwrap()));
+        systemd_analyze(&tool, dir.path(), &args)
+    };
+    let (ok, printed) = verify_tls("");
+    assert!(
+        ok,
+        "systemd-analyze verify failed for the TLS units:\n{printed}"
+    );
+    assert_eq!(
+        printed, "",
+        "systemd-analyze verify should print nothing for the TLS units"
+    );
+    let (_, printed) = verify_tls("LoadCredentail=x:/y\n");
+    assert!(
+        printed.contains("LoadCredentail"),
+        "verify should report an unknown key in the TLS service; it printed:\n{printed}"
+    );
 }
 
 #[test]
@@ -124,6 +168,27 @@ fn the_service_is_rated_safe_by_systemd_analyze_security() {
     assert!(
         exposure <= MAX_EXPOSURE,
         "exposure {exposure} is above {MAX_EXPOSURE}:\n{printed}"
+    );
+
+    // The TLS recipe's service (docs/tls.md) keeps the same rating.
+    let tls_dir = TempDir::new();
+    let [_, _, tls_service] = install_tls_units(tls_dir.path(), "");
+    let (_, tls_printed) = systemd_analyze(
+        &tool,
+        tls_dir.path(),
+        &[
+            "security",
+            "--offline=true",
+            "--no-pager",
+            tls_service.to_str().unwrap(),
+        ],
+    );
+    let tls_exposure = overall_exposure(&tls_printed)
+        .unwrap_or_else(|| panic!("no overall exposure in:\n{tls_printed}"));
+    eprintln!("portkeeper-tls.service: exposure {tls_exposure}");
+    assert_eq!(
+        tls_exposure, exposure,
+        "the TLS service should be rated as the plain one:\n{tls_printed}"
     );
 
     // Without the hardening section the same measure rates it far worse.
@@ -794,14 +859,64 @@ fn every_system_call_made_is_allowed_by_the_service_filter() {
     let (Some(strace), Some(analyze)) = (peer_tool("strace"), peer_tool("systemd-analyze")) else {
         return;
     };
+    check_system_calls(&strace, &analyze, "portkeeper.service", None);
+}
+
+/// The same with TLS, as `portkeeper-tls.service` runs it: an fd named
+/// `https`, the pair from `$CREDENTIALS_DIRECTORY`, requests over TLS, and
+/// a rotation of the pair (the watch's file checks and the reload).
+#[test]
+fn every_system_call_made_over_tls_is_allowed_by_the_tls_service_filter() {
+    let (Some(strace), Some(analyze), Some(curl)) = (
+        peer_tool("strace"),
+        peer_tool("systemd-analyze"),
+        peer_tool("curl"),
+    ) else {
+        return;
+    };
+    check_system_calls(&strace, &analyze, "portkeeper-tls.service", Some(&curl));
+}
+
+/// A self-signed certificate for localhost and its key, as PEM.
+fn localhost_pair() -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// GET `path` over HTTPS from 127.0.0.1:`port` with curl, trusting `ca`
+/// alone; the body, or `None` when curl fails (the certificate too).
+fn curl_https(curl: &Path, port: u16, ca: &Path, path: &str) -> Option<String> {
+    let output = clean_command(curl)
+        .args(["-sS", "--fail", "--max-time", "10", "--cacert"])
+        .arg(ca)
+        .arg("--resolve")
+        .arg(format!("localhost:{port}:127.0.0.1"))
+        .arg(format!("https://localhost:{port}{path}"))
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Runs the server under strace as `unit` runs it (with TLS when `curl`
+/// is given, to talk to it) and checks every system call it made against
+/// the unit's `SystemCallFilter=`, and every socket it created against
+/// `RestrictAddressFamilies=`.
+fn check_system_calls(strace: &Path, analyze: &Path, unit: &str, curl: Option<&Path>) {
     if !succeeds(strace.to_str().unwrap(), &["-f", "-o", "/dev/null", "true"]) {
         eprintln!("note: strace cannot trace here (ptrace denied); the filter is unchecked");
         return;
     }
-    let groups = syscall_groups(&analyze);
+    let groups = syscall_groups(analyze);
     let mut allowed = std::collections::HashSet::new();
     let mut denied = std::collections::HashSet::new();
-    let service = unit_settings("portkeeper.service");
+    let service = unit_settings(unit);
     for filter in values(&service, "SystemCallFilter") {
         let (set, names) = match filter.strip_prefix('~') {
             Some(names) => (&mut denied, names),
@@ -819,9 +934,19 @@ fn every_system_call_made_is_allowed_by_the_service_filter() {
     let notify = NotifySocket::at_path();
     let listener = loopback_listener();
     let addr = listener.local_addr().unwrap();
-    let mut cmd = clean_command(&strace);
+    let credentials = dir.path().join("credentials");
+    std::fs::create_dir(&credentials).unwrap();
+    let mut cmd = clean_command(strace);
+    if curl.is_some() {
+        let (cert, key) = localhost_pair();
+        std::fs::write(credentials.join("tls-cert"), cert).unwrap();
+        std::fs::write(credentials.join("tls-key"), key).unwrap();
+        cmd.env("LISTEN_FDNAMES", "https")
+            .env("CREDENTIALS_DIRECTORY", &credentials);
+    } else {
+        cmd.env("LISTEN_FDNAMES", "http");
+    }
     cmd.env("LISTEN_FDS", "1")
-        .env("LISTEN_FDNAMES", "http")
         .env("NOTIFY_SOCKET", &notify.value)
         .env("WATCHDOG_USEC", "200000")
         .current_dir(dir.path())
@@ -834,8 +959,31 @@ fn every_system_call_made_is_allowed_by_the_service_filter() {
     // stderr is the journal stream, so the server probes journald's socket.
     let mut traced = Running::spawn_on_journal_stream(cmd, "strace").unwrap();
     notify.receive_until(|m| m.contains("READY=1"), DEADLINE);
-    assert_eq!(get_json(addr, "/health").unwrap()["status"], "ok");
-    let info = get_json(addr, "/info").unwrap();
+    let info = match curl {
+        None => {
+            assert_eq!(get_json(addr, "/health").unwrap()["status"], "ok");
+            get_json(addr, "/info").unwrap()
+        }
+        Some(curl) => {
+            let cert = credentials.join("tls-cert");
+            let info = curl_https(curl, addr.port(), &cert, "/info")
+                .unwrap_or_else(|| panic!("no answer over TLS on {addr}"));
+            // A new pair, written as a rotation tool does (a new file renamed
+            // over the old); new handshakes get it within 2 to 4 s.
+            let (new_cert, new_key) = localhost_pair();
+            let next = dir.path().join("next.pem");
+            std::fs::write(&next, new_key).unwrap();
+            std::fs::rename(&next, credentials.join("tls-key")).unwrap();
+            std::fs::write(&next, &new_cert).unwrap();
+            std::fs::rename(&next, &cert).unwrap();
+            assert!(
+                wait_until(DEADLINE, || curl_https(curl, addr.port(), &cert, "/health")
+                    .is_some()),
+                "the rotated pair was not served"
+            );
+            serde_json::from_str(&info).unwrap()
+        }
+    };
     notify.receive_until(|m| m == "WATCHDOG=1", DEADLINE);
     // SIGTERM to the server itself, not to strace.
     let kill = Command::new("kill")
@@ -883,5 +1031,147 @@ fn every_system_call_made_is_allowed_by_the_service_filter() {
     assert!(
         unexpected.is_empty(),
         "sockets of families RestrictAddressFamilies=AF_UNIX refuses: {unexpected:?}"
+    );
+}
+
+/// The `Key=value` settings of a unit's `[Service]` section, in order.
+fn service_section(name: &str) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(unit_source(name)).unwrap();
+    let section = text.split("[Service]\n").nth(1).unwrap();
+    let section = section.split("\n[").next().unwrap();
+    section
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// The TLS recipe's units (docs/tls.md) are the plain ones with a port, fd
+/// names that mark TLS and the redirect, and the certificate pair as
+/// credentials: everything else in the service, the hardening first, is
+/// the plain service's, setting for setting.
+#[test]
+fn the_tls_units_are_the_plain_ones_with_https_names_and_the_pair_as_credentials() {
+    let https = unit_settings("portkeeper-tls.socket");
+    assert_eq!(single(&https, "ListenStream"), "443");
+    assert_eq!(single(&https, "FileDescriptorName"), "https");
+    assert_eq!(single(&https, "Service"), "portkeeper-tls.service");
+    assert_eq!(single(&https, "Accept"), "no");
+    let redirect = unit_settings("portkeeper-tls-redirect.socket");
+    assert_eq!(single(&redirect, "ListenStream"), "80");
+    assert_eq!(single(&redirect, "FileDescriptorName"), "http+redirect");
+    assert_eq!(single(&redirect, "Service"), "portkeeper-tls.service");
+    assert_eq!(single(&redirect, "Accept"), "no");
+
+    let service = unit_settings("portkeeper-tls.service");
+    assert_eq!(single(&service, "Requires"), "portkeeper-tls.socket");
+    assert_eq!(
+        single(&service, "After"),
+        "portkeeper-tls.socket portkeeper-tls-redirect.socket"
+    );
+    let credentials = values(&service, "LoadCredential");
+    for id in ["tls-cert", "tls-key", "api-token"] {
+        assert!(
+            credentials.iter().any(|c| c.starts_with(&format!("{id}:"))),
+            "no LoadCredential={id}:... in {credentials:?}"
+        );
+    }
+
+    let mut tls = service_section("portkeeper-tls.service");
+    tls.retain(|(k, v)| !(k == "LoadCredential" && v.starts_with("tls-")));
+    assert_eq!(
+        tls,
+        service_section("portkeeper.service"),
+        "portkeeper-tls.service should differ from portkeeper.service only by the tls-* credentials"
+    );
+}
+
+/// The TLS units' sockets, as systemd hands them over (through the real
+/// `systemd-socket-activate`, with the names and credential ids read from
+/// the unit files): the `https` one serves HTTPS (HTTP/2 by ALPN) with the
+/// pair from `$CREDENTIALS_DIRECTORY`, the `http+redirect` one answers 308
+/// to it.
+#[test]
+fn the_tls_units_sockets_serve_https_and_the_redirect() {
+    let (Some(tool), Some(curl)) = (peer_tool("systemd-socket-activate"), peer_tool("curl")) else {
+        return;
+    };
+    let name = |unit: &str| single(&unit_settings(unit), "FileDescriptorName").to_owned();
+    let credential = |id: &str| {
+        values(&unit_settings("portkeeper-tls.service"), "LoadCredential")
+            .into_iter()
+            .find_map(|c| {
+                c.split_once(':')
+                    .filter(|(i, _)| *i == id)
+                    .map(|(i, _)| i.to_owned())
+            })
+            .unwrap_or_else(|| panic!("no LoadCredential={id}:..."))
+    };
+    let credentials = TempDir::new();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let cert_path = credentials.path().join(credential("tls-cert"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(
+        credentials.path().join(credential("tls-key")),
+        key.serialize_pem(),
+    )
+    .unwrap();
+
+    let ports = owned_port_run(2);
+    let [https, redirect] = [0, 1].map(|i| ports[i].local_addr().unwrap());
+    drop(ports); // systemd-socket-activate binds them
+    let mut cmd = clean_command(tool);
+    cmd.arg(format!("--listen={https}"))
+        .arg(format!("--listen={redirect}"))
+        .arg(format!(
+            "--fdname={}:{}",
+            name("portkeeper-tls.socket"),
+            name("portkeeper-tls-redirect.socket")
+        ))
+        .arg("-E")
+        .arg(format!(
+            "CREDENTIALS_DIRECTORY={}",
+            credentials.path().display()
+        ))
+        .args(["-E", "HOST=127.0.0.1", "-E", "API_PORT=0", "--"])
+        .arg(binary());
+    let mut activator = Running::spawn(cmd, "socket-activate-tls").unwrap();
+    activator.wait_for_line("Listening on", DEADLINE).unwrap();
+
+    // The first connection starts the server, as with systemd.
+    let mut get = clean_command(curl);
+    get.args(["-sS", "--max-time", "15", "-w", " %{http_version}"])
+        .arg("--cacert")
+        .arg(&cert_path)
+        .arg("--resolve")
+        .arg(format!("localhost:{}:127.0.0.1", https.port()))
+        .arg(format!("https://localhost:{}/health", https.port()));
+    let output = get.output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.ends_with(" 2"),
+        "curl over HTTPS: {stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line = activator
+        .wait_for_line("TLS certificate loaded", DEADLINE)
+        .unwrap();
+    assert!(
+        line.contains("tls-cert"),
+        "the pair from the credential: {line}"
+    );
+
+    let response = http_exchange(redirect, "GET", "/a?b=1", &[]).unwrap();
+    assert!(response.starts_with("HTTP/1.1 308"), "{response}");
+    assert_eq!(
+        response_header(&response, "location"),
+        Some(&*format!("https://127.0.0.1:{}/a?b=1", https.port())),
+        "{response}"
     );
 }
