@@ -22,5 +22,7 @@ mod robustness;
 mod support;
 mod systemd;
 mod terminal;
+#[cfg(feature = "tls")]
+mod tls_restarts;
 mod trust;
 mod unix_sockets;
