@@ -321,14 +321,15 @@ fn sigusr2_upgrades_keep_the_tls_listener_and_reread_the_certificate() {
         write_pair(dir.path(), &pair);
         upgrade(current);
         let (info, answer) = wait_for_successor(addr, &client, current).unwrap();
+        let old = current;
+        current = pid_of(&info);
+        // Killed on drop, also when an assertion below fails.
+        successors.push(Successor(current as u32));
         assert_handed_over_as_https(&info, addr);
         assert!(
             answer.leaf == pair.der,
             "the successor's first handshake shows serial {round}"
         );
-        let old = current;
-        current = pid_of(&info);
-        successors.push(Successor(current as u32));
         expected.push((current, pair.der.clone()));
         // The old process drains and exits before the next round.
         assert!(
