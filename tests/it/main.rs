@@ -23,7 +23,11 @@ mod robustness;
 mod support;
 mod systemd;
 mod terminal;
+#[cfg(feature = "tls")]
 mod tls;
+#[cfg(feature = "tls")]
+mod tls_restarts;
+#[cfg(feature = "tls")]
 mod tls_scan;
 mod trust;
 mod unix_sockets;
