@@ -378,6 +378,18 @@ async fn accept_loop<S: AppService>(
         match accepted {
             Ok((stream, peer)) => {
                 backoff.succeeded();
+                // TLS_MAX_HANDSHAKES, in the order of accepting; on a proxy
+                // listener only once the header is in (its own deadline).
+                #[cfg(feature = "tls")]
+                let handshake = match &wire.tls {
+                    Some(tls) if wire.proxy.is_none() => {
+                        match handshake_permit(tls, &accepting.metrics) {
+                            Some(permit) => Some(permit),
+                            None => continue,
+                        }
+                    }
+                    _ => None,
+                };
                 let output = Arc::new(Output::new());
                 let stream = TrackedIo {
                     io: stream,
@@ -400,6 +412,8 @@ async fn accept_loop<S: AppService>(
                     limits: accepting.limits,
                     stopping: accepting.stopping.for_connection(),
                     wire: wire.clone(),
+                    #[cfg(feature = "tls")]
+                    handshake,
                 };
                 tasks.spawn(connection.serve(stream, service.clone()));
                 // While accepts keep coming, the `join_next` branch above
@@ -693,6 +707,10 @@ struct Connection {
     stopping: Stopping,
     /// What the listener speaks besides plain HTTP.
     wire: Wire,
+    /// A place under `TLS_MAX_HANDSHAKES`, taken when accepted (on a proxy
+    /// listener, after the header instead), given back after the handshake.
+    #[cfg(feature = "tls")]
+    handshake: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Connection {
@@ -711,13 +729,8 @@ impl Connection {
         let (io, scope) = match self.wire.tls.take() {
             None => (Io::Left(stream), scope),
             Some(tls) => {
-                // TLS_MAX_HANDSHAKES: a connection beyond it is closed at
-                // once rather than queued behind slow handshakes. Taken
-                // after the PROXY header, which has a deadline of its own.
-                let Some(permit) = tls.try_handshake_permit() else {
-                    self.metrics
-                        .tls_handshake(crate::metrics::HandshakeOutcome::OverCap);
-                    tracing::debug!(peer = %self.peer, "closing a connection: TLS_MAX_HANDSHAKES handshakes are in progress");
+                let taken = self.handshake.take();
+                let Some(permit) = taken.or_else(|| handshake_permit(&tls, &self.metrics)) else {
                     return;
                 };
                 let accepted = tls.accept(stream, &self.metrics).await;
@@ -854,6 +867,22 @@ impl Connection {
             _ = &mut quiet => {}
         }
     }
+}
+
+/// A place under `TLS_MAX_HANDSHAKES`, or `None` (counted, logged) when
+/// that many handshakes are in progress: the connection is then closed at
+/// once rather than queued behind slow handshakes.
+#[cfg(feature = "tls")]
+fn handshake_permit(
+    tls: &crate::tls::Tls,
+    metrics: &Metrics,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let permit = tls.try_handshake_permit();
+    if permit.is_none() {
+        metrics.tls_handshake(crate::metrics::HandshakeOutcome::OverCap);
+        tracing::debug!("closing a connection: TLS_MAX_HANDSHAKES handshakes are in progress");
+    }
+    permit
 }
 
 /// On a listener marked `proxy`: the client's address from the PROXY header
@@ -1654,6 +1683,8 @@ mod tests {
             limits: LIMITS,
             stopping: Stopping::new(),
             wire: Wire::default(),
+            #[cfg(feature = "tls")]
+            handshake: None,
         };
         let serving = tokio::spawn(connection.serve(stream, crate::routes::service(app, LIMITS)));
         let head = upgrade(&mut client, "/ws").await.to_ascii_lowercase();
