@@ -5,6 +5,8 @@
 
 mod app;
 mod balancing;
+// Not behind `tls`: systemd.rs makes its self-signed pairs there in every build.
+mod certs;
 mod configuration;
 mod embedding;
 mod embedding_settings;

@@ -270,26 +270,6 @@ fn v1_v2_and_v2_ipv6_headers_give_handlers_the_client_and_local_keeps_the_peer()
     assert!(refusals(&server).is_empty(), "{}", server.output());
 }
 
-/// A self-signed certificate for `localhost`: its PEM files in `dir`, and
-/// a rustls client that trusts it.
-#[cfg(feature = "tls")]
-fn certificate(dir: &TempDir) -> (PathBuf, PathBuf, std::sync::Arc<rustls::ClientConfig>) {
-    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert, made.cert.pem()).unwrap();
-    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(made.cert.der().clone()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    (cert, key, std::sync::Arc::new(config))
-}
-
 /// TLS over `stream`, as a client of `localhost`.
 #[cfg(feature = "tls")]
 fn tls_over(
@@ -305,7 +285,9 @@ fn tls_over(
 #[test]
 fn tls_after_the_header_is_served_with_the_client_address() {
     let dir = TempDir::new();
-    let (cert, key, config) = certificate(&dir);
+    let pair = crate::certs::Pair::self_signed_localhost();
+    let (cert, key) = pair.write(dir.path(), "cert.pem", "key.pem");
+    let config = pair.client_config();
     let (cert, key) = (cert.display().to_string(), key.display().to_string());
     let cmd = app(
         &dir,

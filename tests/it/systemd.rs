@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::certs::Pair;
 use crate::support::*;
 
 /// The exposure `systemd-analyze security` may rate the service at, at most.
@@ -877,16 +878,6 @@ fn every_system_call_made_over_tls_is_allowed_by_the_tls_service_filter() {
     check_system_calls(&strace, &analyze, "portkeeper-tls.service", Some(&curl));
 }
 
-/// A self-signed certificate for localhost and its key, as PEM.
-fn localhost_pair() -> (String, String) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    (cert.pem(), key.serialize_pem())
-}
-
 /// GET `path` over HTTPS from 127.0.0.1:`port` with curl, trusting `ca`
 /// alone; the body, or `None` when curl fails (the certificate too).
 fn curl_https(curl: &Path, port: u16, ca: &Path, path: &str) -> Option<String> {
@@ -938,9 +929,7 @@ fn check_system_calls(strace: &Path, analyze: &Path, unit: &str, curl: Option<&P
     std::fs::create_dir(&credentials).unwrap();
     let mut cmd = clean_command(strace);
     if curl.is_some() {
-        let (cert, key) = localhost_pair();
-        std::fs::write(credentials.join("tls-cert"), cert).unwrap();
-        std::fs::write(credentials.join("tls-key"), key).unwrap();
+        Pair::self_signed_localhost().write(&credentials, "tls-cert", "tls-key");
         cmd.env("LISTEN_FDNAMES", "https")
             .env("CREDENTIALS_DIRECTORY", &credentials);
     } else {
@@ -970,11 +959,11 @@ fn check_system_calls(strace: &Path, analyze: &Path, unit: &str, curl: Option<&P
                 .unwrap_or_else(|| panic!("no answer over TLS on {addr}"));
             // A new pair, written as a rotation tool does (a new file renamed
             // over the old); new handshakes get it within 2 to 4 s.
-            let (new_cert, new_key) = localhost_pair();
+            let new = Pair::self_signed_localhost();
             let next = dir.path().join("next.pem");
-            std::fs::write(&next, new_key).unwrap();
+            std::fs::write(&next, &new.key).unwrap();
             std::fs::rename(&next, credentials.join("tls-key")).unwrap();
-            std::fs::write(&next, &new_cert).unwrap();
+            std::fs::write(&next, &new.cert).unwrap();
             std::fs::rename(&next, &cert).unwrap();
             assert!(
                 wait_until(DEADLINE, || curl_https(curl, addr.port(), &cert, "/health")
@@ -1110,18 +1099,11 @@ fn the_tls_units_sockets_serve_https_and_the_redirect() {
             .unwrap_or_else(|| panic!("no LoadCredential={id}:..."))
     };
     let credentials = TempDir::new();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let cert_path = credentials.path().join(credential("tls-cert"));
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(
-        credentials.path().join(credential("tls-key")),
-        key.serialize_pem(),
-    )
-    .unwrap();
+    let (cert_path, _) = Pair::self_signed_localhost().write(
+        credentials.path(),
+        &credential("tls-cert"),
+        &credential("tls-key"),
+    );
 
     let ports = owned_port_run(2);
     let [https, redirect] = [0, 1].map(|i| ports[i].local_addr().unwrap());

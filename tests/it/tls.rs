@@ -2,99 +2,23 @@
 //! certificates), `openssl s_client` (ALPN, versions, serials across
 //! rotation), h2load, and systemfd, against the built binary.
 //!
-//! Certificates are made here with rcgen in each test's directory: a CA, a
-//! server certificate for localhost/127.0.0.1 it signed, a client certificate
-//! from it, and one from another CA. The tools are second-tier (`peer_tool`).
+//! Certificates are made with rcgen (`certs`) in each test's directory: a CA,
+//! a server certificate for localhost/127.0.0.1 it signed, a client
+//! certificate from it, and one from another CA. The tools are second-tier (`peer_tool`).
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
-};
-
+use crate::certs::{Ca, Pair, client_trusting};
 use crate::support::*;
 
 /// How long a rotation may take to reach new connections (issue 20).
 const ROTATION: Duration = Duration::from_secs(10);
-
-/// A test CA that issues server and client certificates.
-struct Ca {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-/// A certificate and its key, as PEM.
-struct Pair {
-    cert: String,
-    key: String,
-}
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        params.distinguished_name.push(DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Ca {
-            pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// A server certificate for localhost and 127.0.0.1 with `serial`
-    /// (kept within 0x10..0x80: one byte, as every tool prints it).
-    fn server(&self, serial: u8) -> Pair {
-        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
-        params.serial_number = Some(SerialNumber::from(u64::from(serial)));
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "localhost");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        self.issue(params)
-    }
-
-    /// A client certificate for alice with a SAN of each kind.
-    fn client(&self) -> Pair {
-        let mut params = CertificateParams::new(vec!["alice.example.com".to_owned()]).unwrap();
-        params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, "Example");
-        params.distinguished_name.push(DnType::CommonName, "alice");
-        params.subject_alt_names.extend([
-            SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-            SanType::Rfc822Name("alice@example.com".try_into().unwrap()),
-            SanType::URI("spiffe://example.org/alice".try_into().unwrap()),
-        ]);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        self.issue(params)
-    }
-
-    fn issue(&self, params: CertificateParams) -> Pair {
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Pair {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-        }
-    }
-}
 
 /// The files of one test: the CA, the server pair (serial 0x11), a client
 /// pair from the CA and one from a stranger CA.
@@ -107,32 +31,26 @@ struct Certs {
     stranger: (PathBuf, PathBuf),
 }
 
+/// Serials here are kept within 0x10..0x80: one byte, as every tool prints it.
 const FIRST_SERIAL: u8 = 0x11;
 
 impl Certs {
     fn new(dir: &TempDir) -> Self {
         let ca = Ca::new("Portkeeper Test CA");
         let stranger_ca = Ca::new("Stranger CA");
-        let at = |name: &str| dir.path().join(name);
-        let write = |name: &str, content: &str| {
-            std::fs::write(at(name), content).unwrap();
-            at(name)
-        };
-        let server = ca.server(FIRST_SERIAL);
-        let client = ca.client();
-        let stranger = stranger_ca.client();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, &ca.pem).unwrap();
+        let (cert, key) =
+            ca.server(u64::from(FIRST_SERIAL))
+                .write(dir.path(), "server.pem", "server.key");
         Certs {
-            ca_file: write("ca.pem", &ca.pem),
-            cert: write("server.pem", &server.cert),
-            key: write("server.key", &server.key),
-            client: (
-                write("client.pem", &client.cert),
-                write("client.key", &client.key),
-            ),
-            stranger: (
-                write("stranger.pem", &stranger.cert),
-                write("stranger.key", &stranger.key),
-            ),
+            ca_file,
+            cert,
+            key,
+            client: ca.client().write(dir.path(), "client.pem", "client.key"),
+            stranger: stranger_ca
+                .client()
+                .write(dir.path(), "stranger.pem", "stranger.key"),
             ca,
         }
     }
@@ -140,11 +58,7 @@ impl Certs {
     /// Replaces the pair as certbot does: each file written beside, then
     /// renamed over the old one.
     fn rotate(&self, pair: &Pair) {
-        for (path, content) in [(&self.cert, &pair.cert), (&self.key, &pair.key)] {
-            let next = path.with_extension("tmp");
-            std::fs::write(&next, content).unwrap();
-            std::fs::rename(&next, path).unwrap();
-        }
+        pair.replace(&self.cert, &self.key);
     }
 }
 
@@ -674,16 +588,7 @@ struct Held {
 
 impl Held {
     fn open(certs: &Certs, address: &str) -> Self {
-        let mut roots = rustls::RootCertStore::empty();
-        let der =
-            rustls_pki_types::CertificateDer::from_pem_slice(certs.ca.pem.as_bytes()).unwrap();
-        roots.add(der).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let mut config = client_trusting(certs.ca.der.clone());
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
         let connection = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
@@ -723,8 +628,6 @@ impl Held {
     }
 }
 
-use rustls_pki_types::pem::PemObject as _;
-
 #[test]
 fn rotated_pairs_reach_new_connections_a_bad_pair_is_refused_and_held_connections_live_on() {
     let Some(openssl) = peer_tool("openssl") else {
@@ -746,7 +649,7 @@ fn rotated_pairs_reach_new_connections_a_bad_pair_is_refused_and_held_connection
     let mut took = Vec::new();
     for _ in 0..3 {
         serial += 1;
-        certs.rotate(&certs.ca.server(serial));
+        certs.rotate(&certs.ca.server(u64::from(serial)));
         took.push(await_serial(&openssl, &tls, serial));
         // The connection made before every rotation still answers, with its pair.
         assert_eq!(held.health(), "HTTP/1.1 200 OK");
@@ -765,8 +668,8 @@ fn rotated_pairs_reach_new_connections_a_bad_pair_is_refused_and_held_connection
     // A key that does not match: refused, one line naming the key file.
     let good = serial;
     let mismatched = Pair {
-        cert: certs.ca.server(good + 1).cert,
-        key: certs.ca.server(good + 2).key,
+        key: certs.ca.server(u64::from(good + 2)).key,
+        ..certs.ca.server(u64::from(good + 1))
     };
     certs.rotate(&mismatched);
     let line = server.wait_for_line("not reloaded", ROTATION).unwrap();
@@ -791,7 +694,7 @@ fn rotated_pairs_reach_new_connections_a_bad_pair_is_refused_and_held_connection
 
     // A good pair after the bad one is served again.
     serial = good + 3;
-    certs.rotate(&certs.ca.server(serial));
+    certs.rotate(&certs.ca.server(u64::from(serial)));
     await_serial(&openssl, &tls, serial);
     assert_eq!(held.health(), "HTTP/1.1 200 OK");
 }
@@ -972,8 +875,8 @@ fn key_material_never_shows_at_log_level_trace() {
     serial_seen(&openssl, &tls);
 
     let bad = Pair {
-        cert: certs.ca.server(0x30).cert,
         key: certs.ca.server(0x31).key,
+        ..certs.ca.server(0x30)
     };
     certs.rotate(&bad);
     let bad_key = dir.path().join("bad.key");

@@ -23,86 +23,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber,
-};
 use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
+use crate::certs::{Ca, Pair};
 use crate::support::*;
-
-/// A test CA and the server pairs it signs for `localhost`.
-struct Ca {
-    der: CertificateDer<'static>,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-/// A server certificate (PEM and DER) and its key (PEM).
-struct Pair {
-    cert_pem: String,
-    key_pem: String,
-    der: CertificateDer<'static>,
-}
-
-impl Ca {
-    fn new() -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "portkeeper test CA");
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Ca {
-            der: cert.der().clone(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// A pair for `localhost` and 127.0.0.1 with `serial`.
-    fn server(&self, serial: u64) -> Pair {
-        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress([127, 0, 0, 1].into()));
-        params.serial_number = Some(SerialNumber::from(serial));
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "localhost");
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Pair {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            der: cert.der().clone(),
-        }
-    }
-
-    /// A client that trusts this CA only, ring as the server has it.
-    fn client(&self) -> Arc<ClientConfig> {
-        let mut roots = RootCertStore::empty();
-        roots.add(self.der.clone()).unwrap();
-        let config =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        Arc::new(config)
-    }
-}
 
 /// The pair's files in `dir`, each written beside and renamed into place
 /// (as a rotation tool does); returns (cert, key).
 fn write_pair(dir: &Path, pair: &Pair) -> (PathBuf, PathBuf) {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    for (path, content) in [(&cert, &pair.cert_pem), (&key, &pair.key_pem)] {
-        let next = path.with_extension("new");
-        std::fs::write(&next, content).unwrap();
-        std::fs::rename(&next, path).unwrap();
-    }
+    pair.replace(&cert, &key);
     (cert, key)
 }
 
@@ -295,8 +226,8 @@ fn upgrade(pid: u64) {
 #[test]
 fn sigusr2_upgrades_keep_the_tls_listener_and_reread_the_certificate() {
     let dir = TempDir::new();
-    let ca = Ca::new();
-    let client = ca.client();
+    let ca = Ca::new("portkeeper test CA");
+    let client = ca.client_config();
     let first_pair = ca.server(1);
     let (cert, key) = write_pair(dir.path(), &first_pair);
     let mut cmd = loopback_server(&dir);
@@ -357,8 +288,8 @@ fn sigusr2_upgrades_keep_the_tls_listener_and_reread_the_certificate() {
 #[test]
 fn reload_hands_the_tls_listener_to_the_replaced_executable() {
     let dir = TempDir::new();
-    let ca = Ca::new();
-    let client = ca.client();
+    let ca = Ca::new("portkeeper test CA");
+    let client = ca.client_config();
     let (cert, key) = write_pair(dir.path(), &ca.server(1));
     let (executable, mut cmd) = copy_of_binary(dir.path());
     cmd.env("RELOAD", "true")
@@ -392,8 +323,8 @@ fn under_systemfd_the_https_socket_serves_tls_and_is_handed_over_as_https() {
         return;
     };
     let dir = TempDir::new();
-    let ca = Ca::new();
-    let client = ca.client();
+    let ca = Ca::new("portkeeper test CA");
+    let client = ca.client_config();
     let (cert, key) = write_pair(dir.path(), &ca.server(1));
     let port = port_of(&loopback_listener());
     let mut cmd = clean_command(tool);
@@ -516,8 +447,8 @@ fn stalled_handshakes_are_closed_at_the_timeout_and_do_not_hold_up_health() {
     const STALLED: usize = 50;
     const TIMEOUT: Duration = Duration::from_secs(2);
     let dir = TempDir::new();
-    let ca = Ca::new();
-    let client = ca.client();
+    let ca = Ca::new("portkeeper test CA");
+    let client = ca.client_config();
     let (server, plain, tls) = plain_and_tls(
         &dir,
         &ca.server(1),
@@ -582,8 +513,8 @@ fn stalled_handshakes_are_closed_at_the_timeout_and_do_not_hold_up_health() {
 #[test]
 fn beyond_tls_max_handshakes_a_connection_is_closed_at_once() {
     let dir = TempDir::new();
-    let ca = Ca::new();
-    let client = ca.client();
+    let ca = Ca::new("portkeeper test CA");
+    let client = ca.client_config();
     // A handshake timeout far beyond the test: only the cap closes anything.
     let (server, plain, tls) = plain_and_tls(
         &dir,
