@@ -22,6 +22,11 @@
 //!   WebSocket) beside the built-in `/health`, `/ready`, `/metrics` and
 //!   `/info`, within
 //!   `MAX_BODY_BYTES`, `HEADER_READ_TIMEOUT` and `REQUEST_TIMEOUT`;
+//! - on listeners marked for it (`LISTEN=tls=0.0.0.0:8443`, an inherited fd
+//!   named `https`, or `TLS=true`), terminates TLS with rustls (feature
+//!   `tls`, on by default): HTTP/2 by ALPN, the certificate files reloaded
+//!   when they change, client certificates ([`ClientIdentity`]), and the
+//!   PROXY protocol from trusted load balancers;
 //! - tells systemd it is ready (`Type=notify`) and feeds its watchdog;
 //! - on SIGTERM or SIGINT, answers `/ready` with 503, keeps serving for
 //!   `SHUTDOWN_DELAY` (0 by default: time for a load balancer to notice),
