@@ -564,6 +564,8 @@ impl TlsMeasure {
     }
 }
 
+/// `h2load` runs of [`HANDSHAKE_BATCH`] handshakes under callgrind.
+const CALLGRIND_HANDSHAKE_BATCHES: u32 = 2;
 /// Rounds of the TLS RSS row per server (each opens [`IDLE_TLS_CONNECTIONS`]).
 const TLS_RSS_RUNS: usize = 3;
 /// How long the client may take to open [`IDLE_TLS_CONNECTIONS`]: under
@@ -689,6 +691,40 @@ fn tls_section(
             Target::None,
         );
     }
+    eprintln!(
+        "TLS instructions under callgrind ({CALLGRIND_LOAD_SECONDS} s of load, {CALLGRIND_CONNECTIONS} connections; {CALLGRIND_HANDSHAKE_BATCHES} × {HANDSHAKE_BATCH} handshakes)"
+    );
+    let mut instructions: Vec<[Vec<f64>; 2]> = TLS_MEASURES
+        .iter()
+        .map(|_| [Vec::new(), Vec::new()])
+        .collect();
+    for (i, server) in servers.iter().enumerate() {
+        let counts =
+            tls_instructions(server).with_context(|| format!("callgrind on {}", server.name))?;
+        for (m, count) in counts.into_iter().enumerate() {
+            eprintln!(
+                "  {}, {}: {count:.0} instructions",
+                TLS_MEASURES[m].label(),
+                server.name
+            );
+            instructions[m][i].push(count);
+        }
+    }
+    for (measure, [ours, base]) in TLS_MEASURES.iter().zip(&instructions) {
+        let what = match measure {
+            TlsMeasure::Load(workload) => {
+                format!(
+                    "user-space instructions per {} (callgrind)",
+                    workload.label()
+                )
+            }
+            TlsMeasure::Handshakes => {
+                "user-space instructions per full TLS handshake and its request (callgrind)"
+                    .to_owned()
+            }
+        };
+        table.compare(&what, "instr.", ours, base, Target::None);
+    }
     eprintln!("idle TLS RSS ({TLS_RSS_RUNS} runs each, {IDLE_TLS_CONNECTIONS} connections)");
     let mut rss = [Vec::new(), Vec::new()];
     let mut per_connection = [Vec::new(), Vec::new()];
@@ -740,12 +776,7 @@ fn handshakes(server: &Server<'_>, seconds: u64) -> Result<LoadResult> {
     let (mut count, mut busy) = (0_u64, 0.0_f64);
     let mut tls = None;
     while busy < seconds as f64 {
-        let mut cmd = Command::new("h2load");
-        cmd.args(["--h1", "--threads=2"])
-            .arg(format!("--clients={HANDSHAKE_BATCH}"))
-            .arg(format!("--requests={HANDSHAKE_BATCH}"))
-            .arg(format!("https://{address}/health"));
-        let report = h2load_report(cmd, Some("http/1.1"))?;
+        let report = handshake_batch(address)?;
         count += report.requests;
         busy += report.requests as f64 / report.requests_per_second;
         tls = report.tls;
@@ -757,6 +788,17 @@ fn handshakes(server: &Server<'_>, seconds: u64) -> Result<LoadResult> {
         cpu_us_per_request: cpu * 1e6 / count as f64,
         tls,
     })
+}
+
+/// One `h2load` run of [`HANDSHAKE_BATCH`] new clients, each with one
+/// `GET /health` over HTTP/1.1 (ALPN `http/1.1`): as many full handshakes.
+fn handshake_batch(address: SocketAddr) -> Result<ClientReport> {
+    let mut cmd = Command::new("h2load");
+    cmd.args(["--h1", "--threads=2"])
+        .arg(format!("--clients={HANDSHAKE_BATCH}"))
+        .arg(format!("--requests={HANDSHAKE_BATCH}"))
+        .arg(format!("https://{address}/health"));
+    h2load_report(cmd, Some("http/1.1"))
 }
 
 /// VmRSS of a freshly started server before any connection, and with
@@ -1514,11 +1556,20 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
 /// Instructions callgrind counts per request of each of [`WORKLOADS`]: one
 /// run with that load for each, one without, so start-up is subtracted.
 fn instructions_per_request(server: &Server<'_>) -> Result<Vec<f64>> {
-    let (idle, _) = callgrind_run(server, None)?;
+    let (idle, _) = callgrind_run(server, "idle", None)?;
     WORKLOADS
         .iter()
         .map(|&workload| {
-            let (loaded, requests) = callgrind_run(server, Some(workload))?;
+            let load = |address| {
+                let report = drive(
+                    address,
+                    workload,
+                    CALLGRIND_CONNECTIONS,
+                    CALLGRIND_LOAD_SECONDS,
+                )?;
+                Ok(report.requests)
+            };
+            let (loaded, requests) = callgrind_run(server, &workload.label(), Some(&load))?;
             if requests == 0 {
                 bail!("no {} was answered under callgrind", workload.label());
             }
@@ -1527,36 +1578,72 @@ fn instructions_per_request(server: &Server<'_>) -> Result<Vec<f64>> {
         .collect()
 }
 
-/// Runs the server under callgrind, optionally loads it with `workload` for
-/// [`CALLGRIND_LOAD_SECONDS`], stops it with SIGTERM (callgrind writes its
-/// counts on the way out), and returns the instruction total and the
-/// requests the load client counted.
-fn callgrind_run(server: &Server<'_>, workload: Option<Workload>) -> Result<(u64, u64)> {
-    let out = std::env::temp_dir().join(format!(
-        "bench-callgrind-{}-{}-{}.out",
-        std::process::id(),
-        server.name,
-        workload.map_or_else(|| "idle".to_owned(), |w| w.label().replace([' ', '/'], "_"))
-    ));
+/// Instructions callgrind counts per request (or per handshake and its
+/// request) of each of [`TLS_MEASURES`], as [`instructions_per_request`].
+fn tls_instructions(server: &Server<'_>) -> Result<Vec<f64>> {
+    let (idle, _) = callgrind_run(server, "idle", None)?;
+    TLS_MEASURES
+        .iter()
+        .map(|&measure| {
+            let load = |address| -> Result<u64> {
+                match measure {
+                    TlsMeasure::Load(workload) => Ok(drive(
+                        address,
+                        workload,
+                        CALLGRIND_CONNECTIONS,
+                        CALLGRIND_LOAD_SECONDS,
+                    )?
+                    .requests),
+                    TlsMeasure::Handshakes => {
+                        let mut count = 0;
+                        for _ in 0..CALLGRIND_HANDSHAKE_BATCHES {
+                            count += handshake_batch(address)?.requests;
+                        }
+                        Ok(count)
+                    }
+                }
+            };
+            let (loaded, count) = callgrind_run(server, &measure.label(), Some(&load))?;
+            if count == 0 {
+                bail!("no {} was answered under callgrind", measure.label());
+            }
+            Ok(loaded.saturating_sub(idle) as f64 / count as f64)
+        })
+        .collect()
+}
+
+/// Runs the server under callgrind, optionally drives `load` against it
+/// (which returns the requests answered), stops it with SIGTERM (callgrind
+/// writes its counts on the way out), and returns the instruction total and
+/// the requests.
+fn callgrind_run(
+    server: &Server<'_>,
+    label: &str,
+    load: Option<&dyn Fn(SocketAddr) -> Result<u64>>,
+) -> Result<(u64, u64)> {
+    let out = std::env::temp_dir().join(
+        format!(
+            "bench-callgrind-{}-{}-{}.out",
+            std::process::id(),
+            server.name,
+            label
+        )
+        .replace([' ', '/'], "_"),
+    );
     let mut cmd = clean_command("valgrind");
     cmd.env("HOST", "127.0.0.1")
         .env("API_PORT", "0")
+        .envs(server.env.iter().map(|(name, value)| (name, value)))
         .args(["--tool=callgrind", "--quiet"])
         .arg(format!("--callgrind-out-file={}", out.display()))
         .arg(server.path)
         .stderr(Stdio::piped());
     let mut process = Process::spawn(cmd)?;
     let address = process.serving_address()?;
-    let mut requests = 0;
-    if let Some(workload) = workload {
-        let report = drive(
-            address,
-            workload,
-            CALLGRIND_CONNECTIONS,
-            CALLGRIND_LOAD_SECONDS,
-        )?;
-        requests = report.requests;
-    }
+    let requests = match load {
+        Some(load) => load(address)?,
+        None => 0,
+    };
     let status = Command::new("kill")
         .args(["-TERM", &process.pid().to_string()])
         .status()?;
