@@ -73,6 +73,10 @@ pub(crate) fn interface_addresses() -> Vec<IpAddr> {
 /// `unix:<path>` (or `unix:@name`) for a Unix socket.
 pub(crate) fn reach(info: &ListenerInfo) -> Vec<String> {
     match &info.address {
+        Endpoint::Tcp(address) if info.marks.tls => urls_for(*address)
+            .into_iter()
+            .map(|url| url.replacen("http://", "https://", 1))
+            .collect(),
         Endpoint::Tcp(address) => urls_for(*address),
         Endpoint::Path(_) | Endpoint::Abstract(_) => vec![format!("unix:{}", info.address)],
         Endpoint::Unnamed => Vec::new(),
@@ -97,9 +101,16 @@ pub(crate) fn log_serving(info: &ListenerInfo, urls: &[String]) {
         Endpoint::Path(path) => Some(path.to_string_lossy().into_owned()),
         Endpoint::Abstract(name) => Some(format!("@{name}")),
     };
+    // The role, then the marks if any: "app", "app+tls".
+    let marks = Some(info.marks.to_string()).filter(|marks| !marks.is_empty());
+    let role = match &marks {
+        None => info.role.as_str().to_owned(),
+        Some(marks) => format!("{}+{marks}", info.role.as_str()),
+    };
     tracing::info!(
         source = %info.source,
         role = info.role.as_str(),
+        marks,
         address = %info.address,
         port = info.address.tcp().map(|a| a.port()),
         path,
@@ -107,18 +118,18 @@ pub(crate) fn log_serving(info: &ListenerInfo, urls: &[String]) {
         fd = info.fd,
         fd_name = info.fd_name.as_deref(),
         busy_ports = info.busy_ports.len(),
-        "serving {} ({}, listener from {})",
+        "serving {} ({role}, listener from {})",
         info.address,
-        info.role.as_str(),
         info.source
     );
+    let scheme = if info.marks.tls { "https" } else { "http" };
     for url in urls {
         match url.strip_prefix("unix:") {
             Some(path) => match path.strip_prefix('@') {
                 Some(name) => {
-                    tracing::info!("try curl --abstract-unix-socket {name} http://localhost/")
+                    tracing::info!("try curl --abstract-unix-socket {name} {scheme}://localhost/")
                 }
-                None => tracing::info!("try curl --unix-socket {path} http://localhost/"),
+                None => tracing::info!("try curl --unix-socket {path} {scheme}://localhost/"),
             },
             None => tracing::info!("open {url}"),
         }

@@ -14,10 +14,11 @@ use std::time::Duration;
 use crate::auth::{Auth, Secret};
 use crate::debug_routes;
 use crate::lifecycle::StopSettings;
-use crate::listener::{Endpoint, ListenSettings, ListenSpec, Role};
+use crate::listener::{Endpoint, ListenSettings, ListenSpec, Marks, Role};
 use crate::logging::LogSettings;
-use crate::serve::Limits;
+use crate::serve::{Limits, ProxySettings};
 use crate::settings::{ConfigError, Environment, Variable, check_duration};
+use crate::tls::TlsSettings;
 use crate::upgrade::UpgradeSettings;
 
 /// Every variable portkeeper reads, owner by owner, in the order of the
@@ -25,11 +26,13 @@ use crate::upgrade::UpgradeSettings;
 pub(crate) fn variables() -> impl Iterator<Item = &'static Variable> {
     [
         ListenSettings::VARIABLES,
+        ProxySettings::VARIABLES,
         LogSettings::VARIABLES,
         debug_routes::VARIABLES,
         UpgradeSettings::VARIABLES,
         Auth::VARIABLES,
         Limits::VARIABLES,
+        TlsSettings::VARIABLES,
         StopSettings::VARIABLES,
     ]
     .into_iter()
@@ -41,6 +44,12 @@ pub(crate) fn variables() -> impl Iterator<Item = &'static Variable> {
 pub(crate) struct Config {
     /// Where to bind when no socket is inherited, and which inherited ones serve the app.
     pub(crate) listener: ListenSettings,
+    /// The certificate pair, client certificates and handshake bounds of
+    /// TLS listeners (read, and checked, in a build without TLS too).
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(crate) tls: TlsSettings,
+    /// The peers that may send PROXY headers to listeners marked `proxy`.
+    pub(crate) proxy: ProxySettings,
     /// What to log and how: `LOG_LEVEL` (or `DEBUG`), `RUST_LOG`, `LOG_FORMAT`.
     pub(crate) log: LogSettings,
     /// Development diagnostics (`DEBUG`): the debug routes, debug logging.
@@ -93,7 +102,10 @@ impl Config {
     /// Reads and validates the environment, then applies `overrides`; a
     /// typed value out of range is refused naming its setter.
     pub(crate) fn load(env: &Environment, overrides: &Overrides) -> Result<Self, ConfigError> {
-        let listener = overrides.apply_listener(ListenSettings::from_env(env)?)?;
+        let mut listener = overrides.apply_listener(ListenSettings::from_env(env)?)?;
+        let tls = TlsSettings::from_env(env)?;
+        listener.unmarked.tls = tls.unmarked;
+        let proxy = ProxySettings::from_env(env)?;
         let debug = overrides
             .debug
             .map_or_else(|| debug_routes::debug_from_env(env), Ok)?;
@@ -111,6 +123,8 @@ impl Config {
         };
         Ok(Config {
             listener,
+            tls,
+            proxy,
             log,
             debug,
             upgrade,
@@ -139,6 +153,7 @@ impl Overrides {
             }
             Some(Bind::All(addresses)) => {
                 let specs = addresses.iter().map(|address| ListenSpec {
+                    marks: Marks::default(),
                     role: Role::App,
                     endpoint: Endpoint::Tcp(*address),
                 });

@@ -74,7 +74,9 @@ mod listener;
 mod logging;
 mod metrics;
 mod notify;
+mod redirect;
 mod routes;
+mod scope;
 mod serve;
 mod server;
 mod settings;
@@ -83,6 +85,7 @@ mod signals;
 mod startup;
 mod stopping;
 mod timeout;
+mod tls;
 mod upgrade;
 
 pub use error::Error;
@@ -90,6 +93,8 @@ pub use listener::Listener;
 pub use server::{Listening, Serve, Server};
 pub use settings::Variable;
 pub use stopping::Stopping;
+#[cfg(feature = "tls")]
+pub use tls::ClientIdentity;
 
 /// Every environment variable portkeeper reads, with its default and its
 /// meaning, in the order of the documentation: for a program's own `--help`,

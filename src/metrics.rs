@@ -17,6 +17,8 @@
 //! | `portkeeper_http_requests_in_flight` | gauge | requests whose response has not been sent whole |
 //! | `portkeeper_upgrades_total{outcome}` | counter | binary upgrades `done` (handed over) and `failed` (this process kept serving) |
 //! | `portkeeper_listener_info{source,address,fd_name}` | gauge, always 1 | the listener served, the info-metric convention |
+//! | `portkeeper_tls_handshakes_total{result}` | counter | TLS handshakes `ok`, `failed`, `timed_out` (`TLS_HANDSHAKE_TIMEOUT`) and `over_cap` (closed at `TLS_MAX_HANDSHAKES`); with the `tls` feature |
+//! | `portkeeper_tls_certificate_reloads_total{result}` | counter | certificate files reloaded after a change: `ok`, or `refused` (the previous pair kept serving); with the `tls` feature |
 //!
 //! The upgrade counters are the process's, not one server's: a handoff hands
 //! over the process's sockets. They live in a static and every registry shows them.
@@ -65,6 +67,78 @@ pub(crate) struct Metrics {
     max_connections: Gauge,
     limit_reached: Counter,
     write_timeouts: Counter,
+    #[cfg(feature = "tls")]
+    tls: TlsCounters,
+}
+
+/// The TLS counters, one per label value, created at 0.
+#[cfg(feature = "tls")]
+#[derive(Debug)]
+struct TlsCounters {
+    /// By [`HandshakeOutcome`], in its order.
+    handshakes: [Counter; 4],
+    reloads_ok: Counter,
+    reloads_refused: Counter,
+}
+
+/// How a TLS handshake ended, for `portkeeper_tls_handshakes_total{result}`.
+#[cfg(feature = "tls")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HandshakeOutcome {
+    /// Finished: the connection is served.
+    Ok,
+    /// Failed by the client or the connection (no common version, a refused certificate).
+    Failed,
+    /// Not finished within `TLS_HANDSHAKE_TIMEOUT`.
+    TimedOut,
+    /// Not begun: `TLS_MAX_HANDSHAKES` were in progress, the connection was closed.
+    OverCap,
+}
+
+#[cfg(feature = "tls")]
+impl HandshakeOutcome {
+    const ALL: [HandshakeOutcome; 4] = [
+        HandshakeOutcome::Ok,
+        HandshakeOutcome::Failed,
+        HandshakeOutcome::TimedOut,
+        HandshakeOutcome::OverCap,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            HandshakeOutcome::Ok => "ok",
+            HandshakeOutcome::Failed => "failed",
+            HandshakeOutcome::TimedOut => "timed_out",
+            HandshakeOutcome::OverCap => "over_cap",
+        }
+    }
+}
+
+#[cfg(feature = "tls")]
+impl TlsCounters {
+    fn register(registry: &mut Registry) -> Self {
+        let handshakes = Family::<Labels, Counter>::default();
+        let by_outcome = HandshakeOutcome::ALL
+            .map(|o| handshakes.get_or_create(&[("result", o.label())]).clone());
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes by result: ok, failed, timed_out (TLS_HANDSHAKE_TIMEOUT), over_cap (closed at TLS_MAX_HANDSHAKES)",
+            handshakes,
+        );
+        let reloads = Family::<Labels, Counter>::default();
+        let reloads_ok = reloads.get_or_create(&[("result", "ok")]).clone();
+        let reloads_refused = reloads.get_or_create(&[("result", "refused")]).clone();
+        registry.register(
+            "tls_certificate_reloads",
+            "Certificate files reloaded after a change: ok, or refused (the previous pair kept serving)",
+            reloads,
+        );
+        TlsCounters {
+            handshakes: by_outcome,
+            reloads_ok,
+            reloads_refused,
+        }
+    }
 }
 
 impl Metrics {
@@ -139,6 +213,8 @@ impl Metrics {
             info.get_or_create(&labels).set(1);
         }
         registry.register("listener_info", "The listeners served (always 1)", info);
+        #[cfg(feature = "tls")]
+        let tls = TlsCounters::register(&mut registry);
         Metrics {
             registry,
             classes,
@@ -148,7 +224,25 @@ impl Metrics {
             max_connections,
             limit_reached,
             write_timeouts,
+            #[cfg(feature = "tls")]
+            tls,
         }
+    }
+
+    /// Counts a reload of the certificate files: `ok`, or refused (`false`).
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls_reload(&self, ok: bool) {
+        if ok {
+            self.tls.reloads_ok.inc();
+        } else {
+            self.tls.reloads_refused.inc();
+        }
+    }
+
+    /// Counts a TLS handshake by how it ended.
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls_handshake(&self, outcome: HandshakeOutcome) {
+        self.tls.handshakes[outcome as usize].inc();
     }
 
     /// Shows the cap on open connections (0: none).
@@ -255,6 +349,49 @@ mod tests {
         let before = done(&metrics.render());
         upgrade_done();
         assert_eq!(done(&metrics.render()), before + 1);
+    }
+
+    /// The value of one sample line of `text`, such as
+    /// `portkeeper_tls_handshakes_total{result="ok"}`.
+    #[cfg(feature = "tls")]
+    fn sample(text: &str, name: &str) -> Option<u64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|value| value.parse().ok())
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn tls_counters_start_at_zero_and_count_by_result() {
+        let metrics = Metrics::new([]);
+        let handshakes = |result: &str| {
+            sample(
+                &metrics.render(),
+                &format!("portkeeper_tls_handshakes_total{{result=\"{result}\"}}"),
+            )
+        };
+        let reloads = |result: &str| {
+            sample(
+                &metrics.render(),
+                &format!("portkeeper_tls_certificate_reloads_total{{result=\"{result}\"}}"),
+            )
+        };
+        for result in ["ok", "failed", "timed_out", "over_cap"] {
+            assert_eq!(handshakes(result), Some(0), "{result}");
+        }
+        assert_eq!(reloads("ok"), Some(0));
+        assert_eq!(reloads("refused"), Some(0));
+        metrics.tls_handshake(HandshakeOutcome::Ok);
+        metrics.tls_handshake(HandshakeOutcome::Ok);
+        metrics.tls_handshake(HandshakeOutcome::TimedOut);
+        metrics.tls_handshake(HandshakeOutcome::OverCap);
+        metrics.tls_reload(false);
+        assert_eq!(handshakes("ok"), Some(2));
+        assert_eq!(handshakes("failed"), Some(0));
+        assert_eq!(handshakes("timed_out"), Some(1));
+        assert_eq!(handshakes("over_cap"), Some(1));
+        assert_eq!(reloads("ok"), Some(0));
+        assert_eq!(reloads("refused"), Some(1));
     }
 
     #[test]

@@ -252,6 +252,7 @@ mod tests {
 
     fn state() -> Arc<AppState> {
         let listener = ListenerInfo {
+            marks: crate::listener::Marks::default(),
             source: Source::Searched,
             role: Role::App,
             address: Endpoint::Tcp("127.0.0.1:5053".parse().unwrap()),

@@ -516,6 +516,7 @@ impl Server {
         let executable = std::env::current_exe();
         let handoff_notify = protocol_var(upgrade::HANDOFF_NOTIFY_VAR);
         let bound = startup::open_listener(&config.listener, handoff_notify.is_some())?;
+        let edge = startup::edge(&config, &bound)?;
         startup::warn_if_debug_is_exposed(config.debug, &bound);
         let supervision = startup::supervision();
         let succession = startup::succession(
@@ -527,6 +528,7 @@ impl Server {
         Ok(Listening {
             config,
             bound,
+            edge,
             supervision,
             succession,
             builtins: self.builtins,
@@ -598,6 +600,7 @@ fn check_prefix(builtins: &Builtins) -> Result<(), ConfigError> {
 pub struct Listening {
     config: Config,
     bound: listener::Bound,
+    edge: lifecycle::Edge,
     supervision: Supervision,
     succession: Succession,
     builtins: Builtins,
@@ -677,10 +680,10 @@ impl Listening {
     /// The bare listening socket, for `axum::serve` or any server that takes an
     /// [`axum::serve::Listener`]. Must be called inside a tokio runtime.
     ///
-    /// Only for a server with exactly one listener, and a TCP one: with
-    /// several (`LISTEN`, `ADMIN_LISTEN`, several inherited sockets) or a Unix
-    /// socket, it returns an error saying so (exit status 78); serve those
-    /// with [`Listening::serve`].
+    /// Only for a server with exactly one listener, a plain TCP one: with
+    /// several (`LISTEN`, `ADMIN_LISTEN`, several inherited sockets), a Unix
+    /// socket, or one marked `tls`, `proxy` or `redirect`, it returns an
+    /// error saying so (exit status 78); serve those with [`Listening::serve`].
     ///
     /// ```no_run
     /// # async fn demo(listening: portkeeper::Listening) -> Result<(), portkeeper::Error> {
@@ -708,6 +711,13 @@ impl Listening {
                 }),
                 true,
             ) => {
+                if info.marks != listener::Marks::default() {
+                    return Err(listener::ListenError::MarkedListener {
+                        address: info.address.to_string(),
+                        marks: info.marks,
+                    }
+                    .into());
+                }
                 let socket = tokio::net::TcpListener::from_std(socket)
                     .map_err(|err| Error::system("cannot register the listener with tokio", err))?;
                 Ok(Listener::new(socket, info))
@@ -795,6 +805,7 @@ impl IntoFuture for Serve {
                 succession: listening.succession,
                 builtins: listening.builtins,
                 shutdown: listening.shutdown,
+                edge: listening.edge,
             },
             app,
         );

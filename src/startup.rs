@@ -7,10 +7,13 @@
 //! host. The `LISTEN_*` variables stay as they were (`LISTEN_PID` keeps
 //! children from adopting; a successor gets its own set from `handover`).
 
-use crate::lifecycle::Supervision;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::lifecycle::{Edge, Supervision};
 use crate::listener::{self, ListenError, ListenSettings, Source};
 use crate::notify;
-use crate::settings::protocol_var;
+use crate::settings::{ConfigError, protocol_var};
 use crate::upgrade::{self, Succession, UpgradePlan};
 
 /// Opens the listeners by the chain. `from_predecessor`: a binary upgrade
@@ -133,4 +136,79 @@ pub(crate) fn succession(
         None => None,
     };
     Succession { plan, predecessor }
+}
+
+/// What the marked listeners need, checked against what is configured: the
+/// certificate pair loaded when a listener serves TLS (refused, exit 78, when
+/// it is missing or bad), trusted peers when a TCP listener takes PROXY
+/// headers, a TLS listener to send a `redirect` listener's requests to.
+pub(crate) fn edge(config: &Config, bound: &listener::Bound) -> Result<Edge, ConfigError> {
+    let infos = || bound.listeners.iter().map(|l| &l.info);
+    let marked = |pick: fn(&listener::Marks) -> bool| infos().find(|info| pick(&info.marks));
+    if let Some(info) = marked(|marks| marks.redirect) {
+        if marked(|marks| marks.tls).is_none() {
+            return Err(ConfigError::invalid(
+                "LISTEN",
+                format!("redirect={}", info.address),
+                "a tls listener beside a redirect one, to send its requests to (add a tls= entry, or drop redirect=)",
+            ));
+        }
+    }
+    let proxied_tcp = infos().find(|info| info.marks.proxy && info.address.tcp().is_some());
+    if let (Some(info), true) = (proxied_tcp, config.proxy.trusted.is_empty()) {
+        return Err(ConfigError::invalid(
+            "PROXY_TRUSTED",
+            "",
+            format!(
+                "the addresses of the load balancers that send PROXY headers: {} takes them over TCP, and no peer is trusted",
+                info.address
+            ),
+        ));
+    }
+    #[cfg(feature = "tls")]
+    let tls = match marked(|marks| marks.tls) {
+        None => None,
+        Some(info) => Some(load_tls(config, info)?),
+    };
+    #[cfg(not(feature = "tls"))]
+    if let Some(info) = marked(|marks| marks.tls) {
+        return Err(ConfigError::invalid(
+            "LISTEN",
+            format!("{}={}", info.marks, info.address),
+            "a listener without tls: this program was built without portkeeper's tls feature",
+        ));
+    }
+    Ok(Edge {
+        #[cfg(feature = "tls")]
+        tls,
+        proxy: Arc::new(config.proxy.clone()),
+    })
+}
+
+#[cfg(feature = "tls")]
+fn load_tls(
+    config: &Config,
+    info: &listener::ListenerInfo,
+) -> Result<crate::tls::Tls, ConfigError> {
+    let Some(pair) = &config.tls.pair else {
+        return Err(ConfigError::invalid(
+            "TLS_CERT_FILE",
+            "",
+            format!(
+                "a PEM certificate chain, with TLS_KEY_FILE (or systemd credentials tls-cert and tls-key): {} serves TLS",
+                info.address
+            ),
+        ));
+    };
+    let tls = crate::tls::Tls::load(&config.tls, pair)?;
+    let serving = tls.serving();
+    tracing::info!(
+        cert = %pair.cert.display(),
+        serial = serving.serial,
+        subject = serving.subject,
+        not_after = serving.not_after,
+        client_certificates = config.tls.client_ca.is_some(),
+        "TLS certificate loaded"
+    );
+    Ok(tls)
 }

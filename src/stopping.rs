@@ -5,7 +5,6 @@ use std::sync::Arc;
 use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use std::future::Future;
 
 use tokio_util::sync::CancellationToken;
 
@@ -84,45 +83,11 @@ impl Stopping {
     }
 }
 
-tokio::task_local! {
-    /// The `Stopping` of the connection whose task this is. A task-local
-    /// rather than a request extension: an extension is a boxed clone made,
-    /// and freed, for every request (about 300 instructions of an HTTP/1.1
-    /// `/health`, docs/benchmarks.md), while the scope costs a swap per poll
-    /// of the connection, and nothing for a request that never asks.
-    static CURRENT: Stopping;
-}
-
-impl Stopping {
-    /// Runs `task` (a connection, or one of its HTTP/2 streams) with this
-    /// signal as the one its handlers extract.
-    pub(crate) fn scope<F: Future>(self, task: F) -> impl Future<Output = F::Output> {
-        CURRENT.scope(self, task)
-    }
-}
-
-/// hyper's executor for one connection's HTTP/2 streams: each runs in a
-/// task of its own, in the connection's [`Stopping`] scope.
-#[derive(Debug, Clone)]
-pub(crate) struct ScopedExecutor(pub(crate) Stopping);
-
-impl<F> hyper::rt::Executor<F> for ScopedExecutor
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn execute(&self, task: F) {
-        tokio::spawn(self.0.clone().scope(task));
-    }
-}
-
 impl<S: Send + Sync> FromRequestParts<S> for Stopping {
     type Rejection = (StatusCode, &'static str);
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        CURRENT
-            .try_with(Stopping::clone)
-            .ok()
+        crate::scope::current(|scope| scope.stopping.clone())
             .or_else(|| parts.extensions.get::<Stopping>().cloned())
             .ok_or((
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 use crate::notify::{self, Notifier};
 use crate::routes::{self, AppState, Builtins, Readiness, RouteSettings};
 use crate::serve::Limits;
-use crate::serve::{self, ServeOptions, Stopped};
+use crate::serve::{self, ProxySettings, ServeOptions, Stopped, Wire};
 use crate::stopping::Stopping;
 use crate::upgrade::{Departure, Succession, Upgrader};
 
@@ -32,6 +32,17 @@ pub(crate) struct Supervision {
     pub(crate) notifier: Option<Notifier>,
     /// How often to send `WATCHDOG=1`, when `WatchdogSec=` is set.
     pub(crate) watchdog_interval: Option<Duration>,
+}
+
+/// What the marked listeners need at run time (`startup::edge` checks and
+/// loads it before the runtime).
+#[derive(Clone)]
+pub(crate) struct Edge {
+    /// The TLS acceptor, when a listener serves TLS.
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<crate::tls::Tls>,
+    /// The peers allowed to send PROXY headers.
+    pub(crate) proxy: Arc<ProxySettings>,
 }
 
 /// Everything prepared before the runtime, to be served inside it.
@@ -53,6 +64,7 @@ pub(crate) struct Plan {
     pub(crate) succession: Succession,
     pub(crate) builtins: Builtins,
     pub(crate) shutdown: Option<Pin<Box<dyn Future<Output = ()> + Send + 'static>>>,
+    pub(crate) edge: Edge,
 }
 
 /// Serves until SIGINT, SIGTERM or a terminal's hang-up (or the user's
@@ -73,6 +85,7 @@ pub(crate) async fn run(plan: Plan, app: Router) -> Result<(), Error> {
         succession,
         builtins,
         shutdown: user_shutdown,
+        edge,
     } = plan;
     // Signal dispositions first: a signal that comes right after READY=1
     // must find our handlers installed, not the default action (terminate);
@@ -127,17 +140,34 @@ pub(crate) async fn run(plan: Plan, app: Router) -> Result<(), Error> {
     let mut listeners = Vec::with_capacity(bound.listeners.len());
     #[cfg(unix)]
     let mut files = Vec::new();
+    // Where a `redirect` listener sends its requests: the first TLS port.
+    let tls_port = bound
+        .listeners
+        .iter()
+        .filter(|l| l.info.marks.tls)
+        .find_map(|l| l.info.address.tcp())
+        .map(|address| address.port());
     for listener in bound.listeners {
-        let router = routes::router_for(
-            listener.info.role,
-            has_admin,
-            app.clone(),
-            Arc::clone(&state),
-            &settings,
-        );
+        let marks = listener.info.marks;
+        let router = if marks.redirect {
+            crate::redirect::router(tls_port)
+        } else {
+            routes::router_for(
+                listener.info.role,
+                has_admin,
+                app.clone(),
+                Arc::clone(&state),
+                &settings,
+            )
+        };
+        let wire = Wire {
+            #[cfg(feature = "tls")]
+            tls: edge.tls.clone().filter(|_| marks.tls),
+            proxy: marks.proxy.then(|| Arc::clone(&edge.proxy)),
+        };
         let socket = register(listener.socket)
             .map_err(|err| Error::system("cannot register the listener with tokio", err))?;
-        listeners.push((socket, routes::service(router, limits)));
+        listeners.push((socket, wire, routes::service(router, limits)));
         #[cfg(unix)]
         files.extend(listener.file);
     }
@@ -153,6 +183,12 @@ pub(crate) async fn run(plan: Plan, app: Router) -> Result<(), Error> {
         (None, Some(notifier)) => notifier.notify(&ready),
         (None, None) => {}
     }
+    // New handshakes take a changed certificate pair; ends with serving.
+    #[cfg(feature = "tls")]
+    let _rotation = edge
+        .tls
+        .clone()
+        .map(|tls| AbortOnDrop(tokio::spawn(tls.watch_files(Arc::clone(&metrics)))));
     let watchdog = notifier.as_ref().and_then(|notifier| {
         let interval = supervision.watchdog_interval?;
         Some(AbortOnDrop(tokio::spawn(keep_watchdog_fed(
@@ -358,15 +394,9 @@ fn handed_over_set(bound: &Bound, fd_name: &str) -> Vec<Handed> {
     {
         let mut set = Vec::new();
         for listener in &bound.listeners {
-            let name = match listener.info.role {
-                Role::App => fd_name,
-                Role::Admin => crate::listener::ADMIN_FD_NAME,
-            };
+            let name = listener.info.marks.fd_name(listener.info.role, fd_name);
             match listener.socket.duplicate() {
-                Ok(fd) => set.push(Handed {
-                    fd,
-                    name: name.to_owned(),
-                }),
+                Ok(fd) => set.push(Handed { fd, name }),
                 Err(err) => {
                     tracing::warn!(error = %err, address = %listener.info.address, "cannot keep a copy of the listener; binary upgrades are off");
                     return Vec::new();

@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use socket2::{Socket, Type};
 
-use super::{ADMIN_FD_NAME, Endpoint, ListenError, Role, Source};
+use super::{Endpoint, ListenError, Marks, Role, Source};
 
 /// More inherited fds than this is not a handoff but garbage in LISTEN_FDS;
 /// the bound keeps us from walking millions of fd numbers.
@@ -190,6 +190,8 @@ pub(crate) struct Adopted {
     pub(crate) socket: super::Socket,
     /// What it serves.
     pub(crate) role: Role,
+    /// What it speaks besides plain HTTP, by its name.
+    pub(crate) marks: Marks,
     /// Its local address or path.
     pub(crate) address: Endpoint,
     /// The fd number it arrived as.
@@ -198,28 +200,22 @@ pub(crate) struct Adopted {
     pub(crate) name: Option<String>,
 }
 
-/// The role of each handed-over fd, by name: `wanted` (LISTEN_FD_NAME) is
-/// the app, [`ADMIN_FD_NAME`] the built-in routes, anything else is not
-/// served (`None`). Without names every fd serves the app. When names are
-/// given but none is `wanted` or admin, the first fd serves the app, with a
-/// warning, as a unit without `FileDescriptorName=` expects.
-pub(crate) fn roles(offer: &Offer, wanted: &str) -> Vec<Option<Role>> {
+/// The role and marks of each handed-over fd, by name ([`Marks::from_fd_name`]):
+/// `wanted` (LISTEN_FD_NAME) is the app, `https` the app over TLS, `admin`
+/// the built-in routes, each optionally with `+tls`, `+proxy`, `+redirect`;
+/// anything else is not served (`None`). Without names every fd serves the
+/// app, with `unmarked` (`TLS=true`: systemfd's `https::` names nothing).
+/// When names are given but none is the app's or admin, the first fd serves
+/// the app, with a warning, as a unit without `FileDescriptorName=` expects.
+pub(crate) fn roles(offer: &Offer, wanted: &str, unmarked: Marks) -> Vec<Option<(Role, Marks)>> {
     let Some(names) = &offer.names else {
-        return vec![Some(Role::App); offer.fds.len()];
+        return vec![Some((Role::App, unmarked)); offer.fds.len()];
     };
-    let mut roles: Vec<Option<Role>> = names
+    let mut roles: Vec<Option<(Role, Marks)>> = names
         .iter()
-        .map(|name| {
-            if name == wanted {
-                Some(Role::App)
-            } else if name == ADMIN_FD_NAME {
-                Some(Role::Admin)
-            } else {
-                None
-            }
-        })
+        .map(|name| Marks::from_fd_name(name, wanted))
         .collect();
-    if !roles.contains(&Some(Role::App)) && roles.first() == Some(&None) {
+    if !roles.iter().flatten().any(|(role, _)| *role == Role::App) && roles.first() == Some(&None) {
         if names.len() > 1 {
             tracing::warn!(
                 wanted,
@@ -227,7 +223,7 @@ pub(crate) fn roles(offer: &Offer, wanted: &str) -> Vec<Option<Role>> {
                 "no inherited socket is named LISTEN_FD_NAME; serving the first"
             );
         }
-        roles[0] = Some(Role::App);
+        roles[0] = Some((Role::App, unmarked));
     }
     roles
 }
@@ -263,7 +259,11 @@ pub(crate) fn claim(handoff: Handoff) -> Handoff {
 /// The fd numbers are the offer's; the environment is neither read again
 /// nor written (see the module docs). Runs at most once per process: a
 /// second call (two `listen()` racing past [`claim`]) is an error.
-pub(crate) fn adopt(offer: &Offer, wanted: &str) -> Result<Vec<Adopted>, ListenError> {
+pub(crate) fn adopt(
+    offer: &Offer,
+    wanted: &str,
+    unmarked: Marks,
+) -> Result<Vec<Adopted>, ListenError> {
     if TAKEN.swap(true, Ordering::AcqRel) {
         return Err(ListenError::UnusableFd {
             fd: offer.fds.first().copied().unwrap_or(3),
@@ -276,7 +276,7 @@ pub(crate) fn adopt(offer: &Offer, wanted: &str) -> Result<Vec<Adopted>, ListenE
     // so none is left open (and inherited by our children) when a served
     // one turns out to be unusable below.
     let mut served = Vec::new();
-    for (index, role) in roles(offer, wanted).into_iter().enumerate() {
+    for (index, role) in roles(offer, wanted, unmarked).into_iter().enumerate() {
         let fd = offer.fds[index];
         let found = inspect(fd);
         match role {
@@ -419,7 +419,7 @@ fn adopt_one(
     owned: OwnedFd,
     fd: RawFd,
     name: Option<String>,
-    role: Role,
+    (role, marks): (Role, Marks),
 ) -> Result<Adopted, ListenError> {
     let unusable = |reason: String| ListenError::UnusableFd {
         fd,
@@ -494,6 +494,7 @@ fn adopt_one(
     Ok(Adopted {
         socket,
         role,
+        marks,
         address,
         fd,
         name,
@@ -561,19 +562,67 @@ mod tests {
         else {
             panic!("expected an offer");
         };
-        assert_eq!(
-            roles(&offer, "http"),
-            vec![None, Some(Role::App), Some(Role::Admin), Some(Role::App)]
-        );
+        let plain = Marks::default();
+        let app = Some((Role::App, plain));
+        let admin = Some((Role::Admin, plain));
+        assert_eq!(roles(&offer, "http", plain), vec![None, app, admin, app]);
         // No fd named LISTEN_FD_NAME: the first serves the app, as before.
-        assert_eq!(
-            roles(&offer, "web"),
-            vec![Some(Role::App), None, Some(Role::Admin), None]
-        );
+        assert_eq!(roles(&offer, "web", plain), vec![app, None, admin, None]);
         let Handoff::Offered(unnamed) = plan(&vars(Some("2"), None, None), 1).unwrap() else {
             panic!("expected an offer");
         };
-        assert_eq!(roles(&unnamed, "http"), vec![Some(Role::App); 2]);
+        assert_eq!(roles(&unnamed, "http", plain), vec![app; 2]);
+        // TLS=true marks the sockets systemfd hands over without names.
+        let tls = Marks { tls: true, ..plain };
+        assert_eq!(
+            roles(&unnamed, "http", tls),
+            vec![Some((Role::App, tls)); 2]
+        );
+    }
+
+    #[test]
+    fn names_carry_tls_proxy_and_redirect_marks() {
+        let Handoff::Offered(offer) = plan(
+            &vars(
+                Some("5"),
+                None,
+                Some("https:http+proxy:admin+tls:https+proxy+redirect:http+bogus"),
+            ),
+            1,
+        )
+        .unwrap() else {
+            panic!("expected an offer");
+        };
+        let marks = |tls, proxy, redirect| Marks {
+            tls,
+            proxy,
+            redirect,
+        };
+        assert_eq!(
+            roles(&offer, "http", Marks::default()),
+            vec![
+                Some((Role::App, marks(true, false, false))),
+                Some((Role::App, marks(false, true, false))),
+                Some((Role::Admin, marks(true, false, false))),
+                Some((Role::App, marks(true, true, true))),
+                // An unknown mark: not ours to serve, so it is closed.
+                None,
+            ]
+        );
+        // A successor reads back the name each listener is handed over with.
+        for (role, marks) in roles(&offer, "http", Marks::default())
+            .into_iter()
+            .flatten()
+        {
+            for app_name in ["http", "web"] {
+                let name = marks.fd_name(role, app_name);
+                assert_eq!(
+                    Marks::from_fd_name(&name, app_name),
+                    Some((role, marks)),
+                    "{name}"
+                );
+            }
+        }
     }
 
     /// `inspect` tells an open socket, another open fd and a closed number

@@ -94,6 +94,121 @@ impl Role {
 /// The LISTEN_FDNAMES name of the admin role's sockets.
 pub(crate) const ADMIN_FD_NAME: &str = "admin";
 
+/// The LISTEN_FDNAMES name of app sockets that serve TLS
+/// (`FileDescriptorName=https`): the same as `<LISTEN_FD_NAME>+tls`.
+pub(crate) const HTTPS_FD_NAME: &str = "https";
+
+/// What a listener speaks besides plain HTTP. Set by a `LISTEN` entry's
+/// prefix (`tls=`, `tls+proxy=`, `redirect=`), by an inherited fd's name
+/// (`https`, `http+proxy`, ...), or by `TLS=true` for the listeners that
+/// carry no marks of their own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct Marks {
+    /// Serves TLS.
+    pub(crate) tls: bool,
+    /// Each connection begins with a PROXY protocol header from a trusted peer.
+    pub(crate) proxy: bool,
+    /// Answers every request with a 308 to the same host and path over TLS.
+    pub(crate) redirect: bool,
+}
+
+impl Marks {
+    /// The marks' words, in the order they are written.
+    const WORDS: [&'static str; 3] = ["tls", "proxy", "redirect"];
+
+    /// Sets the mark `word` names; false when it names none.
+    fn set(&mut self, word: &str) -> bool {
+        match word {
+            "tls" => self.tls = true,
+            "proxy" => self.proxy = true,
+            "redirect" => self.redirect = true,
+            _ => return false,
+        }
+        true
+    }
+
+    fn words(self) -> impl Iterator<Item = &'static str> {
+        let set = [self.tls, self.proxy, self.redirect];
+        Self::WORDS
+            .into_iter()
+            .zip(set)
+            .filter_map(|(word, set)| set.then_some(word))
+    }
+
+    /// The LISTEN_FDNAMES name a successor gets for a listener of `role`
+    /// with these marks, that [`Marks::from_fd_name`] reads back: `http`,
+    /// `https`, `admin+tls`, `http+proxy+redirect`, ...
+    pub(crate) fn fd_name(self, role: Role, app_name: &str) -> String {
+        let (mut name, rest) = match role {
+            Role::App if self.tls && app_name == "http" => {
+                (HTTPS_FD_NAME.to_owned(), Marks { tls: false, ..self })
+            }
+            Role::App => (app_name.to_owned(), self),
+            Role::Admin => (ADMIN_FD_NAME.to_owned(), self),
+        };
+        for word in rest.words() {
+            name.push('+');
+            name.push_str(word);
+        }
+        name
+    }
+
+    /// The role and marks an inherited fd's name gives: `<app_name>`,
+    /// `https` or `admin`, each optionally followed by `+tls`, `+proxy`,
+    /// `+redirect`. `None`: not ours to serve.
+    pub(crate) fn from_fd_name(name: &str, app_name: &str) -> Option<(Role, Marks)> {
+        let mut words = name.split('+');
+        let base = words.next()?;
+        let mut marks = Marks::default();
+        let role = if base == app_name {
+            Role::App
+        } else if base == HTTPS_FD_NAME {
+            marks.tls = true;
+            Role::App
+        } else if base == ADMIN_FD_NAME {
+            Role::Admin
+        } else {
+            return None;
+        };
+        words.all(|word| marks.set(word)).then_some((role, marks))
+    }
+
+    /// Parses a `LISTEN` prefix's words (`tls`, `proxy`, `redirect`), with
+    /// the role words `app` and `admin` when `roles` allows them.
+    pub(crate) fn parse_prefix(prefix: &str, roles: bool) -> Result<(Option<Role>, Marks), String> {
+        let mut role = None;
+        let mut marks = Marks::default();
+        for word in prefix.split('+').map(str::trim) {
+            let this_role = match word {
+                "app" => Role::App,
+                "admin" => Role::Admin,
+                word if marks.set(word) => continue,
+                other => {
+                    return Err(format!(
+                        "{other:?} is not a role prefix (app, admin) or a mark (tls, proxy, redirect; joined with +, as in admin+tls=)"
+                    ));
+                }
+            };
+            if !roles {
+                return Err(format!(
+                    "{word:?} is a role prefix, and every address here is admin (put app listeners in LISTEN)"
+                ));
+            }
+            if role.replace(this_role).is_some() {
+                return Err(format!("{prefix:?} names two roles"));
+            }
+        }
+        Ok((role, marks))
+    }
+}
+
+impl std::fmt::Display for Marks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let words: Vec<&str> = self.words().collect();
+        f.write_str(&words.join("+"))
+    }
+}
+
 /// Where a listener listens: a TCP address, a Unix socket path, or an
 /// abstract Unix socket name (Linux).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,6 +328,8 @@ pub(crate) fn v6_only_beside(addr: SocketAddr, others: &[SocketAddr]) -> bool {
 pub(crate) struct ListenSpec {
     /// What it serves.
     pub(crate) role: Role,
+    /// What it speaks besides plain HTTP.
+    pub(crate) marks: Marks,
     /// Where to listen (never [`Endpoint::Unnamed`]).
     pub(crate) endpoint: Endpoint,
 }
@@ -224,6 +341,9 @@ pub(crate) struct ListenerInfo {
     pub(crate) source: Source,
     /// What it serves.
     pub(crate) role: Role,
+    /// What it speaks besides plain HTTP (`tls`, `proxy`, `redirect`).
+    #[serde(flatten)]
+    pub(crate) marks: Marks,
     /// The local address it listens on, or its Unix socket path.
     pub(crate) address: Endpoint,
     /// The inherited fd number, if inherited.
@@ -350,13 +470,14 @@ pub(crate) fn open(
         if plan.listen.is_some() || !plan.admin.is_empty() {
             tracing::info!("sockets were handed over; LISTEN and ADMIN_LISTEN are not bound");
         }
-        let listeners = inherit::adopt(offer, fd_name)?
+        let listeners = inherit::adopt(offer, fd_name, plan.unmarked)?
             .into_iter()
             .map(|adopted| BoundListener {
                 file: our_socket_file(offer.source, &adopted.address, plan),
                 info: ListenerInfo {
                     source: offer.source,
                     role: adopted.role,
+                    marks: adopted.marks,
                     address: adopted.address,
                     fd: Some(adopted.fd),
                     fd_name: adopted.name,
@@ -517,6 +638,7 @@ fn bind_spec(
         info: ListenerInfo {
             source: Source::Fixed,
             role: spec.role,
+            marks: spec.marks,
             address,
             fd: None,
             fd_name: None,
@@ -578,6 +700,7 @@ fn bind_own(plan: &ListenSettings) -> Result<BoundListener, ListenError> {
         info: ListenerInfo {
             source,
             role: Role::App,
+            marks: plan.unmarked,
             address: Endpoint::Tcp(address),
             fd: None,
             fd_name: None,
@@ -727,6 +850,17 @@ pub(crate) enum ListenError {
         /// Their addresses.
         kinds: String,
     },
+    /// `Listening::into_listener` on a listener marked tls, proxy or redirect:
+    /// a bare socket would serve it as plain HTTP.
+    #[error(
+        "into_listener hands over a bare socket, and {address} is marked {marks} (served as plain HTTP it would not work); serve it with Listening::serve"
+    )]
+    MarkedListener {
+        /// The listener's address.
+        address: String,
+        /// Its marks.
+        marks: Marks,
+    },
     /// Any other failure to bind or listen.
     #[error("cannot listen on {address}")]
     Bind {
@@ -762,6 +896,7 @@ impl ListenError {
                 | ListenError::AddressNotAvailable { .. }
                 | ListenError::NoSuchInterface { .. }
                 | ListenError::NotOneTcpListener { .. }
+                | ListenError::MarkedListener { .. }
                 | ListenError::OwnOverlap { .. }
                 | ListenError::UnixSocket {
                     class: ErrorClass::Config,

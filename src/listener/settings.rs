@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::RangeInclusive;
 
-use super::{Clash, Endpoint, ListenSpec, Role, clash};
+use super::{Clash, Endpoint, ListenSpec, Marks, Role, clash};
 use crate::settings::{ConfigError, Environment, Variable, parse_bool, parse_port};
 
 const HOST: Variable = Variable::new(
@@ -84,6 +84,10 @@ pub(crate) struct ListenSettings {
     pub(crate) unix_mode: u32,
     /// Which inherited sockets serve the app, by their LISTEN_FDNAMES entry.
     pub(crate) listen_fd_name: String,
+    /// The marks of the listeners that carry none of their own
+    /// (`HOST:API_PORT`, inherited sockets without names): `TLS=true`,
+    /// which the TLS settings own and `Config` copies here.
+    pub(crate) unmarked: Marks,
 }
 
 impl ListenSettings {
@@ -188,6 +192,7 @@ impl ListenSettings {
             admin,
             unix_mode,
             listen_fd_name,
+            unmarked: Marks::default(),
         })
     }
 }
@@ -311,8 +316,8 @@ const MAX_UNIX_PATH: usize = 107;
 /// by `app=` or `admin=` to choose its role; in `ADMIN_LISTEN` (`role` is
 /// `None`) every address is admin and a prefix is refused.
 fn parse_listen(value: &str, role: Option<Role>) -> Result<Vec<ListenSpec>, String> {
-    const EXPECTED: &str = "comma-separated addresses: IP:PORT, [IPV6]:PORT, /absolute/path or @abstract, each optionally prefixed by app= or admin=";
-    const EXPECTED_ADMIN: &str = "comma-separated addresses: IP:PORT, [IPV6]:PORT, /absolute/path or @abstract, without a role prefix (every one is admin)";
+    const EXPECTED: &str = "comma-separated addresses: IP:PORT, [IPV6]:PORT, /absolute/path or @abstract, each optionally prefixed by a role (app= or admin=) and marks (tls=, proxy=, redirect=, joined as in admin+tls=)";
+    const EXPECTED_ADMIN: &str = "comma-separated addresses: IP:PORT, [IPV6]:PORT, /absolute/path or @abstract, optionally prefixed by marks (tls=, proxy=, tls+proxy=), without a role (every one is admin)";
     let expected = if role.is_some() {
         EXPECTED
     } else {
@@ -328,25 +333,23 @@ fn parse_listen(value: &str, role: Option<Role>) -> Result<Vec<ListenSpec>, Stri
         let prefix = entry
             .split_once('=')
             .filter(|_| !entry.starts_with(['/', '@', '[']));
-        let (role, address) = match (role, prefix) {
-            (None, Some((_, address))) => {
-                return Err(format!(
-                    "{expected}; {entry:?} has a role prefix (write {:?} here, and app listeners in LISTEN)",
-                    address.trim()
-                ));
+        let (role, marks, address) = match prefix {
+            None => (role.unwrap_or(Role::Admin), Marks::default(), entry),
+            Some((prefix, address)) => {
+                let (named, marks) = Marks::parse_prefix(prefix, role.is_some())
+                    .map_err(|why| format!("{expected}; {why}"))?;
+                let role = named.or(role).unwrap_or(Role::Admin);
+                (role, marks, address.trim())
             }
-            (None, None) => (Role::Admin, entry),
-            (Some(_), Some(("app", address))) => (Role::App, address.trim()),
-            (Some(_), Some(("admin", address))) => (Role::Admin, address.trim()),
-            (Some(_), Some((other, _))) => {
-                return Err(format!(
-                    "{expected}; {other:?} is not a role (the roles are app and admin)"
-                ));
-            }
-            (Some(role), None) => (role, entry),
         };
+        if marks.redirect && (marks.tls || role == Role::Admin) {
+            return Err(format!(
+                "{expected}; {entry:?}: redirect is for a plain app listener (it sends every request to the tls one)"
+            ));
+        }
         specs.push(ListenSpec {
             role,
+            marks,
             endpoint: parse_endpoint(address).map_err(|why| format!("{expected}; {why}"))?,
         });
     }
@@ -603,6 +606,71 @@ mod tests {
             Endpoint::Path("/run/a=b.sock".into())
         );
         assert_eq!(s.admin[0].endpoint, Endpoint::Abstract("x=y".into()));
+    }
+
+    #[test]
+    fn entries_take_tls_proxy_and_redirect_marks() {
+        let s = settings(&[
+            (
+                "LISTEN",
+                "tls=0.0.0.0:8443, redirect=0.0.0.0:8080, tls+proxy=/run/pk.sock, admin+tls=127.0.0.1:9443, app+proxy=@pk",
+            ),
+            ("ADMIN_LISTEN", "tls=127.0.0.1:9444,proxy=/run/a.sock"),
+        ])
+        .unwrap();
+        let marks = |tls, proxy, redirect| Marks {
+            tls,
+            proxy,
+            redirect,
+        };
+        let listen = s.listen.unwrap();
+        let got: Vec<(Role, Marks)> = listen.iter().map(|spec| (spec.role, spec.marks)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (Role::App, marks(true, false, false)),
+                (Role::App, marks(false, false, true)),
+                (Role::App, marks(true, true, false)),
+                (Role::Admin, marks(true, false, false)),
+                (Role::App, marks(false, true, false)),
+            ]
+        );
+        assert_eq!(listen[2].endpoint, Endpoint::Path("/run/pk.sock".into()));
+        assert_eq!(s.admin[0].marks, marks(true, false, false));
+        assert_eq!(s.admin[1].marks, marks(false, true, false));
+        // An entry without marks stays plain, and TLS=true is not read here.
+        let plain = settings(&[("LISTEN", "127.0.0.1:1")]).unwrap();
+        assert_eq!(plain.listen.unwrap()[0].marks, Marks::default());
+    }
+
+    #[test]
+    fn bad_marks_are_refused_naming_the_variable_and_the_entry() {
+        for (name, value, needle) in [
+            ("LISTEN", "tsl=127.0.0.1:1", "\"tsl\" is not a role prefix"),
+            ("LISTEN", "app+admin=127.0.0.1:1", "names two roles"),
+            (
+                "LISTEN",
+                "tls+redirect=127.0.0.1:1",
+                "redirect is for a plain app listener",
+            ),
+            (
+                "LISTEN",
+                "admin+redirect=127.0.0.1:1",
+                "redirect is for a plain app listener",
+            ),
+            ("ADMIN_LISTEN", "admin+tls=127.0.0.1:1", "role prefix"),
+            (
+                "ADMIN_LISTEN",
+                "redirect=127.0.0.1:1",
+                "redirect is for a plain app listener",
+            ),
+        ] {
+            let err = error(&[(name, value)]);
+            assert!(
+                err.starts_with(&format!("{name}: ")) && err.contains(needle),
+                "{value}: {err}"
+            );
+        }
     }
 
     #[test]

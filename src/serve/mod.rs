@@ -54,15 +54,19 @@ use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::metrics::{Connections, Metrics, OpenConnection};
-use crate::stopping::{ScopedExecutor, Stopping};
+use crate::scope::{ConnectionScope, ScopedExecutor};
+use crate::stopping::Stopping;
 use accept::{AcceptBackoff, Admit, ConnectionLimit};
 use request::{Activity, Output, PerRequest, Quiet, peer_extensions};
 
 mod accept;
 mod limits;
+mod proxy;
 mod request;
 
 pub(crate) use limits::Limits;
+use proxy::Proxied;
+pub(crate) use proxy::ProxySettings;
 
 /// How long, once a stop begins, an idle connection may take to send its next request.
 ///
@@ -137,6 +141,17 @@ pub(crate) enum Stopped {
     Forced { open: usize },
 }
 
+/// What a listener speaks besides plain HTTP, ready to serve: the TLS
+/// acceptor, and the PROXY protocol's trusted peers. One per listener.
+#[derive(Clone, Default)]
+pub(crate) struct Wire {
+    /// Serves TLS with this acceptor.
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<crate::tls::Tls>,
+    /// Each connection begins with a PROXY header from one of these peers.
+    pub(crate) proxy: Option<Arc<ProxySettings>>,
+}
+
 /// A listening socket registered with tokio: TCP or Unix stream.
 #[derive(Debug)]
 pub(crate) enum Listener {
@@ -169,12 +184,28 @@ impl Listener {
 }
 
 /// Who is at the other end of a connection, as handlers see it through
-/// `ConnectInfo`: a TCP peer's address, or a Unix peer's credentials.
+/// `ConnectInfo`: a TCP peer's address (the client's, from a PROXY header,
+/// behind a proxy), or a Unix peer's credentials.
 #[derive(Debug, Clone)]
 enum Peer {
     Tcp(SocketAddr),
     #[cfg(unix)]
     Unix(Option<tokio::net::unix::UCred>),
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Tcp(address) => address.fmt(f),
+            #[cfg(unix)]
+            Peer::Unix(Some(cred)) => match cred.pid() {
+                Some(pid) => write!(f, "unix pid {pid} uid {}", cred.uid()),
+                None => write!(f, "unix uid {}", cred.uid()),
+            },
+            #[cfg(unix)]
+            Peer::Unix(None) => f.write_str("unix"),
+        }
+    }
 }
 
 /// Serves each listener with its own service until `shutdown` completes,
@@ -189,7 +220,7 @@ enum Peer {
 /// When the drain times out or is forced, the connections still open are
 /// closed, and `serve` returns once they are gone (or after [`CLOSE_WAIT`]).
 pub(crate) async fn serve<S: AppService>(
-    listeners: Vec<(Listener, S)>,
+    listeners: Vec<(Listener, Wire, S)>,
     shutdown: impl Future<Output = ()>,
     force: impl Future<Output = ()>,
     options: ServeOptions,
@@ -209,9 +240,10 @@ pub(crate) async fn serve<S: AppService>(
     ));
     let loops: Vec<_> = listeners
         .into_iter()
-        .map(|(listener, service)| {
+        .map(|(listener, wire, service)| {
             tokio::spawn(accept_loop(
                 listener,
+                wire,
                 service,
                 Accepting {
                     end: Arc::clone(&end_accepting),
@@ -314,6 +346,7 @@ struct Accepting {
 /// connection; returns the tasks still running, for the drain to abort.
 async fn accept_loop<S: AppService>(
     listener: Listener,
+    wire: Wire,
     service: S,
     accepting: Accepting,
 ) -> JoinSet<()> {
@@ -345,19 +378,37 @@ async fn accept_loop<S: AppService>(
         match accepted {
             Ok((stream, peer)) => {
                 backoff.succeeded();
-                let output = Arc::new(Output::new());
-                let connection = Connection {
-                    stream: TrackedIo {
-                        io: stream,
-                        home: None,
-                        kill: Arc::clone(&accepting.kill),
-                        closing: Closing::Home,
-                        output: Arc::clone(&output),
-                        write_blocked: false,
-                        _permit: permit,
-                        _open: accepting.connections.token(),
-                        _counted: accepting.counted.open(),
+                // TLS_MAX_HANDSHAKES: a connection beyond it is closed at
+                // once rather than queued behind slow handshakes.
+                #[cfg(feature = "tls")]
+                let handshake = match &wire.tls {
+                    Some(tls) => match tls.try_handshake_permit() {
+                        Some(permit) => Some(permit),
+                        None => {
+                            accepting
+                                .metrics
+                                .tls_handshake(crate::metrics::HandshakeOutcome::OverCap);
+                            tracing::debug!(
+                                "closing a connection: TLS_MAX_HANDSHAKES handshakes are in progress"
+                            );
+                            continue;
+                        }
                     },
+                    None => None,
+                };
+                let output = Arc::new(Output::new());
+                let stream = TrackedIo {
+                    io: stream,
+                    home: None,
+                    kill: Arc::clone(&accepting.kill),
+                    closing: Closing::Home,
+                    output: Arc::clone(&output),
+                    write_blocked: false,
+                    _permit: permit,
+                    _open: accepting.connections.token(),
+                    _counted: accepting.counted.open(),
+                };
+                let connection = Connection {
                     output,
                     peer,
                     requests: accepting.requests.token(),
@@ -366,9 +417,11 @@ async fn accept_loop<S: AppService>(
                     idle_grace: accepting.idle_grace,
                     limits: accepting.limits,
                     stopping: accepting.stopping.for_connection(),
+                    wire: wire.clone(),
+                    #[cfg(feature = "tls")]
+                    handshake,
                 };
-                let scope = connection.stopping.clone();
-                tasks.spawn(scope.scope(connection.serve(service.clone())));
+                tasks.spawn(connection.serve(stream, service.clone()));
                 // While accepts keep coming, the `join_next` branch above
                 // never gets its turn.
                 while tasks.try_join_next().is_some() {}
@@ -640,9 +693,14 @@ enum Watched {
     Quiet(Quiet),
 }
 
+/// The stream hyper serves: TLS over the tracked socket on a TLS listener.
+#[cfg(feature = "tls")]
+type Io = tokio_util::either::Either<TrackedIo, tokio_rustls::server::TlsStream<TrackedIo>>;
+#[cfg(not(feature = "tls"))]
+type Io = TrackedIo;
+
 /// One accepted connection and what serving it needs.
 struct Connection {
-    stream: TrackedIo,
     /// The stream's writes, as its watch sees them.
     output: Arc<Output>,
     peer: Peer,
@@ -653,11 +711,55 @@ struct Connection {
     idle_grace: Duration,
     limits: Limits,
     stopping: Stopping,
+    /// What the listener speaks besides plain HTTP.
+    wire: Wire,
+    /// A place under `TLS_MAX_HANDSHAKES`, given back once the handshake ends.
+    #[cfg(feature = "tls")]
+    handshake: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Connection {
-    async fn serve<S: AppService>(mut self, service: S) {
-        self.stream.home = tokio::task::try_id();
+    /// Reads the PROXY header and makes the TLS handshake where the
+    /// listener asks for them, then serves HTTP in the connection's scope.
+    async fn serve<S: AppService>(mut self, mut stream: TrackedIo, service: S) {
+        stream.home = tokio::task::try_id();
+        if let Some(trusted) = self.wire.proxy.take() {
+            match admit_proxied(&mut stream.io, &self.peer, &trusted).await {
+                Some(client) => self.peer = client,
+                None => return,
+            }
+        }
+        let scope = ConnectionScope::new(self.stopping.clone());
+        #[cfg(feature = "tls")]
+        let (io, scope) = match self.wire.tls.take() {
+            None => (Io::Left(stream), scope),
+            Some(tls) => {
+                let accepted = tls.accept(stream, &self.metrics).await;
+                drop(self.handshake.take());
+                match accepted {
+                    Ok(accepted) => (
+                        Io::Right(accepted.stream),
+                        ConnectionScope {
+                            identity: accepted.identity,
+                            ..scope
+                        },
+                    ),
+                    Err(err) => {
+                        tracing::debug!(peer = %self.peer, error = %err, "TLS handshake failed");
+                        return;
+                    }
+                }
+            }
+        };
+        #[cfg(not(feature = "tls"))]
+        let io = stream;
+        scope
+            .clone()
+            .scope(self.serve_http(io, scope, service))
+            .await;
+    }
+
+    async fn serve_http<S: AppService>(self, io: Io, scope: ConnectionScope, service: S) {
         let metrics = Arc::clone(&self.metrics);
         let activity = Arc::new(Activity::new(
             self.stop,
@@ -672,14 +774,13 @@ impl Connection {
         };
         // HTTP/2 streams run in tasks of their own: in this connection's
         // Stopping scope too (HTTP/1 requests run in the connection's task).
-        let mut builder = auto::Builder::new(ScopedExecutor(self.stopping));
+        let mut builder = auto::Builder::new(ScopedExecutor(scope));
         // The header-read timeout is `Activity::watch`, for both protocols;
         // hyper's own is turned off explicitly since it needs a timer.
         builder.http1().header_read_timeout(None);
         // RFC 8441: WebSockets over HTTP/2, as axum::serve allows.
         builder.http2().enable_connect_protocol();
-        let connection =
-            builder.serve_connection_with_upgrades(TokioIo::new(self.stream), per_request);
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), per_request);
         tokio::pin!(connection);
 
         let (header_timeout, write_timeout) =
@@ -769,6 +870,26 @@ impl Connection {
     }
 }
 
+/// On a listener marked `proxy`: the client's address from the PROXY header
+/// that a trusted peer sends first, or `None` when the connection must close
+/// (an untrusted peer, no header in time, a malformed one), with one line.
+async fn admit_proxied(io: &mut Stream, peer: &Peer, trusted: &ProxySettings) -> Option<Peer> {
+    if let Peer::Tcp(address) = peer {
+        if !trusted.trusts(address.ip()) {
+            tracing::warn!(%peer, "closing a connection on a proxy listener: the peer is not in PROXY_TRUSTED");
+            return None;
+        }
+    }
+    match proxy::read_header(io).await {
+        Ok(Proxied::Addresses { source, .. }) => Some(Peer::Tcp(source)),
+        Ok(Proxied::Local) => Some(peer.clone()),
+        Err(err) => {
+            tracing::warn!(%peer, error = %err, "closing a connection on a proxy listener");
+            None
+        }
+    }
+}
+
 fn log_connection_end(result: Result<(), BoxError>) {
     if let Err(err) = result {
         tracing::debug!(error = %err, "connection ended with an error");
@@ -816,7 +937,7 @@ mod tests {
     /// Serves `listeners` in a task until the sender is used; the task
     /// returns how serving ended.
     fn start<S: AppService>(
-        listeners: Vec<(Listener, S)>,
+        listeners: Vec<(Listener, Wire, S)>,
         metrics: Arc<Metrics>,
     ) -> (
         tokio::sync::oneshot::Sender<()>,
@@ -827,7 +948,7 @@ mod tests {
 
     /// [`start`] with a shutdown timeout and a `Stopping` of the test's.
     fn start_with<S: AppService>(
-        listeners: Vec<(Listener, S)>,
+        listeners: Vec<(Listener, Wire, S)>,
         metrics: Arc<Metrics>,
         shutdown_timeout: Duration,
         stopping: Stopping,
@@ -840,7 +961,7 @@ mod tests {
 
     /// [`start_with`] with limits of the test's.
     fn start_limited<S: AppService>(
-        listeners: Vec<(Listener, S)>,
+        listeners: Vec<(Listener, Wire, S)>,
         metrics: Arc<Metrics>,
         shutdown_timeout: Duration,
         stopping: Stopping,
@@ -891,8 +1012,8 @@ mod tests {
         let service = crate::routes::service(app, LIMITS);
         let (stop, serving) = start(
             vec![
-                (Listener::Tcp(tcp), service.clone()),
-                (Listener::Unix(unix), service),
+                (Listener::Tcp(tcp), Wire::default(), service.clone()),
+                (Listener::Unix(unix), Wire::default(), service),
             ],
             Arc::new(Metrics::new([])),
         );
@@ -927,7 +1048,11 @@ mod tests {
                 axum::routing::get(move || async move { scraped.render() }),
             );
         let (stop, serving) = start(
-            vec![(Listener::Tcp(tcp), crate::routes::service(app, LIMITS))],
+            vec![(
+                Listener::Tcp(tcp),
+                Wire::default(),
+                crate::routes::service(app, LIMITS),
+            )],
             metrics,
         );
         let request = |line: &str, host: bool| {
@@ -1038,7 +1163,11 @@ mod tests {
             }),
         );
         let (stop, serving) = start_with(
-            vec![(Listener::Tcp(tcp), crate::routes::service(app, LIMITS))],
+            vec![(
+                Listener::Tcp(tcp),
+                Wire::default(),
+                crate::routes::service(app, LIMITS),
+            )],
             Arc::new(Metrics::new([])),
             Duration::from_millis(200),
             Stopping::new(),
@@ -1108,7 +1237,11 @@ mod tests {
             }),
         );
         let (stop, serving) = start_with(
-            vec![(Listener::Tcp(tcp), crate::routes::service(app, LIMITS))],
+            vec![(
+                Listener::Tcp(tcp),
+                Wire::default(),
+                crate::routes::service(app, LIMITS),
+            )],
             Arc::new(Metrics::new([])),
             Duration::from_millis(200),
             Stopping::new(),
@@ -1161,7 +1294,11 @@ mod tests {
             }),
         );
         let (stop, serving) = start_with(
-            vec![(Listener::Tcp(tcp), crate::routes::service(app, LIMITS))],
+            vec![(
+                Listener::Tcp(tcp),
+                Wire::default(),
+                crate::routes::service(app, LIMITS),
+            )],
             Arc::new(Metrics::new([])),
             Duration::from_millis(200),
             Stopping::new(),
@@ -1195,7 +1332,11 @@ mod tests {
             }),
         );
         let (stop, serving) = start_with(
-            vec![(Listener::Tcp(tcp), crate::routes::service(app, LIMITS))],
+            vec![(
+                Listener::Tcp(tcp),
+                Wire::default(),
+                crate::routes::service(app, LIMITS),
+            )],
             Arc::new(Metrics::new([])),
             Duration::from_millis(200),
             Stopping::new(),
@@ -1231,7 +1372,11 @@ mod tests {
         );
         let stopping = Stopping::new();
         let (stop, serving) = start_with(
-            vec![(Listener::Tcp(tcp), crate::routes::service(app, LIMITS))],
+            vec![(
+                Listener::Tcp(tcp),
+                Wire::default(),
+                crate::routes::service(app, LIMITS),
+            )],
             Arc::new(Metrics::new([])),
             Duration::from_secs(5),
             stopping.clone(),
@@ -1304,7 +1449,11 @@ mod tests {
         let (app, dropped) = endless_response();
         let metrics = Arc::new(Metrics::new([]));
         let (stop, serving) = start_limited(
-            vec![(Listener::Tcp(tcp), crate::routes::service(app, LIMITS))],
+            vec![(
+                Listener::Tcp(tcp),
+                Wire::default(),
+                crate::routes::service(app, LIMITS),
+            )],
             Arc::clone(&metrics),
             Duration::from_secs(5),
             Stopping::new(),
@@ -1337,7 +1486,11 @@ mod tests {
         let addr = tcp.local_addr().unwrap();
         let (app, dropped) = endless_response();
         let (stop, serving) = start_limited(
-            vec![(Listener::Tcp(tcp), crate::routes::service(app, LIMITS))],
+            vec![(
+                Listener::Tcp(tcp),
+                Wire::default(),
+                crate::routes::service(app, LIMITS),
+            )],
             Arc::new(Metrics::new([])),
             Duration::from_secs(5),
             Stopping::new(),
@@ -1390,7 +1543,11 @@ mod tests {
             ..LIMITS
         };
         let (stop, serving) = start_limited(
-            vec![(Listener::Tcp(tcp), crate::routes::service(app, limits))],
+            vec![(
+                Listener::Tcp(tcp),
+                Wire::default(),
+                crate::routes::service(app, limits),
+            )],
             Arc::new(Metrics::new([])),
             Duration::from_secs(5),
             Stopping::new(),
@@ -1490,18 +1647,18 @@ mod tests {
         let tracker = TaskTracker::new();
         let metrics = Arc::new(Metrics::new([]));
         let output = Arc::new(Output::new());
+        let stream = TrackedIo {
+            io: Stream::Left(stream),
+            home: None,
+            kill: Arc::default(),
+            closing: Closing::Home,
+            output: Arc::clone(&output),
+            write_blocked: false,
+            _permit: None,
+            _open: tracker.token(),
+            _counted: metrics.connections().open(),
+        };
         let connection = Connection {
-            stream: TrackedIo {
-                io: Stream::Left(stream),
-                home: None,
-                kill: Arc::default(),
-                closing: Closing::Home,
-                output: Arc::clone(&output),
-                write_blocked: false,
-                _permit: None,
-                _open: tracker.token(),
-                _counted: metrics.connections().open(),
-            },
             output,
             peer: Peer::Tcp(peer),
             requests: tracker.token(),
@@ -1510,8 +1667,11 @@ mod tests {
             idle_grace: DEADLINE,
             limits: LIMITS,
             stopping: Stopping::new(),
+            wire: Wire::default(),
+            #[cfg(feature = "tls")]
+            handshake: None,
         };
-        let serving = tokio::spawn(connection.serve(crate::routes::service(app, LIMITS)));
+        let serving = tokio::spawn(connection.serve(stream, crate::routes::service(app, LIMITS)));
         let head = upgrade(&mut client, "/ws").await.to_ascii_lowercase();
         assert!(head.contains("\r\nconnection: upgrade\r\n"), "{head}");
         assert!(!head.contains("close"), "{head}");
