@@ -13,7 +13,7 @@
 #
 #   bench/run.sh                                   # the defaults below
 #   bench/run.sh --load-rounds 8 --runs 100        # more rounds, less noise
-#   bench/run.sh --only load,rss,tls               # sections: startup, search, load, instructions, rss, tls
+#   bench/run.sh --only load,rss,tls               # sections: startup, search, load, instructions, rss, tls, tls-instructions
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -4,7 +4,8 @@
 //! bench_driver --portkeeper PATH --baseline PATH [--builtin PATH]
 //!              [--baseline-tls PATH --tls-cert PEM --tls-key PEM]
 //!              [--runs N] [--search-runs N] [--load-rounds N] [--load-seconds S]
-//!              [--connections C] [--only startup,search,load,instructions,rss,tls]
+//!              [--connections C]
+//!              [--only startup,search,load,instructions,rss,tls,tls-instructions]
 //! ```
 //!
 //! `--portkeeper` is `examples/bench_app.rs` and `--baseline` is
@@ -38,7 +39,9 @@
 //!    h2load client never offers a session to resume, where wrk's and
 //!    h2load's reconnections do: docs/benchmarks.md says how that was
 //!    checked); and VmRSS with [`IDLE_TLS_CONNECTIONS`] idle keep-alive TLS
-//!    connections open, held by `bench/tls_idle.py`.
+//!    connections open, held by `bench/tls_idle.py` (section `tls`); and the
+//!    instructions of those requests and handshakes under callgrind (section
+//!    `tls-instructions`).
 //!
 //! Beside the wall-clock figures it reports the server's own CPU time (to the
 //! first 200, and per request under load): on a shared machine those move
@@ -78,10 +81,21 @@ const BUSY_COUNTS: [usize; 4] = [0, 10, 100, 1_000];
 const PORT_RETRIES: usize = 3;
 const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
 /// The parts of the benchmark, in the order they run.
-const SECTIONS: [&str; 6] = ["startup", "search", "load", "instructions", "rss", "tls"];
+const SECTIONS: [&str; 7] = [
+    "startup",
+    "search",
+    "load",
+    "instructions",
+    "rss",
+    "tls",
+    "tls-instructions",
+];
 /// Seconds of load per server and request under callgrind (it runs the
 /// server ~50x slower).
 const CALLGRIND_LOAD_SECONDS: u64 = 5;
+/// How long a server may take to start under callgrind, which first reads
+/// the executable's debug information (slow when other work holds the disk).
+const CALLGRIND_START_DEADLINE: Duration = Duration::from_secs(60);
 /// Connections of the load under callgrind.
 const CALLGRIND_CONNECTIONS: u32 = 10;
 /// Concurrent streams per HTTP/2 connection (`h2load -m`).
@@ -245,8 +259,10 @@ fn parse_options() -> Result<Options> {
     if tls_given != 0 && tls_given != 3 {
         bail!("--baseline-tls, --tls-cert and --tls-key go together (expected all three or none)");
     }
-    if tls_given == 0 && options.only.iter().any(|s| s == "tls") {
-        bail!("--only tls: the TLS rows need --baseline-tls, --tls-cert and --tls-key");
+    if let Some(tls) = options.only.iter().find(|s| s.starts_with("tls"))
+        && tls_given == 0
+    {
+        bail!("--only {tls}: the TLS rows need --baseline-tls, --tls-cert and --tls-key");
     }
     Ok(options)
 }
@@ -289,7 +305,7 @@ fn run(options: &Options) -> Result<()> {
         rss_section(options, &servers, &mut table)?;
     }
     if let (true, Some(baseline_tls), Some(cert), Some(key)) = (
-        options.runs_section("tls"),
+        options.runs_section("tls") || options.runs_section("tls-instructions"),
         &options.baseline_tls,
         &options.tls_cert,
         &options.tls_key,
@@ -312,7 +328,12 @@ fn run(options: &Options) -> Result<()> {
                 env,
             },
         ];
-        tls_section(options, &tls_servers, cert, &mut table)?;
+        if options.runs_section("tls") {
+            tls_section(options, &tls_servers, cert, &mut table)?;
+        }
+        if options.runs_section("tls-instructions") {
+            tls_instructions_section(&tls_servers, &mut table)?;
+        }
     }
     table.load_after = load_average();
     print!("{}", table.render(options));
@@ -691,40 +712,6 @@ fn tls_section(
             Target::None,
         );
     }
-    eprintln!(
-        "TLS instructions under callgrind ({CALLGRIND_LOAD_SECONDS} s of load, {CALLGRIND_CONNECTIONS} connections; {CALLGRIND_HANDSHAKE_BATCHES} × {HANDSHAKE_BATCH} handshakes)"
-    );
-    let mut instructions: Vec<[Vec<f64>; 2]> = TLS_MEASURES
-        .iter()
-        .map(|_| [Vec::new(), Vec::new()])
-        .collect();
-    for (i, server) in servers.iter().enumerate() {
-        let counts =
-            tls_instructions(server).with_context(|| format!("callgrind on {}", server.name))?;
-        for (m, count) in counts.into_iter().enumerate() {
-            eprintln!(
-                "  {}, {}: {count:.0} instructions",
-                TLS_MEASURES[m].label(),
-                server.name
-            );
-            instructions[m][i].push(count);
-        }
-    }
-    for (measure, [ours, base]) in TLS_MEASURES.iter().zip(&instructions) {
-        let what = match measure {
-            TlsMeasure::Load(workload) => {
-                format!(
-                    "user-space instructions per {} (callgrind)",
-                    workload.label()
-                )
-            }
-            TlsMeasure::Handshakes => {
-                "user-space instructions per full TLS handshake and its request (callgrind)"
-                    .to_owned()
-            }
-        };
-        table.compare(&what, "instr.", ours, base, Target::None);
-    }
     eprintln!("idle TLS RSS ({TLS_RSS_RUNS} runs each, {IDLE_TLS_CONNECTIONS} connections)");
     let mut rss = [Vec::new(), Vec::new()];
     let mut per_connection = [Vec::new(), Vec::new()];
@@ -763,6 +750,44 @@ fn tls_section(
         ours.as_deref().unwrap_or("unknown"),
         base.as_deref().unwrap_or("unknown")
     ));
+    Ok(())
+}
+
+fn tls_instructions_section(servers: &[Server<'_>; 2], table: &mut Table) -> Result<()> {
+    eprintln!(
+        "TLS instructions under callgrind ({CALLGRIND_LOAD_SECONDS} s of load, {CALLGRIND_CONNECTIONS} connections; {CALLGRIND_HANDSHAKE_BATCHES} × {HANDSHAKE_BATCH} handshakes)"
+    );
+    let mut instructions: Vec<[Vec<f64>; 2]> = TLS_MEASURES
+        .iter()
+        .map(|_| [Vec::new(), Vec::new()])
+        .collect();
+    for (i, server) in servers.iter().enumerate() {
+        let counts =
+            tls_instructions(server).with_context(|| format!("callgrind on {}", server.name))?;
+        for (m, count) in counts.into_iter().enumerate() {
+            eprintln!(
+                "  {}, {}: {count:.0} instructions",
+                TLS_MEASURES[m].label(),
+                server.name
+            );
+            instructions[m][i].push(count);
+        }
+    }
+    for (measure, [ours, base]) in TLS_MEASURES.iter().zip(&instructions) {
+        let what = match measure {
+            TlsMeasure::Load(workload) => {
+                format!(
+                    "user-space instructions per {} (callgrind)",
+                    workload.label()
+                )
+            }
+            TlsMeasure::Handshakes => {
+                "user-space instructions per full TLS handshake and its request (callgrind)"
+                    .to_owned()
+            }
+        };
+        table.compare(&what, "instr.", ours, base, Target::None);
+    }
     Ok(())
 }
 
@@ -941,7 +966,12 @@ impl Process {
     /// The address from the server's "serving ... address=IP:PORT" line
     /// (portkeeper's and the baseline's alike), waiting for it (bounded).
     fn serving_address(&mut self) -> Result<SocketAddr> {
-        let line = self.wait_for_line(" serving ")?;
+        self.serving_address_within(DEADLINE)
+    }
+
+    /// [`Process::serving_address`], waiting at most `deadline`.
+    fn serving_address_within(&mut self, deadline: Duration) -> Result<SocketAddr> {
+        let line = self.wait_for_line_within(" serving ", deadline)?;
         field(&line, "address")
             .and_then(|a| a.parse().ok())
             .ok_or_else(|| anyhow!("no address= in {line:?}"))
@@ -1639,7 +1669,7 @@ fn callgrind_run(
         .arg(server.path)
         .stderr(Stdio::piped());
     let mut process = Process::spawn(cmd)?;
-    let address = process.serving_address()?;
+    let address = process.serving_address_within(CALLGRIND_START_DEADLINE)?;
     let requests = match load {
         Some(load) => load(address)?,
         None => 0,
