@@ -9,7 +9,7 @@
 # examples/baseline_tls.rs (the same router behind tokio-rustls, hand-glued):
 # HTTP/1.1 and HTTP/2 throughput, full handshakes per second, RSS with 1,000
 # idle TLS connections (bench/tls_idle.py).
-# Loopback only; takes about six minutes after the release build.
+# Loopback only; takes about eight minutes after the release build.
 #
 #   bench/run.sh                                   # the defaults below
 #   bench/run.sh --load-rounds 8 --runs 100        # more rounds, less noise
