@@ -16,16 +16,15 @@
 //! It prints one line on stderr, `baseline serving address=IP:PORT`, so the
 //! benchmark can find a kernel-chosen port.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::process::ExitCode;
 
 #[path = "../bench/router.rs"]
 mod router;
+#[path = "../bench/baseline_socket.rs"]
+mod socket;
 
-/// BSD's EX_CONFIG, as portkeeper uses for bad settings.
-const EXIT_CONFIG: u8 = 78;
-/// BSD's EX_OSERR, for a socket or runtime the system refused.
-const EXIT_OS_ERROR: u8 = 71;
+use socket::{EXIT_OS_ERROR, open_listener};
 
 fn main() -> ExitCode {
     let listener = match open_listener() {
@@ -62,59 +61,4 @@ fn main() -> ExitCode {
 async fn serve(listener: TcpListener) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     axum::serve(listener, router::router()).await
-}
-
-/// The inherited fd 3 when `LISTEN_FDS` is set, else `HOST:API_PORT` bound with std.
-fn open_listener() -> Result<TcpListener, (String, u8)> {
-    let listener = if std::env::var_os("LISTEN_FDS").is_some() {
-        listenfd::ListenFd::from_env()
-            .take_tcp_listener(0)
-            .map_err(|err| (format!("inherited fd 3: {err}"), EXIT_CONFIG))?
-            .ok_or_else(|| {
-                (
-                    "LISTEN_FDS is set but fd 3 is not a TCP listener".to_owned(),
-                    EXIT_CONFIG,
-                )
-            })?
-    } else {
-        let address = SocketAddr::new(host()?, api_port()?);
-        TcpListener::bind(address)
-            .map_err(|err| (format!("cannot listen on {address}: {err}"), EXIT_OS_ERROR))?
-    };
-    // tokio's from_std expects a nonblocking socket (it panics in debug builds otherwise).
-    listener.set_nonblocking(true).map_err(|err| {
-        (
-            format!("cannot set the socket nonblocking: {err}"),
-            EXIT_OS_ERROR,
-        )
-    })?;
-    Ok(listener)
-}
-
-fn host() -> Result<IpAddr, (String, u8)> {
-    let Some(value) = std::env::var("HOST").ok() else {
-        return Ok(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    };
-    if value.eq_ignore_ascii_case("localhost") {
-        return Ok(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    }
-    let literal = value.trim_start_matches('[').trim_end_matches(']');
-    literal.parse().map_err(|_| {
-        (
-            format!("HOST: {value:?} is not valid (expected an IP address or localhost)"),
-            EXIT_CONFIG,
-        )
-    })
-}
-
-fn api_port() -> Result<u16, (String, u8)> {
-    let Some(value) = std::env::var("API_PORT").ok() else {
-        return Ok(5050);
-    };
-    value.parse().map_err(|_| {
-        (
-            format!("API_PORT: {value:?} is not valid (expected a port number 0-65535)"),
-            EXIT_CONFIG,
-        )
-    })
 }

@@ -2,15 +2,19 @@
 //!
 //! ```text
 //! bench_driver --portkeeper PATH --baseline PATH [--builtin PATH]
+//!              [--baseline-tls PATH --tls-cert PEM --tls-key PEM]
 //!              [--runs N] [--search-runs N] [--load-rounds N] [--load-seconds S]
-//!              [--connections C] [--only startup,search,load,instructions,rss]
+//!              [--connections C]
+//!              [--only startup,search,load,instructions,rss,tls,tls-instructions]
 //! ```
 //!
 //! `--portkeeper` is `examples/bench_app.rs` and `--baseline` is
 //! `examples/baseline.rs`: the same router (`bench/router.rs`, `GET /health`
 //! and `POST /echo`) served by portkeeper and by `axum::serve`. `--builtin`
 //! (optional) is the `portkeeper` binary, whose built-in `/health` gets rows
-//! of its own under load.
+//! of its own under load. `--baseline-tls` is `examples/baseline_tls.rs`, the
+//! same router behind tokio-rustls, for the TLS rows; both servers then read
+//! the certificate and key from `--tls-cert` and `--tls-key`.
 //!
 //! It measures, in one run and on loopback only:
 //! 1. exec → first `200` on `/health` with a raw socket client (connect,
@@ -27,7 +31,17 @@
 //! 4. VmRSS after start and one request;
 //! 5. user-space instructions per request of each workload, counted by valgrind's
 //!    callgrind: a figure other work on the machine cannot move, which says
-//!    whether a throughput difference is the server's or the machine's.
+//!    whether a throughput difference is the server's or the machine's;
+//! 6. over TLS (portkeeper with `TLS=true` against `examples/baseline_tls.rs`):
+//!    throughput of `GET /health` over HTTP/1.1 (`wrk`, https) and over HTTP/2
+//!    (`h2load`, https, ALPN `h2`); full handshakes per second, from batches
+//!    of [`HANDSHAKE_BATCH`] new `h2load` clients with one request each (a new
+//!    h2load client never offers a session to resume, where wrk's and
+//!    h2load's reconnections do: docs/benchmarks.md says how that was
+//!    checked); and VmRSS with [`IDLE_TLS_CONNECTIONS`] idle keep-alive TLS
+//!    connections open, held by `bench/tls_idle.py` (section `tls`); and the
+//!    instructions of those requests and handshakes under callgrind (section
+//!    `tls-instructions`).
 //!
 //! Beside the wall-clock figures it reports the server's own CPU time (to the
 //! first 200, and per request under load): on a shared machine those move
@@ -67,33 +81,68 @@ const BUSY_COUNTS: [usize; 4] = [0, 10, 100, 1_000];
 const PORT_RETRIES: usize = 3;
 const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
 /// The parts of the benchmark, in the order they run.
-const SECTIONS: [&str; 5] = ["startup", "search", "load", "instructions", "rss"];
+const SECTIONS: [&str; 7] = [
+    "startup",
+    "search",
+    "load",
+    "instructions",
+    "rss",
+    "tls",
+    "tls-instructions",
+];
 /// Seconds of load per server and request under callgrind (it runs the
 /// server ~50x slower).
 const CALLGRIND_LOAD_SECONDS: u64 = 5;
+/// How long a server may take to start under callgrind, which first reads
+/// the executable's debug information (slow when other work holds the disk).
+const CALLGRIND_START_DEADLINE: Duration = Duration::from_secs(60);
 /// Connections of the load under callgrind.
 const CALLGRIND_CONNECTIONS: u32 = 10;
 /// Concurrent streams per HTTP/2 connection (`h2load -m`).
 const H2_STREAMS: u32 = 10;
 /// Seconds of load per server in the warm-up before the recorded rounds.
 const WARM_UP_SECONDS: u64 = 3;
+/// New connections per `h2load` run of the handshake row, all opened at once:
+/// below the baseline's listen backlog (128, std's), so that no SYN is
+/// dropped and retried a second later.
+const HANDSHAKE_BATCH: u32 = 100;
+/// Idle TLS connections held open for the TLS RSS row.
+const IDLE_TLS_CONNECTIONS: u32 = 1_000;
+/// What the TLS section runs each round, in this order.
+const TLS_MEASURES: [TlsMeasure; 3] = [
+    TlsMeasure::Load(Workload {
+        protocol: Protocol::Http1,
+        request: Request::Health,
+        tls: true,
+    }),
+    TlsMeasure::Load(Workload {
+        protocol: Protocol::Http2,
+        request: Request::Health,
+        tls: true,
+    }),
+    TlsMeasure::Handshakes,
+];
 /// What the load section runs each round, in this order.
 const WORKLOADS: [Workload; 4] = [
     Workload {
         protocol: Protocol::Http1,
         request: Request::Health,
+        tls: false,
     },
     Workload {
         protocol: Protocol::Http1,
         request: Request::Echo,
+        tls: false,
     },
     Workload {
         protocol: Protocol::Http2,
         request: Request::Health,
+        tls: false,
     },
     Workload {
         protocol: Protocol::Http2,
         request: Request::Echo,
+        tls: false,
     },
 ];
 
@@ -104,6 +153,11 @@ struct Options {
     baseline: PathBuf,
     /// The `portkeeper` binary, for rows on its built-in `/health`.
     builtin: Option<PathBuf>,
+    /// `examples/baseline_tls.rs`: the same router behind tokio-rustls.
+    baseline_tls: Option<PathBuf>,
+    /// The PEM certificate chain and key both TLS servers serve.
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     runs: usize,
     search_runs: usize,
     load_rounds: usize,
@@ -134,6 +188,9 @@ fn parse_options() -> Result<Options> {
         portkeeper: PathBuf::new(),
         baseline: PathBuf::new(),
         builtin: None,
+        baseline_tls: None,
+        tls_cert: None,
+        tls_key: None,
         runs: 40,
         search_runs: 15,
         load_rounds: 5,
@@ -155,6 +212,9 @@ fn parse_options() -> Result<Options> {
             "--portkeeper" => options.portkeeper = value.clone().into(),
             "--baseline" => options.baseline = value.clone().into(),
             "--builtin" => options.builtin = Some(value.clone().into()),
+            "--baseline-tls" => options.baseline_tls = Some(value.clone().into()),
+            "--tls-cert" => options.tls_cert = Some(value.clone().into()),
+            "--tls-key" => options.tls_key = Some(value.clone().into()),
             "--runs" => options.runs = number()?.max(1) as usize,
             "--search-runs" => options.search_runs = number()?.max(1) as usize,
             "--load-rounds" => options.load_rounds = number()?.max(1) as usize,
@@ -174,7 +234,7 @@ fn parse_options() -> Result<Options> {
                 }
             }
             _ => bail!(
-                "unknown option {flag} (expected --portkeeper, --baseline, --builtin, --runs, --search-runs, --load-rounds, --load-seconds, --connections or --only)"
+                "unknown option {flag} (expected --portkeeper, --baseline, --builtin, --baseline-tls, --tls-cert, --tls-key, --runs, --search-runs, --load-rounds, --load-seconds, --connections or --only)"
             ),
         }
     }
@@ -183,11 +243,26 @@ fn parse_options() -> Result<Options> {
         ("--portkeeper", Some(&mut options.portkeeper)),
         ("--baseline", Some(&mut options.baseline)),
         ("--builtin", options.builtin.as_mut()),
+        ("--baseline-tls", options.baseline_tls.as_mut()),
+        ("--tls-cert", options.tls_cert.as_mut()),
+        ("--tls-key", options.tls_key.as_mut()),
     ] {
         let Some(path) = path else { continue };
         *path = path.canonicalize().with_context(|| {
             format!("{name}: {path:?} is not a file (build with cargo build --release first)")
         })?;
+    }
+    let tls_given = [&options.baseline_tls, &options.tls_cert, &options.tls_key]
+        .iter()
+        .filter(|path| path.is_some())
+        .count();
+    if tls_given != 0 && tls_given != 3 {
+        bail!("--baseline-tls, --tls-cert and --tls-key go together (expected all three or none)");
+    }
+    if let Some(tls) = options.only.iter().find(|s| s.starts_with("tls"))
+        && tls_given == 0
+    {
+        bail!("--only {tls}: the TLS rows need --baseline-tls, --tls-cert and --tls-key");
     }
     Ok(options)
 }
@@ -197,15 +272,18 @@ fn run(options: &Options) -> Result<()> {
         Server {
             name: "portkeeper",
             path: &options.portkeeper,
+            env: Vec::new(),
         },
         Server {
             name: "baseline",
             path: &options.baseline,
+            env: Vec::new(),
         },
     ];
     let builtin = options.builtin.as_deref().map(|path| Server {
         name: "portkeeper binary",
         path,
+        env: Vec::new(),
     });
     let mut table = Table {
         load_before: load_average(),
@@ -225,6 +303,37 @@ fn run(options: &Options) -> Result<()> {
     }
     if options.runs_section("rss") {
         rss_section(options, &servers, &mut table)?;
+    }
+    if let (true, Some(baseline_tls), Some(cert), Some(key)) = (
+        options.runs_section("tls") || options.runs_section("tls-instructions"),
+        &options.baseline_tls,
+        &options.tls_cert,
+        &options.tls_key,
+    ) {
+        // The same files and settings for both; the baseline reads only the two paths.
+        let env = vec![
+            ("TLS", "true".into()),
+            ("TLS_CERT_FILE", cert.into()),
+            ("TLS_KEY_FILE", key.into()),
+        ];
+        let tls_servers = [
+            Server {
+                name: "portkeeper TLS",
+                path: &options.portkeeper,
+                env: env.clone(),
+            },
+            Server {
+                name: "baseline TLS",
+                path: baseline_tls,
+                env,
+            },
+        ];
+        if options.runs_section("tls") {
+            tls_section(options, &tls_servers, cert, &mut table)?;
+        }
+        if options.runs_section("tls-instructions") {
+            tls_instructions_section(&tls_servers, &mut table)?;
+        }
     }
     table.load_after = load_average();
     print!("{}", table.render(options));
@@ -458,10 +567,319 @@ fn rss_section(options: &Options, servers: &[Server<'_>; 2], table: &mut Table) 
     Ok(())
 }
 
+/// One measurement of the TLS section.
+#[derive(Clone, Copy)]
+enum TlsMeasure {
+    /// Keep-alive load over TLS: wrk or h2load with an https URL.
+    Load(Workload),
+    /// Full handshakes per second.
+    Handshakes,
+}
+
+impl TlsMeasure {
+    fn label(self) -> String {
+        match self {
+            TlsMeasure::Load(workload) => workload.label(),
+            TlsMeasure::Handshakes => "full TLS handshakes".to_owned(),
+        }
+    }
+}
+
+/// `h2load` runs of [`HANDSHAKE_BATCH`] handshakes under callgrind.
+const CALLGRIND_HANDSHAKE_BATCHES: u32 = 2;
+/// Rounds of the TLS RSS row per server (each opens [`IDLE_TLS_CONNECTIONS`]).
+const TLS_RSS_RUNS: usize = 3;
+/// How long the client may take to open [`IDLE_TLS_CONNECTIONS`]: under
+/// portkeeper's idle timeout (`HEADER_READ_TIMEOUT`, 10 s), which would
+/// otherwise close the first ones before the last is open.
+const TLS_OPEN_DEADLINE: Duration = Duration::from_secs(9);
+
+fn tls_section(
+    options: &Options,
+    servers: &[Server<'_>; 2],
+    ca: &Path,
+    table: &mut Table,
+) -> Result<()> {
+    eprintln!(
+        "TLS: a {WARM_UP_SECONDS} s warm-up each, then {} rounds × {} measures × {} s per server, {} connections; handshakes in batches of {HANDSHAKE_BATCH}",
+        options.load_rounds,
+        TLS_MEASURES.len(),
+        options.load_seconds,
+        options.connections
+    );
+    let TlsMeasure::Load(warm_up) = TLS_MEASURES[0] else {
+        bail!("the first TLS measure must be a load");
+    };
+    for server in servers {
+        load(server, warm_up, WARM_UP_SECONDS, options.connections)
+            .with_context(|| format!("warm-up load on {}", server.name))?;
+    }
+    // results[measure][server], one result per round.
+    let mut results: Vec<[Vec<LoadResult>; 2]> = TLS_MEASURES
+        .iter()
+        .map(|_| [Vec::new(), Vec::new()])
+        .collect();
+    let mut negotiated: [Option<String>; 2] = [None, None];
+    for round in 0..options.load_rounds {
+        for (m, measure) in TLS_MEASURES.iter().enumerate() {
+            for i in turn_order(round, 2) {
+                let server = &servers[i];
+                let result = match *measure {
+                    TlsMeasure::Load(workload) => {
+                        load(server, workload, options.load_seconds, options.connections)
+                    }
+                    TlsMeasure::Handshakes => handshakes(server, options.load_seconds),
+                }
+                .with_context(|| format!("{} on {}", measure.label(), server.name))?;
+                let unit = match measure {
+                    TlsMeasure::Load(_) => "request",
+                    TlsMeasure::Handshakes => "handshake",
+                };
+                eprintln!(
+                    "  {}, {}: {:.0} per s, {:.1} µs CPU per {unit}",
+                    measure.label(),
+                    server.name,
+                    result.requests_per_second,
+                    result.cpu_us_per_request
+                );
+                if let Some(tls) = &result.tls {
+                    negotiated[i] = Some(tls.clone());
+                }
+                results[m][i].push(result);
+            }
+        }
+    }
+    let column = |m: usize, i: usize, figure: fn(&LoadResult) -> Option<f64>| -> Vec<f64> {
+        results[m][i].iter().filter_map(figure).collect()
+    };
+    let throughput = |r: &LoadResult| Some(r.requests_per_second);
+    let cpu = |r: &LoadResult| Some(r.cpu_us_per_request);
+    for (m, measure) in TLS_MEASURES.iter().enumerate() {
+        let (what, unit) = match measure {
+            TlsMeasure::Load(workload) => (
+                format!(
+                    "{} throughput, {}",
+                    workload.label(),
+                    workload.load_label(options.connections)
+                ),
+                "req/s",
+            ),
+            TlsMeasure::Handshakes => (
+                format!(
+                    "full TLS handshakes (new connection, one HTTP/1.1 request), batches of {HANDSHAKE_BATCH}"
+                ),
+                "/s",
+            ),
+        };
+        table.compare(
+            &what,
+            unit,
+            &column(m, 0, throughput),
+            &column(m, 1, throughput),
+            Target::RatioAtLeast(0.95),
+        );
+    }
+    for (m, measure) in TLS_MEASURES.iter().enumerate() {
+        if let TlsMeasure::Load(workload) = measure
+            && workload.protocol == Protocol::Http1
+        {
+            let p99 = |r: &LoadResult| r.p99_ms;
+            table.compare(
+                &format!(
+                    "{} p99 latency, {}",
+                    workload.label(),
+                    workload.load_label(options.connections)
+                ),
+                "ms",
+                &column(m, 0, p99),
+                &column(m, 1, p99),
+                Target::None,
+            );
+        }
+    }
+    for (m, measure) in TLS_MEASURES.iter().enumerate() {
+        let what = match measure {
+            TlsMeasure::Load(workload) => format!("server CPU per request, {}", workload.label()),
+            TlsMeasure::Handshakes => {
+                "server CPU per full TLS handshake and its request".to_owned()
+            }
+        };
+        table.compare(
+            &what,
+            "µs",
+            &column(m, 0, cpu),
+            &column(m, 1, cpu),
+            Target::None,
+        );
+    }
+    eprintln!("idle TLS RSS ({TLS_RSS_RUNS} runs each, {IDLE_TLS_CONNECTIONS} connections)");
+    let mut rss = [Vec::new(), Vec::new()];
+    let mut per_connection = [Vec::new(), Vec::new()];
+    for run in 0..TLS_RSS_RUNS {
+        for i in turn_order(run, 2) {
+            let server = &servers[i];
+            let (before, with) = idle_tls_rss_mib(server, ca)
+                .with_context(|| format!("idle TLS RSS of {}", server.name))?;
+            eprintln!(
+                "  {}: {before:.2} MiB idle, {with:.2} MiB with the connections",
+                server.name
+            );
+            rss[i].push(with);
+            per_connection[i].push((with - before) * 1024.0 / f64::from(IDLE_TLS_CONNECTIONS));
+        }
+    }
+    table.compare(
+        &format!(
+            "RSS with {IDLE_TLS_CONNECTIONS} idle TLS keep-alive connections (one request each)"
+        ),
+        "MiB",
+        &rss[0],
+        &rss[1],
+        Target::None,
+    );
+    table.compare(
+        "RSS per idle TLS connection",
+        "KiB",
+        &per_connection[0],
+        &per_connection[1],
+        Target::None,
+    );
+    let [ours, base] = negotiated;
+    table.notes.push(format!(
+        "TLS as h2load saw it: portkeeper {}; baseline {}.",
+        ours.as_deref().unwrap_or("unknown"),
+        base.as_deref().unwrap_or("unknown")
+    ));
+    Ok(())
+}
+
+fn tls_instructions_section(servers: &[Server<'_>; 2], table: &mut Table) -> Result<()> {
+    eprintln!(
+        "TLS instructions under callgrind ({CALLGRIND_LOAD_SECONDS} s of load, {CALLGRIND_CONNECTIONS} connections; {CALLGRIND_HANDSHAKE_BATCHES} × {HANDSHAKE_BATCH} handshakes)"
+    );
+    let mut instructions: Vec<[Vec<f64>; 2]> = TLS_MEASURES
+        .iter()
+        .map(|_| [Vec::new(), Vec::new()])
+        .collect();
+    for (i, server) in servers.iter().enumerate() {
+        let counts =
+            tls_instructions(server).with_context(|| format!("callgrind on {}", server.name))?;
+        for (m, count) in counts.into_iter().enumerate() {
+            eprintln!(
+                "  {}, {}: {count:.0} instructions",
+                TLS_MEASURES[m].label(),
+                server.name
+            );
+            instructions[m][i].push(count);
+        }
+    }
+    for (measure, [ours, base]) in TLS_MEASURES.iter().zip(&instructions) {
+        let what = match measure {
+            TlsMeasure::Load(workload) => {
+                format!(
+                    "user-space instructions per {} (callgrind)",
+                    workload.label()
+                )
+            }
+            TlsMeasure::Handshakes => {
+                "user-space instructions per full TLS handshake and its request (callgrind)"
+                    .to_owned()
+            }
+        };
+        table.compare(&what, "instr.", ours, base, Target::None);
+    }
+    Ok(())
+}
+
+/// Full handshakes per second against a freshly started server: `h2load`
+/// runs of [`HANDSHAKE_BATCH`] new clients (ALPN `http/1.1`) with one
+/// request each, until they have been busy for `seconds`. The rate is the
+/// handshakes over the time h2load reports (its own start and exit left out).
+fn handshakes(server: &Server<'_>, seconds: u64) -> Result<LoadResult> {
+    let (process, address) = server.start_on_any_port()?;
+    let cpu_before = cpu_seconds(process.pid())?;
+    let (mut count, mut busy) = (0_u64, 0.0_f64);
+    let mut tls = None;
+    while busy < seconds as f64 {
+        let report = handshake_batch(address)?;
+        count += report.requests;
+        busy += report.requests as f64 / report.requests_per_second;
+        tls = report.tls;
+    }
+    let cpu = cpu_seconds(process.pid())? - cpu_before;
+    Ok(LoadResult {
+        requests_per_second: count as f64 / busy,
+        p99_ms: None,
+        cpu_us_per_request: cpu * 1e6 / count as f64,
+        tls,
+    })
+}
+
+/// One `h2load` run of [`HANDSHAKE_BATCH`] new clients, each with one
+/// `GET /health` over HTTP/1.1 (ALPN `http/1.1`): as many full handshakes.
+fn handshake_batch(address: SocketAddr) -> Result<ClientReport> {
+    let mut cmd = Command::new("h2load");
+    cmd.args(["--h1", "--threads=2"])
+        .arg(format!("--clients={HANDSHAKE_BATCH}"))
+        .arg(format!("--requests={HANDSHAKE_BATCH}"))
+        .arg(format!("https://{address}/health"));
+    h2load_report(cmd, Some("http/1.1"))
+}
+
+/// VmRSS of a freshly started server before any connection, and with
+/// [`IDLE_TLS_CONNECTIONS`] idle TLS keep-alive connections open (each after
+/// its handshake and one `GET /health`), held by `bench/tls_idle.py`; an
+/// error when the server had closed any of them by the time RSS was read.
+fn idle_tls_rss_mib(server: &Server<'_>, ca: &Path) -> Result<(f64, f64)> {
+    let (mut process, address) = server.start_on_any_port()?;
+    let before = vm_rss_mib(process.pid())?;
+    let mut cmd = Command::new("python3");
+    cmd.arg(bench_file("tls_idle.py"))
+        .arg(address.ip().to_string())
+        .arg(address.port().to_string())
+        .arg(IDLE_TLS_CONNECTIONS.to_string())
+        .arg(ca)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = cmd.spawn().context("run python3 bench/tls_idle.py")?;
+    let mut commands = child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow!("tls_idle.py's stdin is not piped"))?;
+    let lines = child.stdout.take().map(line_channel);
+    let mut client = Process { child, lines };
+    let all = format!("open {IDLE_TLS_CONNECTIONS}");
+    let opened = client.wait_for_line_within("open ", TLS_OPEN_DEADLINE)?;
+    if opened != all {
+        bail!("tls_idle.py: expected {all:?}, got {opened:?}");
+    }
+    // Let the last connections' tasks settle before reading.
+    std::thread::sleep(Duration::from_millis(300));
+    process.check_alive()?;
+    let with = vm_rss_mib(process.pid())?;
+    commands.write_all(b"check\n")?;
+    let held = client.wait_for_line("open ")?;
+    if held != all {
+        bail!("the server closed some of the idle connections: tls_idle.py says {held:?}");
+    }
+    drop(commands);
+    let end = Instant::now() + DEADLINE;
+    while client.child.try_wait()?.is_none() {
+        if Instant::now() > end {
+            bail!("tls_idle.py still running {DEADLINE:?} after its input closed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((before, with))
+}
+
 /// A binary under test.
 struct Server<'a> {
     name: &'static str,
     path: &'a Path,
+    /// Settings beyond `HOST` and `API_PORT` (the TLS ones).
+    env: Vec<(&'static str, std::ffi::OsString)>,
 }
 
 impl Server<'_> {
@@ -469,6 +887,7 @@ impl Server<'_> {
     fn command(&self) -> Command {
         let mut cmd = clean_command(self.path);
         cmd.env("HOST", "127.0.0.1");
+        cmd.envs(self.env.iter().map(|(name, value)| (name, value)));
         cmd
     }
 
@@ -504,17 +923,7 @@ struct Process {
 impl Process {
     fn spawn(mut cmd: Command) -> Result<Self> {
         let mut child = cmd.spawn().with_context(|| format!("spawn {cmd:?}"))?;
-        let lines = child.stderr.take().map(|stderr| {
-            let (tx, rx) = mpsc::channel();
-            // Keeps reading to the end so the child never blocks on a full pipe.
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    let _ = tx.send(line);
-                }
-            });
-            rx
-        });
+        let lines = child.stderr.take().map(line_channel);
         Ok(Process { child, lines })
     }
 
@@ -524,11 +933,16 @@ impl Process {
 
     /// Waits (bounded) for a stderr line containing `needle`.
     fn wait_for_line(&mut self, needle: &str) -> Result<String> {
+        self.wait_for_line_within(needle, DEADLINE)
+    }
+
+    /// Waits at most `deadline` for a line containing `needle`.
+    fn wait_for_line_within(&mut self, needle: &str, deadline: Duration) -> Result<String> {
         let lines = self
             .lines
             .as_ref()
             .ok_or_else(|| anyhow!("stderr is not piped"))?;
-        let end = Instant::now() + DEADLINE;
+        let end = Instant::now() + deadline;
         let mut seen = String::new();
         loop {
             let left = end.saturating_duration_since(Instant::now());
@@ -539,7 +953,7 @@ impl Process {
                     seen.push('\n');
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    bail!("no line with {needle:?} within {DEADLINE:?}; output:\n{seen}")
+                    bail!("no line with {needle:?} within {deadline:?}; output:\n{seen}")
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let status = self.child.wait()?;
@@ -552,7 +966,12 @@ impl Process {
     /// The address from the server's "serving ... address=IP:PORT" line
     /// (portkeeper's and the baseline's alike), waiting for it (bounded).
     fn serving_address(&mut self) -> Result<SocketAddr> {
-        let line = self.wait_for_line(" serving ")?;
+        self.serving_address_within(DEADLINE)
+    }
+
+    /// [`Process::serving_address`], waiting at most `deadline`.
+    fn serving_address_within(&mut self, deadline: Duration) -> Result<SocketAddr> {
+        let line = self.wait_for_line_within(" serving ", deadline)?;
         field(&line, "address")
             .and_then(|a| a.parse().ok())
             .ok_or_else(|| anyhow!("no address= in {line:?}"))
@@ -565,6 +984,19 @@ impl Process {
             Some(status) => Err(anyhow!(PortTaken(format!("server exited with {status}")))),
         }
     }
+}
+
+/// The lines of `output` on a channel, read by a thread of their own to the
+/// end, so that the child never blocks on a full pipe.
+fn line_channel(output: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(output).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    rx
 }
 
 impl Drop for Process {
@@ -850,16 +1282,23 @@ fn search_time(portkeeper: &Path, busy: usize) -> Result<f64> {
 struct Workload {
     protocol: Protocol,
     request: Request,
+    /// https (ALPN `h2` for HTTP/2) in place of http (prior knowledge for HTTP/2).
+    tls: bool,
 }
 
 impl Workload {
-    /// "HTTP/1.1 GET /health".
+    /// "HTTP/1.1 GET /health", "HTTP/2 over TLS GET /health".
     fn label(self) -> String {
         let protocol = match self.protocol {
             Protocol::Http1 => "HTTP/1.1",
             Protocol::Http2 => "HTTP/2",
         };
-        format!("{protocol} {}", self.request.label())
+        let tls = if self.tls { " over TLS" } else { "" };
+        format!("{protocol}{tls} {}", self.request.label())
+    }
+
+    fn scheme(self) -> &'static str {
+        if self.tls { "https" } else { "http" }
     }
 
     /// "50 connections", or for HTTP/2 "50 connections × 10 streams".
@@ -912,6 +1351,8 @@ fn bench_file(name: &str) -> PathBuf {
 
 struct LoadResult {
     requests_per_second: f64,
+    /// What h2load reported of TLS (protocol, cipher, key exchange).
+    tls: Option<String>,
     /// wrk's; h2load reports no percentiles.
     p99_ms: Option<f64>,
     /// Server CPU time (all threads) per request answered: less sensitive
@@ -925,6 +1366,8 @@ struct ClientReport {
     /// Requests answered with a 2xx.
     requests: u64,
     p99_ms: Option<f64>,
+    /// h2load's "TLSv1.3, TLS_AES_128_GCM_SHA256, X25519 253 bits" over TLS.
+    tls: Option<String>,
 }
 
 /// The order in which `count` servers take their turns in round `round`:
@@ -947,6 +1390,7 @@ fn load(
     let cpu = cpu_seconds(process.pid())? - cpu_before;
     Ok(LoadResult {
         requests_per_second: report.requests_per_second,
+        tls: report.tls,
         p99_ms: report.p99_ms,
         cpu_us_per_request: cpu * 1e6 / (report.requests as f64).max(1.0),
     })
@@ -960,8 +1404,8 @@ fn drive(
     seconds: u64,
 ) -> Result<ClientReport> {
     match workload.protocol {
-        Protocol::Http1 => wrk_report(&run_wrk(address, workload.request, connections, seconds)?),
-        Protocol::Http2 => run_h2load(address, workload.request, connections, seconds),
+        Protocol::Http1 => wrk_report(&run_wrk(address, workload, connections, seconds)?),
+        Protocol::Http2 => run_h2load(address, workload, connections, seconds),
     }
 }
 
@@ -969,10 +1413,11 @@ fn drive(
 /// its report, or an error when wrk itself failed.
 fn run_wrk(
     address: SocketAddr,
-    request: Request,
+    workload: Workload,
     connections: u32,
     seconds: u64,
 ) -> Result<String> {
+    let request = workload.request;
     let mut cmd = Command::new("wrk");
     cmd.arg(format!("--connections={connections}"))
         .arg(format!("--threads={}", connections.min(2)))
@@ -984,7 +1429,11 @@ fn run_wrk(
             .env("ECHO_BODY", bench_file("echo.json"));
     }
     let output = cmd
-        .arg(format!("http://{address}{}", request.path()))
+        .arg(format!(
+            "{}://{address}{}",
+            workload.scheme(),
+            request.path()
+        ))
         .stdin(Stdio::null())
         .output()
         .context("run wrk (bench/run.sh installs it)")?;
@@ -1021,18 +1470,20 @@ fn wrk_report(text: &str) -> Result<ClientReport> {
         requests_per_second,
         requests: wrk_requests(text)?,
         p99_ms,
+        tls: None,
     })
 }
 
-/// `h2load` for `seconds` sending `request` to `address` over HTTP/2 with
-/// prior knowledge, [`H2_STREAMS`] streams per connection; an error unless
-/// every request was answered with a 2xx.
+/// `h2load` for `seconds` sending the workload's request to `address` over
+/// HTTP/2 (with prior knowledge, or over TLS with ALPN `h2`), [`H2_STREAMS`]
+/// streams per connection; an error unless every request was answered with a 2xx.
 fn run_h2load(
     address: SocketAddr,
-    request: Request,
+    workload: Workload,
     connections: u32,
     seconds: u64,
 ) -> Result<ClientReport> {
+    let request = workload.request;
     let mut cmd = Command::new("h2load");
     cmd.arg(format!("--clients={connections}"))
         .arg(format!("--threads={}", connections.min(2)))
@@ -1042,8 +1493,20 @@ fn run_h2load(
         cmd.arg(format!("--data={}", bench_file("echo.json").display()))
             .arg("--header=content-type: application/json");
     }
+    cmd.arg(format!(
+        "{}://{address}{}",
+        workload.scheme(),
+        request.path()
+    ));
+    let expected = workload.tls.then_some("h2");
+    h2load_report(cmd, expected)
+}
+
+/// Runs an `h2load` command and reads its report: an error unless every
+/// request was answered with a 2xx, and, when `alpn` is given, unless TLS
+/// negotiated that application protocol.
+fn h2load_report(mut cmd: Command, alpn: Option<&str>) -> Result<ClientReport> {
     let output = cmd
-        .arg(format!("http://{address}{}", request.path()))
         .stdin(Stdio::null())
         .output()
         .context("run h2load (bench/run.sh installs it, from nghttp2-client)")?;
@@ -1079,10 +1542,24 @@ fn run_h2load(
     if count(" failed")? + count(" errored")? + count(" timeout")? > 0 || requests == 0 {
         bail!("h2load saw errors: {counts}\n{text}");
     }
+    if let Some(alpn) = alpn {
+        let negotiated = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Application protocol: "));
+        if negotiated != Some(alpn) {
+            bail!("h2load negotiated {negotiated:?}, not {alpn:?}:\n{text}");
+        }
+    }
+    let tls = ["TLS Protocol: ", "Cipher: ", "Server Temp Key: "]
+        .iter()
+        .map(|prefix| text.lines().find_map(|l| l.strip_prefix(prefix)))
+        .collect::<Option<Vec<_>>>()
+        .map(|parts| parts.join(", "));
     Ok(ClientReport {
         requests_per_second,
         requests,
         p99_ms: None,
+        tls,
     })
 }
 
@@ -1109,11 +1586,20 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
 /// Instructions callgrind counts per request of each of [`WORKLOADS`]: one
 /// run with that load for each, one without, so start-up is subtracted.
 fn instructions_per_request(server: &Server<'_>) -> Result<Vec<f64>> {
-    let (idle, _) = callgrind_run(server, None)?;
+    let (idle, _) = callgrind_run(server, "idle", None)?;
     WORKLOADS
         .iter()
         .map(|&workload| {
-            let (loaded, requests) = callgrind_run(server, Some(workload))?;
+            let load = |address| {
+                let report = drive(
+                    address,
+                    workload,
+                    CALLGRIND_CONNECTIONS,
+                    CALLGRIND_LOAD_SECONDS,
+                )?;
+                Ok(report.requests)
+            };
+            let (loaded, requests) = callgrind_run(server, &workload.label(), Some(&load))?;
             if requests == 0 {
                 bail!("no {} was answered under callgrind", workload.label());
             }
@@ -1122,36 +1608,72 @@ fn instructions_per_request(server: &Server<'_>) -> Result<Vec<f64>> {
         .collect()
 }
 
-/// Runs the server under callgrind, optionally loads it with `workload` for
-/// [`CALLGRIND_LOAD_SECONDS`], stops it with SIGTERM (callgrind writes its
-/// counts on the way out), and returns the instruction total and the
-/// requests the load client counted.
-fn callgrind_run(server: &Server<'_>, workload: Option<Workload>) -> Result<(u64, u64)> {
-    let out = std::env::temp_dir().join(format!(
-        "bench-callgrind-{}-{}-{}.out",
-        std::process::id(),
-        server.name,
-        workload.map_or_else(|| "idle".to_owned(), |w| w.label().replace([' ', '/'], "_"))
-    ));
+/// Instructions callgrind counts per request (or per handshake and its
+/// request) of each of [`TLS_MEASURES`], as [`instructions_per_request`].
+fn tls_instructions(server: &Server<'_>) -> Result<Vec<f64>> {
+    let (idle, _) = callgrind_run(server, "idle", None)?;
+    TLS_MEASURES
+        .iter()
+        .map(|&measure| {
+            let load = |address| -> Result<u64> {
+                match measure {
+                    TlsMeasure::Load(workload) => Ok(drive(
+                        address,
+                        workload,
+                        CALLGRIND_CONNECTIONS,
+                        CALLGRIND_LOAD_SECONDS,
+                    )?
+                    .requests),
+                    TlsMeasure::Handshakes => {
+                        let mut count = 0;
+                        for _ in 0..CALLGRIND_HANDSHAKE_BATCHES {
+                            count += handshake_batch(address)?.requests;
+                        }
+                        Ok(count)
+                    }
+                }
+            };
+            let (loaded, count) = callgrind_run(server, &measure.label(), Some(&load))?;
+            if count == 0 {
+                bail!("no {} was answered under callgrind", measure.label());
+            }
+            Ok(loaded.saturating_sub(idle) as f64 / count as f64)
+        })
+        .collect()
+}
+
+/// Runs the server under callgrind, optionally drives `load` against it
+/// (which returns the requests answered), stops it with SIGTERM (callgrind
+/// writes its counts on the way out), and returns the instruction total and
+/// the requests.
+fn callgrind_run(
+    server: &Server<'_>,
+    label: &str,
+    load: Option<&dyn Fn(SocketAddr) -> Result<u64>>,
+) -> Result<(u64, u64)> {
+    let out = std::env::temp_dir().join(
+        format!(
+            "bench-callgrind-{}-{}-{}.out",
+            std::process::id(),
+            server.name,
+            label
+        )
+        .replace([' ', '/'], "_"),
+    );
     let mut cmd = clean_command("valgrind");
     cmd.env("HOST", "127.0.0.1")
         .env("API_PORT", "0")
+        .envs(server.env.iter().map(|(name, value)| (name, value)))
         .args(["--tool=callgrind", "--quiet"])
         .arg(format!("--callgrind-out-file={}", out.display()))
         .arg(server.path)
         .stderr(Stdio::piped());
     let mut process = Process::spawn(cmd)?;
-    let address = process.serving_address()?;
-    let mut requests = 0;
-    if let Some(workload) = workload {
-        let report = drive(
-            address,
-            workload,
-            CALLGRIND_CONNECTIONS,
-            CALLGRIND_LOAD_SECONDS,
-        )?;
-        requests = report.requests;
-    }
+    let address = process.serving_address_within(CALLGRIND_START_DEADLINE)?;
+    let requests = match load {
+        Some(load) => load(address)?,
+        None => 0,
+    };
     let status = Command::new("kill")
         .args(["-TERM", &process.pid().to_string()])
         .status()?;
@@ -1209,12 +1731,17 @@ fn idle_rss_mib(server: &Server<'_>) -> Result<f64> {
     expect_200(TcpStream::connect(address)?)?;
     std::thread::sleep(Duration::from_millis(200));
     process.check_alive()?;
-    let status = std::fs::read_to_string(format!("/proc/{}/status", process.pid()))?;
+    vm_rss_mib(process.pid())
+}
+
+/// VmRSS of a process, in MiB.
+fn vm_rss_mib(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kib: f64 = status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| anyhow!("no VmRSS in /proc/{}/status", process.pid()))?;
+        .ok_or_else(|| anyhow!("no VmRSS in /proc/{pid}/status"))?;
     Ok(kib / 1024.0)
 }
 
@@ -1284,6 +1811,8 @@ enum Target {
 struct Table {
     rows: Vec<String>,
     search_rows: Vec<String>,
+    /// Lines printed after the table.
+    notes: Vec<String>,
     /// The machine's 1-minute load average before and after, so a reader can
     /// tell a quiet run from one that shared the CPUs with other work.
     load_before: String,
@@ -1342,6 +1871,11 @@ impl Table {
         out.push_str("|---|---|---|---|---|---|\n");
         for row in &self.rows {
             out.push_str(row);
+            out.push('\n');
+        }
+        for note in &self.notes {
+            out.push('\n');
+            out.push_str(note);
             out.push('\n');
         }
         if self.search_rows.is_empty() {

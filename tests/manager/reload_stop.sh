@@ -57,7 +57,15 @@ for trial in $(seq "$trials"); do
     code_file=$work/code.$trial
     curl -s -m 20 -o /dev/null -w '%{http_code}' "127.0.0.1:$port/debug/sleep?ms=2000" >"$code_file" &
     curl_pid=$!
-    sleep 0.5
+    # Stop only once the request is in flight: /metrics counts itself, so
+    # 2 means the slow request has reached the server. Under load a fixed
+    # pause was not always enough, and a request arriving after the stop
+    # started the service again through its socket.
+    for _ in $(seq 200); do
+        in_flight=$(curl -s -m 5 "127.0.0.1:$port/metrics" | sed -n 's/^portkeeper_http_requests_in_flight //p')
+        [ "${in_flight:-0}" -ge 2 ] && break
+        sleep 0.05
+    done
     started=$(date +%s.%N)
     sc stop portkeeper.service
     stopped=$(date +%s.%N)
