@@ -67,6 +67,25 @@ where
     }
 }
 
+/// A handler gets the connection's [`Stopping`]; a request served by
+/// another server (a test calling the router directly) may carry one as an
+/// extension.
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Stopping {
+    type Rejection = (axum::http::StatusCode, &'static str);
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        current(|scope| scope.stopping.clone())
+            .or_else(|| parts.extensions.get::<Stopping>().cloned())
+            .ok_or((
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "portkeeper::Stopping is available only to requests that portkeeper serves",
+            ))
+    }
+}
+
 /// A handler gets the client certificate's verified identity on a TLS
 /// listener with `TLS_CLIENT_CA_FILE` (where the handshake already refused
 /// clients without one); elsewhere the request is refused with 403. Take

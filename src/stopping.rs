@@ -2,10 +2,6 @@
 
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
-use axum::http::StatusCode;
-use axum::http::request::Parts;
-
 use tokio_util::sync::CancellationToken;
 
 /// Tells a handler that this process has begun to stop (SIGTERM, SIGINT, the
@@ -80,18 +76,5 @@ impl Stopping {
     /// ```
     pub fn is_stopping(&self) -> bool {
         self.0.is_cancelled()
-    }
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for Stopping {
-    type Rejection = (StatusCode, &'static str);
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        crate::scope::current(|scope| scope.stopping.clone())
-            .or_else(|| parts.extensions.get::<Stopping>().cloned())
-            .ok_or((
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "portkeeper::Stopping is available only to requests that portkeeper serves",
-            ))
     }
 }
