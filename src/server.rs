@@ -362,6 +362,16 @@ impl Server {
     /// The certificate chain and key (PEM) of the TLS listeners, in place of
     /// `TLS_CERT_FILE` and `TLS_KEY_FILE` (and the systemd credentials). The
     /// files are read at [`Server::listen`], and again whenever they change.
+    ///
+    /// ```no_run
+    /// // HTTPS on 8443 beside plain HTTP on 8080, the pair where certbot renews it.
+    /// let server = portkeeper::Server::from_vars([("LISTEN", "tls=0.0.0.0:8443,0.0.0.0:8080")])
+    ///     .tls_files(
+    ///         "/etc/letsencrypt/live/example.com/fullchain.pem",
+    ///         "/etc/letsencrypt/live/example.com/privkey.pem",
+    ///     );
+    /// # let _ = server;
+    /// ```
     #[cfg(feature = "tls")]
     pub fn tls_files(
         mut self,
@@ -375,6 +385,14 @@ impl Server {
     /// Requires client certificates that chain to the CA certificates (PEM)
     /// in `path`, in place of `TLS_CLIENT_CA_FILE`; handlers read the
     /// verified identity with [`ClientIdentity`](crate::ClientIdentity).
+    ///
+    /// ```no_run
+    /// let server = portkeeper::Server::from_env()
+    ///     .tls(true)
+    ///     .tls_files("/etc/app/cert.pem", "/etc/app/key.pem")
+    ///     .tls_client_ca("/etc/app/clients-ca.pem");
+    /// # let _ = server;
+    /// ```
     #[cfg(feature = "tls")]
     pub fn tls_client_ca(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.overrides.tls_client_ca = Some(path.into());

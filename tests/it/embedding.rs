@@ -183,3 +183,68 @@ async fn the_bare_listener_serves_with_axum_serve() -> Result<()> {
     tokio::time::timeout(DEADLINE, server).await???;
     Ok(())
 }
+
+/// TLS typed in code, as a host program configures it (`tls`, `tls_files`,
+/// `tls_client_ca`, no variable set), and `ClientIdentity` in its handler.
+#[cfg(feature = "tls")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_tls_setters_serve_https_and_the_handler_sees_the_client_certificate() -> Result<()> {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+
+    use rustls::pki_types::pem::PemObject as _;
+
+    use crate::certs::Ca;
+
+    let dir = crate::support::TempDir::new();
+    let ca = Ca::new("embedding CA");
+    let (cert, key) = ca.server(7).write(dir.path(), "cert.pem", "key.pem");
+    let ca_file = dir.path().join("clients-ca.pem");
+    std::fs::write(&ca_file, &ca.pem)?;
+    let listening = quiet_server()
+        .tls(true)
+        .tls_files(&cert, &key)
+        .tls_client_ca(&ca_file)
+        .listen()?;
+    let addr = listening.local_addr().context("a TCP listener")?;
+    let app = Router::new().route(
+        "/whoami",
+        get(|identity: portkeeper::ClientIdentity| async move { identity.subject().to_owned() }),
+    );
+    let (stop, server) = spawn_serving(listening, app);
+
+    // A client with alice's certificate, over blocking rustls.
+    let alice = ca.client();
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates({
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.der.clone())?;
+        roots
+    })
+    .with_client_auth_cert(
+        vec![alice.der.clone()],
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(alice.key.as_bytes())?,
+    )?;
+    let response = tokio::task::spawn_blocking(move || -> Result<String> {
+        let name = rustls::pki_types::ServerName::try_from("localhost")?;
+        let connection = rustls::ClientConnection::new(Arc::new(client), name)?;
+        let tcp = std::net::TcpStream::connect(addr)?;
+        tcp.set_read_timeout(Some(DEADLINE))?;
+        let mut tls = rustls::StreamOwned::new(connection, tcp);
+        tls.write_all(b"GET /whoami HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut response = String::new();
+        // The server's close_notify ends the body; a bare close is also an end.
+        let _ = tls.read_to_string(&mut response);
+        Ok(response)
+    })
+    .await??;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("CN=alice,O=Example"), "{response}");
+
+    let _ = stop.send(());
+    tokio::time::timeout(DEADLINE, server).await???;
+    Ok(())
+}
